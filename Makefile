@@ -1,0 +1,41 @@
+# Two commands for a fresh machine with python3 and make:
+#   make demo   set up and run the demo (examples/demo)
+#   make test   set up and run the whole test suite, on the newest and the
+#               oldest Gunicorn we support
+PYTHON ?= python3
+VENV ?= .venv
+VENV_OLDEST ?= .venv-gunicorn23
+GUNICORN_OLDEST ?= 23.0.0
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-newest test-oldest lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	touch $@
+
+$(VENV_OLDEST)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/python -m pip install -q --upgrade pip
+	$(VENV_OLDEST)/bin/python -m pip install -q -e '.[test]' 'gunicorn==$(GUNICORN_OLDEST)'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/gunicorn-companion serve -c examples/demo/gunicorn.conf.py
+
+test: test-newest test-oldest
+
+test-newest: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-oldest: $(VENV_OLDEST)/.installed
+	$(VENV_OLDEST)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/python -m pip install -q ruff
+	$(VENV)/bin/ruff check src tests examples
+
+clean:
+	rm -rf $(VENV) $(VENV_OLDEST) .pytest_cache .hypothesis

@@ -1,0 +1,5 @@
+import sys
+
+from gunicorn_companion.cli import main
+
+sys.exit(main())

@@ -1,0 +1,331 @@
+"""The master's side: Gunicorn's Arbiter, plus one extra child, the manager.
+
+The arbiter watches only the manager; the manager watches the companions.
+Between the two runs the *lifeline*: a pipe whose write end the manager and
+every companion hold (they inherit it through fork) and whose read end the
+master keeps. The manager writes its boot result on it; after that, EOF on
+the read end means every process of that manager's tree has exited, because
+the kernel closes a process's files when it exits. A replacement manager is
+started only after that EOF, so two instances of one companion never run at
+once, whatever order the kernel reaps things in.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+
+from gunicorn import util
+from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
+
+from .loading import CompanionConfig, ConfigSources, load_companion_config
+from .manager import Manager
+from .spawn import fork_blocking_signals, reset_signals, set_parent_death_signal, unblock_signals
+from .spec import ConfigError
+from .targets import resolve_all
+
+READY = b"ready\n"
+ERROR_PREFIX = b"error "
+
+# Respawn backoff for a manager that keeps dying: it never loops tightly.
+RESPAWN_DELAY_MIN = 0.5
+RESPAWN_DELAY_MAX = 30.0
+# A manager that lived this long was healthy: its death restarts the backoff.
+HEALTHY_UPTIME = 10.0
+# How long the master waits for a freshly forked manager to report its boot.
+BOOT_TIMEOUT = 60.0
+
+
+def _wait_readable(fd: int, timeout: float) -> bool:
+    try:
+        return bool(select.select([fd], [], [], max(0.0, timeout))[0])
+    except InterruptedError:
+        return False
+
+
+class ManagerHandle:
+    """The master's record of the companion manager process."""
+
+    def __init__(self, arbiter: "CompanionArbiter"):
+        self.arbiter = arbiter
+        self.pid = 0
+        self.lifeline: int | None = None  # read end; EOF = the whole old tree is gone
+        self.spawned_at = 0.0
+        self.exit_status: int | None = None  # recorded by reap (maybe in a signal handler)
+        self.exit_unknown = False  # Gunicorn's own reap loop claimed it first
+        self.respawn_delay = 0.0
+        self.next_spawn_at = 0.0
+        self.stopping = False
+        self.waiting_logged = False
+
+    @property
+    def log(self):
+        return self.arbiter.log
+
+    # -- reaping (may run inside Gunicorn 23's SIGCHLD handler: record only) ----
+
+    def claim(self) -> None:
+        """Reap the manager by its own pid before Gunicorn's waitpid(-1) loop
+        would take it for an unknown worker."""
+        if not self.pid:
+            return
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            # Gunicorn's loop reaped it in the window between our waitpid and
+            # its own (it exited right then): the status is lost, not the fact.
+            self.pid, self.exit_unknown = 0, True
+            return
+        if pid:
+            self.pid, self.exit_status = 0, status
+
+    # -- the master loop's part (safe to log) ------------------------------------
+
+    def wanted(self) -> bool:
+        config = self.arbiter.companion_config
+        return bool(config and config.specs) and not self.stopping
+
+    def maintain(self) -> None:
+        self._report_exit()
+        if self.pid or self.stopping:
+            return
+        if not self._old_tree_gone():
+            return
+        if not self.wanted() or time.monotonic() < self.next_spawn_at:
+            return
+        self.spawn()
+
+    def _report_exit(self) -> None:
+        if self.exit_status is None and not self.exit_unknown:
+            return
+        if self.exit_unknown:
+            how = "with an unknown status"
+        elif os.WIFSIGNALED(self.exit_status):
+            how = f"by signal {signal.Signals(os.WTERMSIG(self.exit_status)).name}"
+        else:
+            how = f"with exit code {os.WEXITSTATUS(self.exit_status)}"
+        self.exit_status, self.exit_unknown = None, False
+        if self.stopping:
+            return
+        lived = time.monotonic() - self.spawned_at
+        if lived >= HEALTHY_UPTIME:
+            self.respawn_delay = RESPAWN_DELAY_MIN
+        else:
+            self.respawn_delay = min(max(self.respawn_delay * 2, RESPAWN_DELAY_MIN),
+                                     RESPAWN_DELAY_MAX)
+        self.next_spawn_at = time.monotonic() + self.respawn_delay
+        self.log.error("Companion manager exited %s; starting a new one in %.1fs, "
+                       "once its companions are gone", how, self.respawn_delay)
+
+    def _old_tree_gone(self, wait: float = 0.0) -> bool:
+        """True once no process of the previous manager's tree holds the lifeline."""
+        if self.lifeline is None:
+            return True
+        deadline = time.monotonic() + wait
+        while _wait_readable(self.lifeline, deadline - time.monotonic()):
+            try:
+                data = os.read(self.lifeline, 4096)
+            except BlockingIOError:
+                continue
+            if not data:
+                os.close(self.lifeline)
+                self.lifeline = None
+                self.waiting_logged = False
+                return True
+        if not self.waiting_logged and time.monotonic() - self.spawned_at > HEALTHY_UPTIME:
+            self.waiting_logged = True
+            self.log.warning("Waiting for the old companion manager's companions to exit")
+        return False
+
+    def spawn(self, at_boot: bool = False) -> None:
+        arbiter = self.arbiter
+        read_end, write_end = os.pipe()
+        pid = fork_blocking_signals()
+        if pid == 0:
+            os.close(read_end)
+            run_manager_process(arbiter, write_end)  # never returns
+        os.close(write_end)  # HTTP workers forked from now on must not hold it
+        self.pid, self.lifeline, self.spawned_at = pid, read_end, time.monotonic()
+        ok, message = self._read_boot_result()
+        if ok:
+            self.log.info("Companion manager booted (pid: %s)", pid)
+            return
+        self.log.error("Companion manager failed to boot: %s", message)
+        if at_boot:
+            # a failure to boot is not a crash: stop instead of retrying forever
+            self.kill(signal.SIGKILL)
+            self.wait_exit(5.0)
+            raise HaltServer(f"Companion manager failed to boot: {message}", 1)
+
+    def _read_boot_result(self) -> tuple[bool, str]:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        data = b""
+        while not data.endswith(b"\n"):
+            if not _wait_readable(self.lifeline, deadline - time.monotonic()):
+                if time.monotonic() >= deadline:
+                    self.kill(signal.SIGKILL)
+                    return False, f"no answer within {BOOT_TIMEOUT:g}s"
+                continue
+            chunk = os.read(self.lifeline, 65536)
+            if not chunk:
+                return False, "it exited before reporting (see the log above)"
+            data += chunk
+        if data == READY:
+            return True, ""
+        return False, data[len(ERROR_PREFIX):].decode("utf-8", "replace").rstrip("\n")
+
+    def kill(self, sig: int) -> None:
+        if self.pid:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait (in the master's main loop, not a handler) until the manager is reaped."""
+        deadline = time.monotonic() + timeout
+        while self.pid:
+            self.claim()
+            if not self.pid:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            # woken early by the lifeline's EOF when the whole tree is gone
+            if self.lifeline is not None:
+                _wait_readable(self.lifeline, min(remaining, 0.05))
+            else:
+                time.sleep(min(remaining, 0.05))
+        return True
+
+    def stop_timeout(self) -> float:
+        cfg = self.arbiter.cfg
+        if cfg.companion_manager_stop_timeout is not None:
+            return cfg.companion_manager_stop_timeout
+        specs = self.arbiter.companion_config.specs if self.arbiter.companion_config else ()
+        slowest = max((s.stop_timeout for s in specs), default=0.0)
+        return slowest + cfg.companion_manager_shutdown_buffer
+
+
+class CompanionArbiter(Arbiter):
+    """Gunicorn's arbiter, plus the companion manager."""
+
+    def __init__(self, app):
+        self.companion_config: CompanionConfig = app.companion_config
+        self.companion_sources: ConfigSources = app.companion_sources()
+        self.companion_targets: dict = {}
+        self.manager = ManagerHandle(self)
+        self.companions_started = False
+        super().__init__(app)  # preloads the app when preload_app is set
+        if self.cfg.preload_app:
+            # Resolve in the master, after the preload, so companions share the
+            # imported modules and a bad target stops the boot before any fork.
+            self.companion_targets = resolve_all(self.companion_config.specs)
+
+    # -- reaping: claim the manager first (see the module docstring) -----------
+
+    def reap_workers(self):
+        self.manager.claim()
+        super().reap_workers()
+        self.manager.claim()
+
+    # -- the main loop ---------------------------------------------------------
+
+    def manage_workers(self):
+        if not self.companions_started:
+            # First pass of the main loop: the manager starts before the HTTP
+            # workers, so a companion that cannot boot stops Gunicorn early.
+            self.companions_started = True
+            if self.companion_config.specs:
+                if not self.cfg.preload_app:
+                    self.log.warning(
+                        "preload_app is off: companions import their targets in the manager, "
+                        "so their memory is not shared with the HTTP workers")
+                self.manager.spawn(at_boot=True)
+        self.manager.maintain()
+        super().manage_workers()
+
+    def handle_hup(self):
+        super().handle_hup()
+        try:
+            self.companion_config = load_companion_config(self.companion_sources)
+        except ConfigError as exc:
+            self.log.error("Companion config not applied, keeping the running one: %s", exc)
+            return
+        if self.manager.pid:
+            # The manager rereads and restarts only what changed.
+            self.manager.kill(signal.SIGHUP)
+
+    def handle_usr2(self):
+        if self.companion_config.specs:
+            self.log.warning(
+                "USR2 ignored: a hot upgrade would run every companion twice (once under "
+                "each master). Reload with HUP, or restart Gunicorn.")
+            return
+        super().handle_usr2()
+
+    def stop(self, graceful=True):
+        manager = self.manager
+        deadline = time.monotonic() + manager.stop_timeout()
+        if manager.pid and not manager.stopping:
+            manager.kill(signal.SIGTERM if graceful else signal.SIGQUIT)
+        elif manager.pid and not graceful:
+            manager.kill(signal.SIGQUIT)  # a quick shutdown overtakes a graceful one
+        manager.stopping = True
+        super().stop(graceful)
+        if not manager.wait_exit(deadline - time.monotonic()):
+            self.log.error("Companion manager did not stop in %.1fs; killing it",
+                           manager.stop_timeout())
+            manager.kill(signal.SIGKILL)  # PDEATHSIG takes its companions with it
+            manager.wait_exit(5.0)
+        manager._old_tree_gone(wait=5.0)
+
+
+def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
+    """The manager's life, in the freshly forked child. Never returns."""
+    code = 1
+    try:
+        # Signals are still blocked (fork_blocking_signals): swap the master's
+        # handlers for ours before anything can arrive.
+        reset_signals(list(arbiter.SIGNALS) + [signal.SIGCHLD])
+        master_pid = arbiter.pid
+        proc_name = arbiter.proc_name
+        manager = Manager(
+            arbiter.companion_config,
+            arbiter.companion_targets,
+            log=arbiter.log,
+            sources=arbiter.companion_sources,
+            title=lambda name: util._setproctitle(f"companion {name} [{proc_name}]"),
+        )
+        manager.install_signals()
+        unblock_signals()
+        # PDEATHSIG, then re-check: the master may have died before prctl.
+        if set_parent_death_signal(signal.SIGKILL) and os.getppid() != master_pid:
+            os._exit(1)
+        # The manager and its companions serve no HTTP: drop the listeners.
+        for listener in arbiter.LISTENERS:
+            listener.close()
+        util._setproctitle(f"companion manager [{proc_name}]")
+        try:
+            if not arbiter.cfg.preload_app:
+                manager.targets = resolve_all(arbiter.companion_config.specs)
+        except ConfigError as exc:
+            os.write(lifeline, ERROR_PREFIX + str(exc).encode("utf-8", "replace") + b"\n")
+            os._exit(1)
+        os.write(lifeline, READY)
+        arbiter.log.info("Companion manager running (pid: %s) with %d companions",
+                         os.getpid(), len(manager.records))
+        code = manager.run()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        arbiter.log.exception("Companion manager crashed")
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

@@ -1,0 +1,314 @@
+"""The companion state machine: ``step(record, event, now) -> (record, actions)``.
+
+Pure: it never forks, signals or reads the clock. The manager's loop feeds it
+events (requests, exits, timer expiries) with the current monotonic time and
+carries out the actions it returns. Every transition is named in a comment
+(``# RUNNING -> BACKOFF``) so the diagram in docs/ can be checked against it.
+
+Time-driven moves happen in ``_tick``, exit-driven ones in ``_exited``: each
+record has at most one pending deadline, and the loop derives its timers from
+``record.deadline`` instead of keeping a second copy of that state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass, replace
+from typing import Callable, Union
+
+from .spec import CompanionSpec
+from .states import PROCESS_STATES, STARTABLE_STATES, State
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a process ended: an exit code or a signal, never both."""
+
+    code: int | None = None
+    signal: int | None = None
+
+    @classmethod
+    def from_wait_status(cls, status: int) -> "ExitStatus":
+        if os.WIFSIGNALED(status):
+            return cls(signal=os.WTERMSIG(status))
+        return cls(code=os.WEXITSTATUS(status))
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.signal is None:
+            return None
+        try:
+            return signal.Signals(self.signal).name
+        except ValueError:
+            return f"signal {self.signal}"
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            return f"signal {self.signal_name}"
+        return f"exit code {self.code}"
+
+    def as_json(self) -> dict:
+        if self.signal is not None:
+            return {"signal": self.signal_name}
+        return {"code": self.code}
+
+
+# -- events ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    """Run it (boot, `start`, a reread that added it)."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Stop it and keep it stopped. ``quick`` skips the stop signal."""
+
+    quick: bool = False
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Stop the current process (waiting ``reload_timeout``) and start a new one."""
+
+
+@dataclass(frozen=True)
+class Reconfigure:
+    """A reread changed this companion's spec: restart it with the new one if
+    it should run; a companion stopped by hand stays stopped."""
+
+    spec: CompanionSpec
+
+
+@dataclass(frozen=True)
+class Spawned:
+    pid: int
+
+
+@dataclass(frozen=True)
+class SpawnFailed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Exited:
+    status: ExitStatus
+
+
+@dataclass(frozen=True)
+class Tick:
+    """The record's deadline has passed."""
+
+
+Event = Union[Start, Stop, Restart, Reconfigure, Spawned, SpawnFailed, Exited, Tick]
+
+
+# -- actions -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spawn:
+    name: str
+
+
+@dataclass(frozen=True)
+class Kill:
+    name: str
+    pid: int
+    signal: int
+
+
+@dataclass(frozen=True)
+class Log:
+    level: int
+    message: str
+
+
+Action = Union[Spawn, Kill, Log]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One companion's supervision state."""
+
+    spec: CompanionSpec
+    state: State = State.STOPPED
+    pid: int | None = None
+    wanted: bool = False  # should be running: cleared by stop, set by start
+    started_at: float | None = None  # monotonic time of the current process's fork
+    deadline: float | None = None  # when `_tick` must look at this record next
+    restarts: int = 0  # automatic restarts after the companion exited on its own
+    last_exit: ExitStatus | None = None
+    killed: bool = False  # SIGKILL already sent to this process
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def _label(record: Record) -> str:
+    if record.pid is None:
+        return f"companion {record.name!r}"
+    return f"companion {record.name!r} (pid {record.pid})"
+
+
+def _spawn(record: Record, now: float) -> tuple[Record, list[Action]]:
+    # * -> STARTING (the pid arrives with Spawned)
+    return (
+        replace(record, state=State.STARTING, pid=None, started_at=now, deadline=None,
+                killed=False),
+        [Spawn(record.name)],
+    )
+
+
+def _ask_to_stop(record: Record, now: float, timeout: float, quick: bool) -> tuple[Record, list[Action]]:
+    # STARTING/RUNNING -> STOPPING
+    assert record.state in PROCESS_STATES and record.pid is not None, record
+    if quick:
+        return (
+            replace(record, state=State.STOPPING, deadline=None, killed=True),
+            [Kill(record.name, record.pid, signal.SIGKILL)],
+        )
+    return (
+        replace(record, state=State.STOPPING, deadline=now + timeout),
+        [Kill(record.name, record.pid, record.spec.stop_signal)],
+    )
+
+
+def _start(record: Record, event: Start, now: float):
+    record = replace(record, wanted=True)
+    if record.state in STARTABLE_STATES:
+        # STOPPED/BACKOFF/FATAL -> STARTING
+        return _spawn(record, now)
+    # STARTING/RUNNING: already up. STOPPING: `_exited` starts it again since
+    # it is wanted now.
+    return record, []
+
+
+def _stop(record: Record, event: Stop, now: float):
+    record = replace(record, wanted=False)
+    if record.state in (State.STARTING, State.RUNNING):
+        return _ask_to_stop(record, now, record.spec.stop_timeout, event.quick)
+    if record.state == State.STOPPING:
+        if event.quick and not record.killed:
+            # STOPPING -> STOPPING, escalated: a quick shutdown overtakes a graceful one
+            return (
+                replace(record, deadline=None, killed=True),
+                [Kill(record.name, record.pid, signal.SIGKILL)],
+            )
+        return record, []
+    if record.state == State.BACKOFF:
+        # BACKOFF -> STOPPED
+        return replace(record, state=State.STOPPED, deadline=None), []
+    return record, []  # STOPPED/FATAL: nothing to do
+
+
+def _restart(record: Record, event: Restart, now: float):
+    record = replace(record, wanted=True)
+    if record.state in (State.STARTING, State.RUNNING):
+        return _ask_to_stop(record, now, record.spec.reload_timeout, quick=False)
+    if record.state == State.STOPPING:
+        return record, []  # `_exited` starts it again since it is wanted
+    # STOPPED/BACKOFF/FATAL -> STARTING
+    return _spawn(record, now)
+
+
+def _reconfigure(record: Record, event: Reconfigure, now: float):
+    if record.state in (State.STARTING, State.RUNNING):
+        # STARTING/RUNNING -> STOPPING: the old process stops as the old spec
+        # says (its stop signal, its reload_timeout); `_exited` starts the new
+        stopping, actions = _ask_to_stop(record, now, record.spec.reload_timeout, quick=False)
+        return replace(stopping, spec=event.spec, wanted=True), actions
+    record = replace(record, spec=event.spec)
+    if record.wanted and record.state in STARTABLE_STATES:
+        # BACKOFF -> STARTING: no reason to wait out a delay of the old spec
+        return _spawn(record, now)
+    return record, []  # STOPPING: `_exited` decides; STOPPED by hand: stays so
+
+
+def _spawned(record: Record, event: Spawned, now: float):
+    assert record.state == State.STARTING and record.pid is None, record
+    record = replace(record, pid=event.pid, started_at=now)
+    if record.spec.startsecs <= 0:
+        # STARTING -> RUNNING at once: no settling time asked for
+        return replace(record, state=State.RUNNING), [
+            Log(logging.INFO, f"{_label(record)} started")
+        ]
+    return replace(record, deadline=now + record.spec.startsecs), [
+        Log(logging.INFO, f"{_label(record)} starting")
+    ]
+
+
+def _spawn_failed(record: Record, event: SpawnFailed, now: float):
+    # STARTING -> BACKOFF: the fork itself (or opening its output) failed
+    delay = record.spec.restart_delay
+    return (
+        replace(record, state=State.BACKOFF, pid=None, deadline=now + delay),
+        [Log(logging.ERROR, f"{_label(record)} could not be started: {event.reason}; "
+                            f"retrying in {delay:g}s")],
+    )
+
+
+def _exited(record: Record, event: Exited, now: float):
+    label = _label(record)
+    record = replace(record, pid=None, last_exit=event.status, deadline=None, killed=False)
+    if record.state == State.STOPPING:
+        if record.wanted:
+            # STOPPING -> STARTING: a restart, or a start that came while it stopped
+            new, actions = _spawn(record, now)
+            return new, [Log(logging.INFO, f"{label} stopped ({event.status.describe()}); "
+                                           "starting it again")] + actions
+        # STOPPING -> STOPPED
+        return replace(record, state=State.STOPPED), [
+            Log(logging.INFO, f"{label} stopped ({event.status.describe()})")
+        ]
+    if record.state in (State.STARTING, State.RUNNING):
+        # STARTING/RUNNING -> BACKOFF: it exited on its own
+        delay = record.spec.restart_delay
+        return replace(record, state=State.BACKOFF, deadline=now + delay), [
+            Log(logging.ERROR, f"{label} exited unexpectedly with {event.status.describe()}; "
+                               f"restarting in {delay:g}s")
+        ]
+    raise AssertionError(f"exit of {label} in state {record.state}")
+
+
+def _tick(record: Record, event: Tick, now: float):
+    if record.deadline is None or now < record.deadline:
+        return record, []  # a stale timer: the deadline moved on
+    if record.state == State.STARTING:
+        # STARTING -> RUNNING: it stayed up for `startsecs`
+        return replace(record, state=State.RUNNING, deadline=None), [
+            Log(logging.INFO, f"{_label(record)} is RUNNING")
+        ]
+    if record.state == State.BACKOFF:
+        # BACKOFF -> STARTING
+        new, actions = _spawn(replace(record, restarts=record.restarts + 1), now)
+        return new, actions
+    if record.state == State.STOPPING:
+        # STOPPING -> STOPPING, escalated: it outlived its timeout
+        return replace(record, deadline=None, killed=True), [
+            Log(logging.WARNING, f"{_label(record)} did not exit in time after "
+                                 f"{record.spec.stop_signal_name}; sending SIGKILL"),
+            Kill(record.name, record.pid, signal.SIGKILL),
+        ]
+    return replace(record, deadline=None), []
+
+
+_HANDLERS: dict[type, Callable] = {
+    Start: _start,
+    Stop: _stop,
+    Restart: _restart,
+    Reconfigure: _reconfigure,
+    Spawned: _spawned,
+    SpawnFailed: _spawn_failed,
+    Exited: _exited,
+    Tick: _tick,
+}
+
+
+def step(record: Record, event: Event, now: float) -> tuple[Record, list[Action]]:
+    """Apply one event to one record; return the new record and what to do."""
+    return _HANDLERS[type(event)](record, event, now)

@@ -1,0 +1,300 @@
+"""The companion manager: one process, one selector loop, no threads, no tick.
+
+Why a wakeup socket and not signalfd or a self-pipe of our own: CPython
+already writes each caught signal's number to the fd given to
+``signal.set_wakeup_fd`` from its C-level handler, so the loop learns *which*
+signals arrived from the bytes it reads, with no Python code running in the
+handler and no queue to share with it. signalfd would need every signal
+blocked in every thread (and be undone by a library that unblocks), and is
+Linux-only. The Python-level handlers are no-ops: the byte is the record.
+
+Timers come from a heap of ``(deadline, seq, name)``; each record's
+``deadline`` is the truth, and heap entries that no longer match it are
+dropped when they surface (lazy deletion), so nothing is ever cancelled.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import selectors
+import signal
+import socket
+import time
+from typing import Callable
+
+from . import lifecycle as lc
+from .loading import CompanionConfig, ConfigSources, load_companion_config
+from .spawn import spawn_companion
+from .spec import CompanionSpec, ConfigError
+from .states import PROCESS_STATES, QUIESCENT_STATES, State
+from .targets import resolve_all
+
+HANDLED_SIGNALS = (
+    signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+    signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH,
+)
+
+
+def _record_only(signum, frame):  # noqa: ARG001
+    """The C handler already wrote ``signum`` to the wakeup socket: nothing to do."""
+
+
+class Manager:
+    """Supervises the companions; driven by signals, timers and the control socket."""
+
+    def __init__(
+        self,
+        config: CompanionConfig,
+        targets: dict[str, Callable[[], object]],
+        *,
+        log,
+        sources: ConfigSources,
+        title: Callable[[str], None] = lambda name: None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.log = log
+        self.sources = sources
+        self.title = title
+        self.clock = clock
+        self.config = config
+        self.targets = dict(targets)
+        self.records: dict[str, lc.Record] = {
+            spec.name: lc.Record(spec) for spec in config.specs
+        }
+        self.pids: dict[int, str] = {}
+        self.retiring: set[str] = set()  # removed by a reread; dropped once stopped
+        self.timers: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self.shutting_down = False
+        self.selector = selectors.DefaultSelector()
+        self._wakeup_r, self._wakeup_w = socket.socketpair()
+        self.extra_fds_to_close: list[Callable[[], None]] = []
+        self.control = None  # set by attach_control_server
+
+    # -- setup ----------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        for sock in (self._wakeup_r, self._wakeup_w):
+            sock.setblocking(False)
+        signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, _record_only)
+        # Restart system calls interrupted by our no-op handlers instead of
+        # raising EINTR in the middle of a write to a log file.
+        for sig in HANDLED_SIGNALS:
+            signal.siginterrupt(sig, False)
+        self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._on_wakeup)
+
+    def close_in_child(self) -> None:
+        """What a freshly forked companion must not keep of the manager."""
+        self.selector.close()
+        self._wakeup_r.close()
+        self._wakeup_w.close()
+        for close in self.extra_fds_to_close:
+            close()
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self) -> int:
+        for name in list(self.records):
+            self.apply(name, lc.Start())
+        while not (self.shutting_down and self._all_quiescent()):
+            timeout = self._next_timeout()
+            for key, mask in self.selector.select(timeout):
+                key.data(key, mask)
+            self._fire_timers()
+        if self.control is not None:
+            self.control.close()
+        self.log.info("Companion manager exiting (pid: %s)", os.getpid())
+        return 0
+
+    def _all_quiescent(self) -> bool:
+        return not self.pids and all(
+            r.state in QUIESCENT_STATES for r in self.records.values()
+        )
+
+    def _next_timeout(self) -> float | None:
+        while self.timers:
+            deadline, _, name = self.timers[0]
+            record = self.records.get(name)
+            if record is None or record.deadline != deadline:
+                heapq.heappop(self.timers)  # stale: the record moved on
+                continue
+            return max(0.0, deadline - self.clock())
+        return None
+
+    def _fire_timers(self) -> None:
+        now = self.clock()
+        while self.timers and self.timers[0][0] <= now:
+            deadline, _, name = heapq.heappop(self.timers)
+            record = self.records.get(name)
+            if record is not None and record.deadline == deadline:
+                self.apply(name, lc.Tick())
+
+    def _on_wakeup(self, key, mask) -> None:
+        try:
+            data = self._wakeup_r.recv(4096)
+        except BlockingIOError:
+            return
+        # Several SIGCHLDs may arrive as several bytes: reaping once handles them all.
+        for signum in dict.fromkeys(data):
+            self.handle_signal(signum)
+
+    def handle_signal(self, signum: int) -> None:
+        if signum == signal.SIGCHLD:
+            self.reap()
+        elif signum == signal.SIGTERM:
+            self.shutdown(quick=False)
+        elif signum in (signal.SIGINT, signal.SIGQUIT):
+            self.shutdown(quick=True)
+        elif signum == signal.SIGHUP:
+            self.reread()
+        # USR1/USR2/TTIN/TTOU/WINCH are the master's business: we only make
+        # sure their default action (some terminate) cannot kill the manager.
+
+    # -- the state machine's shell ------------------------------------------------
+
+    def apply(self, name: str, event: lc.Event) -> None:
+        """Step one record and carry out what the state machine asks for."""
+        record, actions = lc.step(self.records[name], event, self.clock())
+        self.records[name] = record
+        if record.deadline is not None:
+            heapq.heappush(self.timers, (record.deadline, next(self._seq), name))
+        for action in actions:
+            if isinstance(action, lc.Log):
+                self.log.log(action.level, "%s", action.message)
+            elif isinstance(action, lc.Kill):
+                self._kill(action)
+            elif isinstance(action, lc.Spawn):
+                self._spawn(action.name)
+        if name in self.retiring and self.records[name].state in QUIESCENT_STATES:
+            del self.records[name]
+            self.retiring.discard(name)
+            self.targets.pop(name, None)
+
+    def _spawn(self, name: str) -> None:
+        spec = self.records[name].spec
+        try:
+            pid = spawn_companion(
+                spec,
+                self.targets[name],
+                handled_signals=HANDLED_SIGNALS,
+                close_in_child=self.close_in_child,
+                title=self.title,
+            )
+        except OSError as exc:
+            self.apply(name, lc.SpawnFailed(f"{exc.strerror or exc}"
+                                            + (f": {exc.filename!r}" if exc.filename else "")))
+            return
+        self.pids[pid] = name
+        self.apply(name, lc.Spawned(pid))
+
+    def _kill(self, action: lc.Kill) -> None:
+        # The companion leads its own process group: signal the group so what
+        # it started itself hears the stop signal too.
+        try:
+            os.killpg(action.pid, action.signal)
+        except ProcessLookupError:
+            try:
+                os.kill(action.pid, action.signal)
+            except ProcessLookupError:
+                pass  # already exited; its SIGCHLD is on the way
+        except PermissionError as exc:
+            self.log.error("Cannot signal companion %r (pid %s): %s", action.name, action.pid, exc)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            name = self.pids.pop(pid, None)
+            if name is None:
+                continue  # not a companion (an orphan reparented to us)
+            self.apply(name, lc.Exited(lc.ExitStatus.from_wait_status(status)))
+
+    # -- requests -----------------------------------------------------------------
+
+    def shutdown(self, quick: bool) -> None:
+        if not self.shutting_down:
+            self.log.info("Companion manager stopping companions (%s)",
+                          "quick" if quick else "graceful")
+        self.shutting_down = True
+        for name in list(self.records):
+            self.apply(name, lc.Stop(quick=quick))
+
+    def reread(self) -> tuple[bool, str, dict]:
+        """Apply a fresh read of the config: start added companions, stop removed
+        ones, restart changed ones, leave the rest alone. All or nothing."""
+        if self.shutting_down:
+            return False, "the companion manager is shutting down", {}
+        try:
+            config = load_companion_config(self.sources)
+            current = {n: r.spec for n, r in self.records.items() if n not in self.retiring}
+            fresh = config.by_name()
+            to_resolve = tuple(s for n, s in fresh.items() if current.get(n) != s)
+            targets = resolve_all(to_resolve)
+        except ConfigError as exc:
+            self.log.error("Companion config not applied, keeping the running one: %s", exc)
+            return False, str(exc), {}
+        changes = diff_specs(current, fresh)
+        self.config = config
+        self.targets.update(targets)
+        for name in changes["removed"]:
+            self.retiring.add(name)
+            self.apply(name, lc.Stop())
+        for name in changes["changed"]:
+            self.apply(name, lc.Reconfigure(fresh[name]))
+        for name in changes["added"]:
+            self.retiring.discard(name)
+            if name in self.records:  # re-added while still stopping: keep its record
+                self.apply(name, lc.Reconfigure(fresh[name]))
+                self.apply(name, lc.Start())
+                continue
+            self.records[name] = lc.Record(fresh[name])
+            self.apply(name, lc.Start())
+        # keep the configured order for status
+        order = list(fresh) + [n for n in self.records if n not in fresh]
+        self.records = {n: self.records[n] for n in order if n in self.records}
+        summary = ", ".join(f"{k}: {', '.join(v)}" for k, v in changes.items() if v and k != "unchanged")
+        self.log.info("Companion config reread: %s", summary or "no changes")
+        return True, summary or "no changes", changes
+
+    def snapshot(self) -> list[dict]:
+        """What ``status`` shows: one entry per companion."""
+        now = self.clock()
+        entries = []
+        for record in self.records.values():
+            running = record.state in PROCESS_STATES and record.started_at is not None
+            entries.append({
+                "name": record.name,
+                "state": str(record.state),
+                "pid": record.pid,
+                "uptime": round(now - record.started_at, 3) if running and record.pid else None,
+                "restarts": record.restarts,
+                "last_exit": record.last_exit.as_json() if record.last_exit else None,
+                "target": record.spec.target,
+                "stdout": record.spec.stdout,
+                "stderr": record.spec.stderr,
+                "wanted": record.wanted,
+            })
+        return entries
+
+
+def diff_specs(
+    current: dict[str, CompanionSpec], fresh: dict[str, CompanionSpec]
+) -> dict[str, list[str]]:
+    """Names added, removed, changed and unchanged between two configs (pure)."""
+    return {
+        "added": [n for n in fresh if n not in current],
+        "removed": [n for n in current if n not in fresh],
+        "changed": [n for n in fresh if n in current and current[n] != fresh[n]],
+        "unchanged": [n for n in fresh if n in current and current[n] == fresh[n]],
+    }
+

@@ -1,0 +1,207 @@
+"""The companion settings, as real Gunicorn settings.
+
+Importing this module registers them: Gunicorn's ``SettingMeta`` appends each
+class to ``KNOWN_SETTINGS`` when it is defined, and ``Config()`` copies that
+list, so this must be imported before Gunicorn builds its ``Config`` (the
+Application classes in ``app.py`` import it at module level). They then
+validate like every other setting, show in ``--print-config`` and, for the
+scalar ones, get command-line flags.
+"""
+
+from __future__ import annotations
+
+import stat
+from typing import Any
+
+from gunicorn.config import KNOWN_SETTINGS, Setting
+
+from . import spec
+
+SECTION = "Companions"
+
+
+def _from_cli(value: Any) -> Any:
+    """Command-line values arrive as strings; config files give real types."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def validate_workers(value: Any) -> list:
+    # Shape only: the full per-entry check needs the defaults, and collects
+    # every problem at once (spec.parse_companions), which Gunicorn's
+    # one-value-at-a-time validators cannot do.
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"companion_workers must be a list of dicts, got {type(value).__name__}")
+    return list(value)
+
+
+def validate_optional_path(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected a path, got {value!r}")
+    return value
+
+
+def validate_optional_seconds(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    return spec.validate_seconds(_from_cli(value))
+
+
+def validate_mode(value: Any) -> int:
+    if isinstance(value, str):
+        value = int(value, 8)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+        raise ValueError(f"expected a permission mode like 0o600, got {value!r}")
+    if value & (stat.S_IRUSR | stat.S_IWUSR) != stat.S_IRUSR | stat.S_IWUSR:
+        raise ValueError(f"mode {value:#o} must let the owner read and write the socket")
+    return value
+
+
+class CompanionWorkers(Setting):
+    name = "companion_workers"
+    section = SECTION
+    validator = validate_workers
+    default = []
+    desc = """\
+        The companion processes to run beside the HTTP workers.
+
+        A list of dicts, each with a ``name`` and a ``target``
+        (``"module:callable"``; the callable takes no arguments and blocks like
+        a worker's main loop), and optionally ``cwd``, ``env``,
+        ``stop_signal``, ``stop_timeout``, ``reload_timeout``, ``startsecs``,
+        ``restart_delay``, ``stdout`` and ``stderr``. A key left out takes the
+        global ``companion_<key>`` setting. See docs/configuration.md.
+        """
+
+
+class CompanionConfigFile(Setting):
+    name = "companion_config_file"
+    section = SECTION
+    cli = ["--companion-config-file"]
+    meta = "FILE"
+    validator = validate_optional_path
+    default = None
+    desc = """\
+        A Python file to read ``companion_workers`` and the ``companion_*``
+        defaults from, instead of the main config file.
+
+        Reloads (SIGHUP, ``gunicorn-companion reread``) read it again.
+        """
+
+
+_DEFAULT_DOCS = {
+    "stop_signal": ("SIGNAL", "The signal that asks a companion to stop (a name like SIGTERM, "
+                              "TERM or INT, or a number)."),
+    "stop_timeout": ("SECONDS", "Seconds a companion has to exit after its stop signal before "
+                                "it is sent SIGKILL."),
+    "reload_timeout": ("SECONDS", "Seconds to wait for the old process to exit when a companion "
+                                  "is restarted, before SIGKILL."),
+    "startsecs": ("SECONDS", "Seconds a companion must stay up to count as started (STARTING "
+                             "-> RUNNING)."),
+    "restart_delay": ("SECONDS", "Seconds a companion that exited waits in BACKOFF before it is "
+                                 "started again."),
+    "stdout": ("PATH", "Where a companion's standard output goes: a file path (opened in append "
+                       "mode) or 'inherit' to share the master's."),
+    "stderr": ("PATH", "Where a companion's standard error goes: a file path, 'stdout' to merge "
+                       "it with standard output, or 'inherit' to share the master's."),
+}
+
+
+def _checked_as_written(check, convert):
+    # Gunicorn stores what the validator returns; keep the value as the user
+    # wrote it (e.g. "SIGTERM") once it passes, and let spec normalise it, so
+    # --print-config shows what was configured.
+    def validate(value: Any) -> Any:
+        value = convert(value)
+        check(value)
+        return value
+
+    return validate
+
+
+def _defaultable_setting(key: str):
+    validator, builtin = spec.DEFAULTABLE_KEYS[key]
+    meta, text = _DEFAULT_DOCS[key]
+    convert = _from_cli if meta == "SECONDS" else (lambda v: v)
+    attrs = {
+        "name": f"companion_{key}",
+        "section": SECTION,
+        "cli": [f"--companion-{key.replace('_', '-')}"],
+        "meta": meta,
+        "validator": _checked_as_written(validator, convert),
+        "default": builtin,
+        "desc": f"{text}\n\nThe default for companions that do not set ``{key}`` themselves.",
+        "__module__": __name__,
+        "__qualname__": f"Companion_{key}",
+    }
+    return type(Setting)(f"Companion_{key}", (Setting,), attrs)
+
+
+DEFAULTABLE_SETTINGS = {key: _defaultable_setting(key) for key in spec.DEFAULTABLE_KEYS}
+
+
+class CompanionManagerStopTimeout(Setting):
+    name = "companion_manager_stop_timeout"
+    section = SECTION
+    cli = ["--companion-manager-stop-timeout"]
+    meta = "SECONDS"
+    validator = validate_optional_seconds
+    default = None
+    desc = """\
+        Seconds the master waits for the companion manager to stop its
+        companions at shutdown before it kills the manager (and with it every
+        companion).
+
+        When unset: the slowest companion's ``stop_timeout`` plus
+        ``companion_manager_shutdown_buffer``.
+        """
+
+
+class CompanionManagerShutdownBuffer(Setting):
+    name = "companion_manager_shutdown_buffer"
+    section = SECTION
+    cli = ["--companion-manager-shutdown-buffer"]
+    meta = "SECONDS"
+    validator = lambda v: spec.validate_seconds(_from_cli(v))  # noqa: E731
+    default = 5.0
+    desc = """\
+        Seconds added to the slowest companion's ``stop_timeout`` to derive
+        ``companion_manager_stop_timeout`` when that is unset.
+        """
+
+
+class CompanionControlSocket(Setting):
+    name = "companion_control_socket"
+    section = SECTION
+    cli = ["--companion-control-socket"]
+    meta = "PATH"
+    validator = validate_optional_path
+    default = None
+    desc = """\
+        Path of the UNIX control socket the companion manager listens on
+        (off when unset). ``gunicorn-companion -s PATH status`` talks to it.
+        """
+
+
+class CompanionControlSocketMode(Setting):
+    name = "companion_control_socket_mode"
+    section = SECTION
+    cli = ["--companion-control-socket-mode"]
+    meta = "MODE"
+    validator = validate_mode
+    default = 0o600
+    desc = """\
+        Permission bits of the control socket (octal, e.g. ``0o660`` to let
+        the group in). It is created with these bits, never wider.
+        """
+
+
+COMPANION_SETTINGS = {cls.name: cls for cls in KNOWN_SETTINGS if cls.section == SECTION}

@@ -1,0 +1,214 @@
+"""The only module that forks. Everything a child must do before it runs user
+code happens here, in an order that matters; each hazard is named where it is
+handled.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+import threading
+import traceback
+from typing import Callable, Iterable
+
+from .spec import INHERIT, MERGE_WITH_STDOUT, CompanionSpec
+from .targets import output_path
+
+# Exit status of a companion whose parent was already gone when it checked.
+EXIT_ORPHANED = 70
+# Exit status of a companion whose setup (before the target ran) failed.
+EXIT_SETUP_FAILED = 71
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+_ALL_SIGNALS = set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name, use_errno=True) if name else None
+
+
+_LIBC = _libc() if sys.platform.startswith("linux") else None
+
+
+def set_parent_death_signal(sig: int) -> bool:
+    """Ask the kernel to send ``sig`` when our parent dies (Linux only)."""
+    if _LIBC is None:
+        return False
+    return _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+
+
+def watch_parent_portably(parent_pid: int, interval: float = 1.0) -> None:
+    """Where PDEATHSIG does not exist: exit when we are reparented.
+
+    A thread is safe here only because it starts in a process that will not
+    fork again (a companion); the manager uses its timer heap instead.
+    """
+
+    def watch() -> None:
+        while True:
+            threading.Event().wait(interval)
+            if os.getppid() != parent_pid:
+                os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def fork_blocking_signals() -> int:
+    """fork() with every signal blocked across it.
+
+    Without this, a signal that lands in the child between fork and the reset
+    of its handlers runs the *parent's* handler in the child: with a wakeup fd
+    that writes into the parent's own socket (the parent would act on a signal
+    meant for the child), and with a queueing handler the signal is recorded in
+    a copy nobody reads and lost. The child unblocks once its handlers are its
+    own (``reset_signals``); the parent unblocks at once.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        raise
+    if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return pid
+
+
+def reset_signals(handled: Iterable[int]) -> None:
+    """In a fresh child, signals still blocked: drop the parent's handlers and
+    wakeup fd. The caller unblocks once its own handlers are in place."""
+    signal.set_wakeup_fd(-1)
+    for sig in handled:
+        signal.signal(sig, signal.SIG_DFL)
+    # a Python program expects KeyboardInterrupt on SIGINT
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def unblock_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def open_output(spec: CompanionSpec) -> tuple[int | None, int | None]:
+    """Open the companion's output files in the manager (append mode), so a
+    missing directory or a permission error is reported as a failed start
+    instead of a silent crash. Returns fds for stdout and stderr (None = inherit)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    out = err = None
+    try:
+        if spec.stdout != INHERIT:
+            out = os.open(output_path(spec, spec.stdout), flags, 0o644)
+        if spec.stderr not in (INHERIT, MERGE_WITH_STDOUT):
+            err = os.open(output_path(spec, spec.stderr), flags, 0o644)
+    except OSError:
+        close_fds(out, err)
+        raise
+    return out, err
+
+
+def close_fds(*fds: int | None) -> None:
+    for fd in fds:
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def spawn_companion(
+    spec: CompanionSpec,
+    target: Callable[[], object],
+    *,
+    handled_signals: Iterable[int],
+    close_in_child: Callable[[], None],
+    title: Callable[[str], None],
+) -> int:
+    """Fork one companion; return its pid. The child never returns."""
+    out, err = open_output(spec)
+    manager_pid = os.getpid()
+    try:
+        pid = fork_blocking_signals()
+    except BaseException:
+        close_fds(out, err)
+        raise
+    if pid:
+        close_fds(out, err)
+        # Also set the group from the parent: whichever of the two calls runs
+        # first wins, so a stop signal sent to the group right after fork
+        # cannot miss the child (the classic shell job-control race).
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass  # the child got there first, or already exited
+        return pid
+    _run_companion(spec, target, manager_pid, handled_signals, close_in_child, title, out, err)
+
+
+def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, title, out, err):
+    code = EXIT_SETUP_FAILED
+    try:
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+        reset_signals(handled_signals)
+        unblock_signals()
+        # PDEATHSIG first, then re-check: if the manager died between fork and
+        # prctl, no signal will ever come, and getppid() tells us instead.
+        if set_parent_death_signal(signal.SIGKILL):
+            if os.getppid() != manager_pid:
+                os._exit(EXIT_ORPHANED)
+        else:
+            watch_parent_portably(manager_pid)
+        close_in_child()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if out is not None:
+            os.dup2(out, 1)
+        if err is not None:
+            os.dup2(err, 2)
+        elif spec.stderr == MERGE_WITH_STDOUT:
+            os.dup2(1, 2)
+        close_fds(out, err)
+        if spec.cwd:
+            os.chdir(spec.cwd)
+        os.environ.update(dict(spec.env))
+        os.environ["GUNICORN_COMPANION_NAME"] = spec.name
+        title(spec.name)
+        code = 1
+        result = target()
+        code = result if isinstance(result, int) and not isinstance(result, bool) else 0
+    except SystemExit as exc:
+        if exc.code is None:
+            code = 0
+        elif isinstance(exc.code, int):
+            code = exc.code
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:
+        # the target crashed: say so on its stderr; the manager logs the exit
+        traceback.print_exc()
+    finally:
+        # Never return into the manager's code: os._exit skips its atexit
+        # handlers and finalizers, which belong to the manager.
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code & 0xFF)
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants get reparented to us instead of init (Linux only)."""
+    if _LIBC is None:
+        return False
+    return _LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0

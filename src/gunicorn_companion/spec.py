@@ -1,0 +1,257 @@
+"""Companion configuration values to frozen specs, collecting every error.
+
+Pure: no processes, no imports of the targets (see ``targets.py`` for that),
+so every rule here is pinned by table tests.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import signal
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+INHERIT = "inherit"
+MERGE_WITH_STDOUT = "stdout"
+
+# Names end up in process titles, log lines, the control protocol and file
+# names, so keep them to characters that need no quoting anywhere.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+_TARGET_RE = re.compile(rf"^{_DOTTED}:{_DOTTED}$")
+
+
+class ConfigError(Exception):
+    """The companion configuration is invalid; ``problems`` lists every fault."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __str__(self) -> str:
+        if len(self.problems) == 1:
+            return f"invalid companion configuration: {self.problems[0]}"
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        return f"invalid companion configuration ({len(self.problems)} problems):\n{lines}"
+
+
+# -- per-key validators: value -> normalised value, or ValueError(reason) ----
+
+
+def validate_signal(value: Any) -> int:
+    """Accept "SIGTERM", "TERM", "term", 15 or "15"; return the number."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a signal name or number")
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        number = int(value)
+        try:
+            return int(signal.Signals(number))
+        except ValueError:
+            raise ValueError(f"{value!r} is not a signal number on this system") from None
+    if isinstance(value, str):
+        name = value.strip().upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        sig = getattr(signal.Signals, name, None)
+        if sig is None or name.startswith("SIG_"):
+            raise ValueError(f"{value!r} is not a signal name (try 'SIGTERM', 'INT' or 15)")
+        return int(sig)
+    raise ValueError(f"{value!r} is not a signal name or number")
+
+
+def validate_seconds(value: Any) -> float:
+    """A non-negative, finite number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be a non-negative number of seconds, got {value!r}")
+    return float(value)
+
+
+def validate_stdout(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be a file path or 'inherit', got {value!r}")
+    if value in (MERGE_WITH_STDOUT, "stderr"):
+        raise ValueError(f"{value!r} is not allowed here; use a file path or 'inherit'")
+    return value
+
+
+def validate_stderr(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be a file path, 'stdout' or 'inherit', got {value!r}")
+    if value == "stderr":
+        raise ValueError("'stderr' is not allowed here; use a file path, 'stdout' or 'inherit'")
+    return value
+
+
+def validate_cwd(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a directory path, got {value!r}")
+    return value
+
+
+def validate_env(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a dict of strings, got {type(value).__name__}")
+    problems = []
+    for key, val in value.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            problems.append(f"key {key!r} is not a valid environment variable name")
+        elif not isinstance(val, str):
+            problems.append(f"{key!r} must be a string, got {val!r} (quote it: {str(val)!r})")
+        elif "\0" in val:
+            problems.append(f"{key!r} contains a NUL byte")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return tuple(sorted(value.items()))
+
+
+def validate_name(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"'name' must be a non-empty string, got {value!r}")
+    if not _NAME_RE.match(value):
+        raise ValueError(
+            f"'name' {value!r} may hold only letters, digits and '_.@-' "
+            "(starting with a letter or digit, at most 64 characters)"
+        )
+    return value
+
+
+def validate_target(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"'target' must be a non-empty string, got {value!r}")
+    if not _TARGET_RE.match(value):
+        raise ValueError(f"'target' {value!r} must look like 'module:callable'")
+    return value
+
+
+# Keys that fall back to a global ``companion_<key>`` setting, with their
+# validators and defaults. The Setting classes are generated from this table,
+# so the two can never disagree.
+DEFAULTABLE_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "stop_signal": (validate_signal, "SIGTERM"),
+    "stop_timeout": (validate_seconds, 10.0),
+    "reload_timeout": (validate_seconds, 10.0),
+    "startsecs": (validate_seconds, 1.0),
+    "restart_delay": (validate_seconds, 1.0),
+    "stdout": (validate_stdout, INHERIT),
+    "stderr": (validate_stderr, INHERIT),
+}
+
+OWN_KEYS: dict[str, Callable[[Any], Any]] = {
+    "name": validate_name,
+    "target": validate_target,
+    "cwd": validate_cwd,
+    "env": validate_env,
+}
+
+KNOWN_KEYS = tuple(OWN_KEYS) + tuple(DEFAULTABLE_KEYS)
+REQUIRED_KEYS = ("name", "target")
+
+
+@dataclass(frozen=True)
+class CompanionSpec:
+    """Everything the manager needs to run one companion; comparable, so a
+    reread can tell changed companions from untouched ones."""
+
+    name: str
+    target: str
+    cwd: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    stop_signal: int = int(signal.SIGTERM)
+    stop_timeout: float = 10.0
+    reload_timeout: float = 10.0
+    startsecs: float = 1.0
+    restart_delay: float = 1.0
+    stdout: str = INHERIT
+    stderr: str = INHERIT
+
+    @property
+    def stop_signal_name(self) -> str:
+        return signal.Signals(self.stop_signal).name
+
+
+def suggest(key: str, known: tuple[str, ...] | list[str]) -> str:
+    """' (did you mean 'x'?)' for a close match, else ''."""
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def parse_defaults(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Validate the global ``companion_<key>`` defaults; missing ones take the
+    built-in default. Returns (defaults by key, problems)."""
+    defaults: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, (validator, builtin) in DEFAULTABLE_KEYS.items():
+        raw = values.get(f"companion_{key}", builtin)
+        if raw is None:
+            raw = builtin
+        try:
+            defaults[key] = validator(raw)
+        except ValueError as exc:
+            problems.append(f"companion_{key}: {exc}")
+    return defaults, problems
+
+
+def parse_companions(
+    entries: Any, values: Mapping[str, Any] | None = None
+) -> tuple[CompanionSpec, ...]:
+    """``companion_workers`` plus the ``companion_*`` defaults to specs.
+
+    Raises ConfigError naming every problem found, not just the first.
+    """
+    defaults, problems = parse_defaults(values or {})
+    if entries is None:
+        entries = []
+    if not isinstance(entries, (list, tuple)):
+        raise ConfigError(
+            problems + [f"companion_workers must be a list of dicts, got {type(entries).__name__}"]
+        )
+    collected: list[dict[str, Any]] = []
+    first_index: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        where = f"companion_workers[{index}]"
+        if not isinstance(entry, Mapping):
+            problems.append(f"{where} must be a dict, got {type(entry).__name__}")
+            continue
+        name = entry.get("name")
+        if isinstance(name, str) and _NAME_RE.match(name):
+            where = f"companion {name!r}"
+        fields: dict[str, Any] = {}
+        for key in entry:
+            if key not in KNOWN_KEYS:
+                problems.append(f"{where}: unknown key {key!r}{suggest(str(key), KNOWN_KEYS)}")
+        for key in REQUIRED_KEYS:
+            if key not in entry:
+                problems.append(f"{where}: missing {key!r}")
+        for key, validator in OWN_KEYS.items():
+            if key in entry:
+                try:
+                    fields[key] = validator(entry[key])
+                except ValueError as exc:
+                    label = "" if key in REQUIRED_KEYS else f"{key} "
+                    problems.append(f"{where}: {label}{exc}")
+        for key, (validator, _) in DEFAULTABLE_KEYS.items():
+            if key in entry:
+                try:
+                    fields[key] = validator(entry[key])
+                except ValueError as exc:
+                    problems.append(f"{where}: {key} {exc}")
+            elif key in defaults:
+                fields[key] = defaults[key]
+        if "name" in fields:
+            if fields["name"] in first_index:
+                problems.append(
+                    f"{where}: duplicate name (companion_workers[{first_index[fields['name']]}]"
+                    " has it too)"
+                )
+            else:
+                first_index[fields["name"]] = index
+        collected.append(fields)
+    if problems:
+        raise ConfigError(problems)
+    return tuple(CompanionSpec(**fields) for fields in collected)

@@ -1,0 +1,89 @@
+"""Targets and a WSGI app the integration tests run as companions.
+
+Each target appends its pid to ``$COMPANION_STATE/<name>.starts`` when it
+starts, so a test knows every process a companion ran as, in order.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+# A large preloaded structure: forked companions must share it, not copy it.
+BIG = bytearray(int(os.environ.get("COMPAPP_BIG_MB", "0")) * 1024 * 1024) or None
+if BIG is not None:
+    BIG[:] = b"\x01" * len(BIG)  # touch every page in the master
+
+
+def _state_dir():
+    return os.environ["COMPANION_STATE"]
+
+
+def _record_start():
+    name = os.environ.get("GUNICORN_COMPANION_NAME", "unknown")
+    with open(os.path.join(_state_dir(), f"{name}.starts"), "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello from the web\n"]
+
+
+async def asgi_app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"hello from asgi\n"})
+
+
+def sleeper():
+    _record_start()
+    while True:
+        signal.pause()
+
+
+def crasher():
+    _record_start()
+    time.sleep(float(os.environ.get("CRASH_AFTER", "0.2")))
+    sys.exit(3)
+
+
+def stubborn():
+    """Ignores SIGTERM: only SIGKILL stops it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _record_start()
+    while True:
+        signal.pause()
+
+
+def reporter():
+    """Tells the test where it runs and what it sees, then prints to both streams."""
+    _record_start()
+    name = os.environ["GUNICORN_COMPANION_NAME"]
+    info = {
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "pgid": os.getpgid(0),
+        "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
+    }
+    with open(os.path.join(_state_dir(), f"{name}.json"), "w") as f:
+        json.dump(info, f)
+    print(f"out from {name}", flush=True)
+    print(f"err from {name}", file=sys.stderr, flush=True)
+    while True:
+        signal.pause()
+
+
+def big_reader():
+    """Stays idle without touching BIG, so its pages stay shared."""
+    _record_start()
+    while True:
+        signal.pause()
+
+
+not_callable = 42

@@ -1,0 +1,24 @@
+import pytest
+
+from support import Server
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Factory: ``server(config_text, app=..., args=...)`` -> a started Server.
+
+    Every server is stopped and every process of its session killed at the end,
+    whatever the test did.
+    """
+    started = []
+
+    def make(config: str, **kwargs) -> Server:
+        root = tmp_path / f"srv{len(started)}"
+        root.mkdir()
+        srv = Server(root, config, **kwargs)
+        started.append(srv)
+        return srv.start()
+
+    yield make
+    for srv in started:
+        srv.cleanup()

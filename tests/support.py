@@ -1,0 +1,200 @@
+"""Helpers for tests that run real Gunicorn masters: start, wait, inspect /proc."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+APPS = Path(__file__).parent / "apps"
+SERVE = [sys.executable, "-m", "gunicorn_companion", "serve"]
+DEFAULT_TIMEOUT = 30.0
+
+
+def wait_until(predicate, timeout=DEFAULT_TIMEOUT, interval=0.01, message="condition"):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name, or None if gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return data[data.rindex(")") + 2:].split()
+
+
+def alive(pid: int) -> bool:
+    """Exists and is not a zombie (a zombie has exited; only its parent's reap is left)."""
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for p in all_pids():
+        fields = proc_stat(p)
+        if fields and int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            found.append(p)
+    return sorted(found)
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes of a session: everything a test's server started, however deep."""
+    found = []
+    for p in all_pids():
+        fields = proc_stat(p)
+        if fields and int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+            found.append(p)
+    return sorted(found)
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """Memory figures of a process in kB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, rest = line.partition(":")
+        values[key.strip()] = int(rest.split()[0])
+    return values
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One ``gunicorn-companion serve`` run in its own session and directory."""
+
+    def __init__(self, root: Path, config: str, *, app: str = "compapp:app",
+                 args: tuple[str, ...] = (), env: dict | None = None):
+        self.root = root
+        self.state = root / "state"
+        self.state.mkdir(exist_ok=True)
+        shutil.copy(APPS / "compapp.py", root / "compapp.py")
+        self.port = free_port()
+        self.config_path = root / "gunicorn.conf.py"
+        self.write_config(config)
+        self.log_path = root / "server.log"
+        self.env = dict(os.environ, COMPANION_STATE=str(self.state), PYTHONUNBUFFERED="1")
+        self.env.pop("GUNICORN_CMD_ARGS", None)
+        self.env.update(env or {})
+        self.argv = [*SERVE, "-c", str(self.config_path), "--bind", f"127.0.0.1:{self.port}",
+                     *args, app]
+        self.proc: subprocess.Popen | None = None
+
+    def write_config(self, text: str) -> None:
+        header = "import os, sys\nsys.path.insert(0, os.path.dirname(__file__))\n"
+        self.config_path.write_text(header + textwrap.dedent(text))
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> "Server":
+        self._log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, cwd=self.root, env=self.env,
+                                     stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout=DEFAULT_TIMEOUT, count: int = 1) -> None:
+        wait_until(lambda: self.log().count(text) >= count, timeout,
+                   message=f"{text!r} x{count} in the log:\n{self.log()}")
+
+    def wait_exit(self, timeout=DEFAULT_TIMEOUT) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"server did not exit within {timeout}s:\n{self.log()}")
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def tree(self) -> list[int]:
+        return session_members(self.pid)
+
+    def cleanup(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    pass
+            for pid in session_members(self.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._log_file.close()
+
+    # -- companions --------------------------------------------------------------
+
+    def manager_pid(self) -> int | None:
+        for pid in children(self.pid):
+            if "companion manager" in cmdline(pid):
+                return pid
+        return None
+
+    def wait_manager(self, timeout=DEFAULT_TIMEOUT, other_than: int | None = None) -> int:
+        return wait_until(
+            lambda: (lambda p: p if p and p != other_than else None)(self.manager_pid()),
+            timeout, message=f"a companion manager:\n{self.log()}")
+
+    def starts(self, name: str) -> list[int]:
+        """Every pid companion ``name`` started as, oldest first."""
+        path = self.state / f"{name}.starts"
+        if not path.exists():
+            return []
+        return [int(line) for line in path.read_text().split()]
+
+    def wait_starts(self, name: str, count: int = 1, timeout=DEFAULT_TIMEOUT) -> list[int]:
+        return wait_until(lambda: (lambda s: s if len(s) >= count else None)(self.starts(name)),
+                          timeout, message=f"{count} start(s) of {name!r}:\n{self.log()}")
+
+    def running_as(self, name: str) -> list[int]:
+        """Live processes titled as companion ``name`` in this server's tree."""
+        return [p for p in self.tree() if f"companion {name} [" in cmdline(p)]
+
+    def http_get(self, path: str = "/") -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)

@@ -1,0 +1,313 @@
+"""The core lifecycle against real Gunicorn masters, forks and signals."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from support import alive, children, cmdline, smaps_rollup, wait_until
+
+SLEEPERS = """
+preload_app = True
+workers = 1
+companion_workers = [
+    {"name": "alpha", "target": "compapp:sleeper"},
+    {"name": "beta", "target": "compapp:sleeper", "startsecs": 0},
+]
+"""
+
+
+def test_boot_forks_one_manager_that_forks_each_companion(server):
+    srv = server(SLEEPERS)
+    manager = srv.wait_manager()
+    alpha, = srv.wait_starts("alpha")
+    beta, = srv.wait_starts("beta")
+    # the tree: master -> manager -> companions; HTTP workers beside the manager
+    assert sorted(children(manager)) == sorted([alpha, beta])
+    assert manager in children(srv.pid)
+    assert "companion alpha [" in cmdline(alpha)
+    srv.wait_log("companion 'alpha' (pid %d) is RUNNING" % alpha)
+    assert b"hello from the web" in srv.http_get()
+    srv.signal(signal.SIGTERM)
+    assert srv.wait_exit() == 0
+    assert not srv.tree()
+
+
+def test_companion_that_exits_is_restarted_after_restart_delay(server):
+    srv = server("""
+        preload_app = True
+        companion_workers = [{"name": "crash", "target": "compapp:crasher",
+                              "restart_delay": 0.3, "startsecs": 0}]
+    """)
+    first, second = srv.wait_starts("crash", 2)
+    assert first != second
+    srv.wait_log(f"companion 'crash' (pid {first}) exited unexpectedly with exit code 3; "
+                 "restarting in 0.3s")
+
+
+def test_companion_killed_with_sigkill_is_restarted(server):
+    srv = server(SLEEPERS)
+    alpha, = srv.wait_starts("alpha")
+    manager = srv.wait_manager()
+    os.kill(alpha, signal.SIGKILL)
+    _, again = srv.wait_starts("alpha", 2)
+    srv.wait_log(f"companion 'alpha' (pid {alpha}) exited unexpectedly with signal SIGKILL")
+    assert again in children(manager) and not alive(alpha)
+    assert srv.manager_pid() == manager  # the manager itself was not disturbed
+
+
+def test_cwd_env_and_output_files(server, tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    srv = server(f"""
+        preload_app = True
+        companion_stdout = {str(tmp_path / "all.out")!r}
+        companion_workers = [
+            {{"name": "split", "target": "compapp:reporter", "cwd": {str(workdir)!r},
+              "env": {{"FOO": "bar"}}, "stdout": "split.out", "stderr": "split.err"}},
+            {{"name": "merged", "target": "compapp:reporter", "stderr": "stdout"}},
+            {{"name": "inherited", "target": "compapp:reporter", "stdout": "inherit"}},
+        ]
+    """)
+    for name in ("split", "merged", "inherited"):
+        srv.wait_starts(name)
+    split_out = workdir / "split.out"  # relative paths are taken from the companion's cwd
+    wait_until(lambda: (workdir / "split.err").exists() and split_out.exists()
+               and "out from split" in split_out.read_text()
+               and "err from split" in (workdir / "split.err").read_text())
+    merged = tmp_path / "all.out"  # the global default applies to companions without stdout
+    wait_until(lambda: merged.exists() and "err from merged" in merged.read_text()
+               and "out from merged" in merged.read_text())
+    srv.wait_log("out from inherited")
+    srv.wait_log("err from inherited")
+    info = json.loads((srv.state / "split.json").read_text())
+    assert info["cwd"] == str(workdir)
+    assert info["env"]["FOO"] == "bar"
+    assert info["env"]["GUNICORN_COMPANION_NAME"] == "split"
+    assert info["env"]["COMPANION_STATE"] == str(srv.state)  # the rest is inherited
+    assert info["pgid"] == info["pid"]  # leads its own process group
+    # the master's listening socket is not inherited
+    listening = {s for s in _inodes_of_listening_port(srv.port)}
+    fds = {os.readlink(f"/proc/{info['pid']}/fd/{fd}") for fd in info["fds"]
+           if os.path.exists(f"/proc/{info['pid']}/fd/{fd}")}
+    assert not listening & fds
+
+
+def _inodes_of_listening_port(port):
+    inodes = []
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
+                inodes.append(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def test_output_appends_across_restarts(server, tmp_path):
+    out = tmp_path / "crash.out"
+    out.write_text("kept\n")
+    srv = server(f"""
+        preload_app = True
+        companion_workers = [{{"name": "crash", "target": "compapp:crasher",
+                               "stdout": {str(out)!r}, "restart_delay": 0.1}}]
+    """)
+    srv.wait_starts("crash", 2)
+    assert out.read_text().startswith("kept\n")
+
+
+def test_companion_config_file(server, tmp_path):
+    companions = tmp_path / "companions.py"
+    companions.write_text(
+        'companion_startsecs = 0\n'
+        'companion_workers = [{"name": "fromfile", "target": "compapp:sleeper"}]\n')
+    srv = server(f"""
+        preload_app = True
+        companion_config_file = {str(companions)!r}
+        # ignored: the companion config file replaces these
+        companion_workers = [{{"name": "frommain", "target": "compapp:sleeper"}}]
+    """)
+    pid, = srv.wait_starts("fromfile")
+    srv.wait_log(f"companion 'fromfile' (pid {pid}) started")
+    assert srv.starts("frommain") == []
+
+
+def test_sighup_with_unchanged_config_leaves_companions_alone(server):
+    srv = server(SLEEPERS)
+    manager = srv.wait_manager()
+    alpha, = srv.wait_starts("alpha")
+    srv.signal(signal.SIGHUP)
+    srv.wait_log("Companion config reread: no changes")
+    assert srv.manager_pid() == manager
+    assert srv.starts("alpha") == [alpha] and alive(alpha)
+
+
+def test_sighup_with_changed_config_restarts_only_what_changed(server):
+    srv = server(SLEEPERS)
+    manager = srv.wait_manager()
+    alpha, = srv.wait_starts("alpha")
+    beta, = srv.wait_starts("beta")
+    srv.write_config("""
+        preload_app = True
+        workers = 1
+        companion_workers = [
+            {"name": "alpha", "target": "compapp:sleeper"},
+            {"name": "beta", "target": "compapp:sleeper", "startsecs": 0, "env": {"X": "1"}},
+            {"name": "gamma", "target": "compapp:sleeper"},
+        ]
+    """)
+    srv.signal(signal.SIGHUP)
+    srv.wait_starts("gamma")
+    _, new_beta = srv.wait_starts("beta", 2)
+    srv.wait_log("Companion config reread: added: gamma, changed: beta")
+    assert not alive(beta) and alive(new_beta)
+    assert srv.starts("alpha") == [alpha] and alive(alpha)
+    assert srv.manager_pid() == manager
+
+    srv.write_config("""
+        preload_app = True
+        workers = 1
+        companion_workers = [{"name": "alpha", "target": "compapp:sleeper"}]
+    """)
+    srv.signal(signal.SIGHUP)
+    srv.wait_log("removed: beta, gamma")
+    wait_until(lambda: not srv.running_as("beta") and not srv.running_as("gamma"))
+    assert alive(alpha)
+
+
+def test_sighup_with_invalid_config_keeps_the_running_one(server):
+    srv = server(SLEEPERS)
+    alpha, = srv.wait_starts("alpha")
+    srv.write_config(SLEEPERS.replace('"startsecs": 0', '"startsecs": -1'))
+    srv.signal(signal.SIGHUP)
+    srv.wait_log("Companion config not applied, keeping the running one")
+    srv.wait_log("companion 'beta': startsecs must be a non-negative number of seconds")
+    assert srv.starts("alpha") == [alpha] and alive(alpha)
+    assert srv.proc.poll() is None
+
+
+def test_sigterm_kills_a_companion_that_ignores_it_after_stop_timeout(server):
+    srv = server("""
+        preload_app = True
+        companion_workers = [
+            {"name": "stubborn", "target": "compapp:stubborn", "stop_timeout": 1},
+            {"name": "polite", "target": "compapp:sleeper"},
+        ]
+    """)
+    stubborn, = srv.wait_starts("stubborn")
+    polite, = srv.wait_starts("polite")
+    started = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    assert srv.wait_exit() == 0
+    elapsed = time.monotonic() - started
+    log = srv.log()
+    assert f"companion 'polite' (pid {polite}) stopped (signal SIGTERM)" in log
+    assert f"companion 'stubborn' (pid {stubborn}) did not exit in time after SIGTERM" in log
+    assert f"companion 'stubborn' (pid {stubborn}) stopped (signal SIGKILL)" in log
+    assert elapsed >= 1.0  # it was given its stop_timeout
+    assert not srv.tree()
+
+
+def test_manager_that_overruns_its_stop_timeout_is_killed_with_its_companions(server):
+    srv = server("""
+        preload_app = True
+        companion_manager_stop_timeout = 0.5
+        companion_workers = [{"name": "stubborn", "target": "compapp:stubborn",
+                              "stop_timeout": 60}]
+    """)
+    stubborn, = srv.wait_starts("stubborn")
+    srv.signal(signal.SIGTERM)
+    assert srv.wait_exit(timeout=20) == 0
+    assert "Companion manager did not stop in 0.5s; killing it" in srv.log()
+    wait_until(lambda: not alive(stubborn), 5, message="the companion to die")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT])
+def test_quick_shutdown_does_not_wait_for_stop_timeout(server, sig):
+    srv = server("""
+        preload_app = True
+        companion_workers = [{"name": "stubborn", "target": "compapp:stubborn",
+                              "stop_timeout": 60}]
+    """)
+    stubborn, = srv.wait_starts("stubborn")
+    srv.signal(sig)
+    srv.wait_exit(timeout=20)
+    assert "Companion manager stopping companions (quick)" in srv.log()
+    assert not alive(stubborn)
+
+
+def test_sigkill_of_the_master_takes_manager_and_companions(server):
+    srv = server(SLEEPERS)
+    manager = srv.wait_manager()
+    pids = srv.wait_starts("alpha") + srv.wait_starts("beta")
+    srv.signal(signal.SIGKILL)
+    srv.wait_exit()
+    wait_until(lambda: not any(alive(p) for p in [manager, *pids]), 5,
+               message="manager and companions to die with the master")
+
+
+def test_sigkill_of_the_manager_restarts_it_without_ever_running_two(server):
+    srv = server(SLEEPERS)
+    manager = srv.wait_manager()
+    alpha, = srv.wait_starts("alpha")
+    os.kill(manager, signal.SIGKILL)
+    # Sample while the replacement comes up: one alpha at most, ever.
+    most = 0
+    deadline = time.monotonic() + 30
+    while len(srv.starts("alpha")) < 2 or not srv.running_as("alpha"):
+        most = max(most, len(srv.running_as("alpha")))
+        assert time.monotonic() < deadline, srv.log()
+    most = max(most, len(srv.running_as("alpha")))
+    assert most == 1
+    assert not alive(alpha)
+    new_manager = srv.wait_manager(other_than=manager)
+    assert srv.starts("alpha")[-1] in children(new_manager)
+    srv.wait_log("Companion manager exited by signal SIGKILL")
+    assert srv.proc.poll() is None
+
+
+def test_companions_share_the_preloaded_memory(server):
+    srv = server("""
+        preload_app = True
+        companion_workers = [{"name": "reader", "target": "compapp:big_reader"}]
+    """, env={"COMPAPP_BIG_MB": "64"})
+    pid, = srv.wait_starts("reader")
+    mem = smaps_rollup(pid)
+    big_kb = 64 * 1024
+    assert mem["Rss"] >= big_kb, mem  # the structure is mapped in the companion...
+    private = mem["Private_Clean"] + mem["Private_Dirty"]
+    assert private < big_kb / 4, mem  # ...but not copied into it
+
+
+def test_without_preload_companions_still_run_and_the_log_says_so_once(server):
+    srv = server("""
+        workers = 2
+        companion_workers = [{"name": "alpha", "target": "compapp:sleeper"}]
+    """)
+    srv.wait_starts("alpha")
+    assert b"hello from the web" in srv.http_get()
+    assert srv.log().count("memory is not shared") == 1
+
+
+def test_usr2_is_refused_with_companions(server):
+    srv = server(SLEEPERS)
+    srv.wait_starts("alpha")
+    srv.signal(signal.SIGUSR2)
+    srv.wait_log("USR2 ignored: a hot upgrade would run every companion twice")
+    assert [p for p in children(srv.pid) if "master" in cmdline(p)] == []
+
+
+def test_usr2_without_companions_reexecutes_the_serve_command(server):
+    # A companion-only flag on the command line: plain `gunicorn` would refuse
+    # it, so a new master that boots proves the re-exec ran `serve` again.
+    srv = server("workers = 1\n", args=("--companion-stop-timeout", "5"))
+    wait_until(lambda: children(srv.pid), message="a worker")
+    srv.signal(signal.SIGUSR2)
+    new_master = wait_until(
+        lambda: next((p for p in children(srv.pid) if "master" in cmdline(p)), None),
+        message=f"a new master:\n{srv.log()}")
+    wait_until(lambda: children(new_master), message=f"the new master's worker:\n{srv.log()}")
+    srv.wait_log(f"Listening at: http://127.0.0.1:{srv.port} ({new_master})")
+    os.kill(new_master, signal.SIGTERM)
+    wait_until(lambda: not alive(new_master))
