@@ -90,8 +90,9 @@ class CompanionConfigFile(Setting):
     validator = validate_optional_path
     default = None
     desc = """\
-        A Python file to read ``companion_workers`` and the ``companion_*``
-        defaults from, instead of the main config file.
+        A Python file with the companion settings, read instead of the main config.
+
+        The file sets ``companion_workers`` and the ``companion_*`` defaults.
 
         Reloads (SIGHUP, ``gunicorn-companion reread``) read it again.
         """
@@ -156,9 +157,9 @@ class CompanionManagerStopTimeout(Setting):
     validator = validate_optional_seconds
     default = None
     desc = """\
-        Seconds the master waits for the companion manager to stop its
-        companions at shutdown before it kills the manager (and with it every
-        companion).
+        Seconds the master gives the companion manager to stop at shutdown.
+
+        After that it kills the manager, and with it every companion.
 
         When unset: the slowest companion's ``stop_timeout`` plus
         ``companion_manager_shutdown_buffer``.
@@ -173,8 +174,9 @@ class CompanionManagerShutdownBuffer(Setting):
     validator = lambda v: spec.validate_seconds(_from_cli(v))  # noqa: E731
     default = 5.0
     desc = """\
-        Seconds added to the slowest companion's ``stop_timeout`` to derive
-        ``companion_manager_stop_timeout`` when that is unset.
+        Seconds added to the slowest stop_timeout when deriving the manager's.
+
+        Used when ``companion_manager_stop_timeout`` is unset.
         """
 
 
@@ -186,8 +188,9 @@ class CompanionControlSocket(Setting):
     validator = validate_optional_path
     default = None
     desc = """\
-        Path of the UNIX control socket the companion manager listens on
-        (off when unset). ``gunicorn-companion -s PATH status`` talks to it.
+        The companion manager's UNIX control socket (off when unset).
+
+        ``gunicorn-companion -s PATH status`` talks to it.
         """
 
 
@@ -197,10 +200,12 @@ class CompanionControlSocketMode(Setting):
     cli = ["--companion-control-socket-mode"]
     meta = "MODE"
     validator = validate_mode
-    default = 0o600
+    default = "0o600"
     desc = """\
-        Permission bits of the control socket (octal, e.g. ``0o660`` to let
-        the group in). It is created with these bits, never wider.
+        Permission bits of the control socket, in octal.
+
+        For example ``0o660`` lets the group in. The socket is created with
+        these bits, never wider.
         """
 
 

@@ -1,0 +1,221 @@
+"""The ``gunicorn-companion`` control commands: ask the manager, print its answer.
+
+Standard library only and no Gunicorn import: operators run this in loops
+and scripts, so it must start about as fast as ``supervisorctl status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any
+
+from . import client
+from .protocol import COMMANDS
+
+PROG = "gunicorn-companion"
+SOCKET_ENV = "GUNICORN_COMPANION_SOCKET"
+DEFAULT_TIMEOUT = 30.0
+
+EXIT_OK = 0
+EXIT_REFUSED = 1  # the manager answered ok: false
+EXIT_USAGE = 2  # bad arguments, or no manager to ask
+
+# One entry per command in protocol.COMMANDS; a command missing here still
+# works, it just has no help line.
+_HELP = {
+    "status": "show every companion's state",
+    "start": "start a companion",
+    "stop": "stop a companion; it stays down until started",
+    "restart": "stop a companion, then start it again",
+    "reread": "re-read the companion configuration",
+}
+
+_STATUS_HEADER = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT")
+
+_EPILOG = (
+    "exit status: 0 when the manager did it, 1 when it refused (the reason is on stderr), "
+    "2 for usage errors or when the control socket cannot be reached"
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one control command and return the process exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # argparse exits on --help and on usage errors; callers want a code.
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+    path = args.socket if args.socket is not None else os.environ.get(SOCKET_ENV, "")
+    if not path:
+        _complain(f"no control socket: pass -s PATH or set {SOCKET_ENV}")
+        return EXIT_USAGE
+
+    request: dict[str, Any] = {"cmd": args.command}
+    if COMMANDS[args.command]:
+        request["name"] = args.name
+    try:
+        reply = client.call(path, request, timeout=args.timeout)
+    except client.ClientError as exc:
+        _complain(" ".join(str(exc).split("\n")))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        # Ctrl-C while waiting is a normal way to give up: no traceback.
+        return 130
+
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    if reply.get("ok") is not True:
+        _complain(str(reply.get("error") or "the manager refused the request without a reason"))
+        return EXIT_REFUSED
+    if not args.json:
+        text = format_status(reply) if args.command == "status" else _message(reply)
+        if text:
+            print(text)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for the control commands."""
+    # The global options are declared twice so they work before and after the
+    # subcommand; the subcommand copies default to SUPPRESS so they never
+    # overwrite a value given before the subcommand.
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Control the companion processes of a running Gunicorn.",
+        epilog=_EPILOG,
+    )
+    _add_global_options(parser, suppress=False)
+    after = argparse.ArgumentParser(add_help=False)
+    _add_global_options(after, suppress=True)
+
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd, needs_name in COMMANDS.items():
+        sub = commands.add_parser(
+            cmd, parents=[after], help=_HELP.get(cmd), description=_HELP.get(cmd), epilog=_EPILOG
+        )
+        if needs_name:
+            sub.add_argument("name", metavar="NAME", help="the companion's name")
+    return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Add -s/--socket, --json and --timeout to ``parser``."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "-s",
+        "--socket",
+        metavar="PATH",
+        default=default(None),
+        help=f"the manager's control socket (default: ${SOCKET_ENV})",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print the manager's raw reply as JSON",
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_positive_seconds,
+        default=default(DEFAULT_TIMEOUT),
+        help=f"give up waiting for the manager after this long (default: {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def _positive_seconds(text: str) -> float:
+    """argparse type for --timeout."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _complain(message: str) -> None:
+    """Print an error for the operator on stderr."""
+    print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _message(reply: dict) -> str:
+    """The manager's sentence about what it did, if it sent one."""
+    message = reply.get("message")
+    return message if isinstance(message, str) else ""
+
+
+def format_status(reply: dict) -> str:
+    """Render a status reply as an aligned table, header first, no trailing newline."""
+    rows = [_STATUS_HEADER]
+    companions = reply.get("companions")
+    for companion in companions if isinstance(companions, list) else []:
+        if not isinstance(companion, dict):
+            continue
+        pid = companion.get("pid")
+        restarts = companion.get("restarts")
+        rows.append(
+            (
+                str(companion.get("name", "?")),
+                str(companion.get("state", "?")),
+                "-" if pid is None else str(pid),
+                format_duration(companion.get("uptime")),
+                "-" if restarts is None else str(restarts),
+                format_exit(companion.get("last_exit")),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_STATUS_HEADER))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def format_duration(seconds: Any) -> str:
+    """Seconds as a compact duration: '5s', '3m12s', '2h05m', '3d04h'; '-' when unknown."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return "-"
+    if not math.isfinite(seconds):
+        return "-"
+    # A slightly negative value can only be clock noise between two readings.
+    total = max(0, int(seconds))
+    minutes, secs = divmod(total, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def format_exit(last_exit: Any) -> str:
+    """How a companion last ended: '-', 'exit 0', 'SIGKILL'."""
+    if last_exit is None:
+        return "-"
+    if isinstance(last_exit, dict):
+        sig = last_exit.get("signal")
+        if isinstance(sig, int) and not isinstance(sig, bool):
+            return f"signal {sig}"
+        if sig is not None:
+            return str(sig)
+        code = last_exit.get("code")
+        if code is not None:
+            return f"exit {code}"
+        return "-"
+    return str(last_exit)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

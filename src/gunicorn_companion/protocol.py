@@ -1,0 +1,207 @@
+"""The control socket's wire format: one JSON object per line, each way.
+
+Pure codec: no sockets, no clock and no Gunicorn, so the manager, the CLI and
+the tests share it and every rule here is pinned by table tests.
+
+A client sends one request line such as ``{"cmd": "start", "name": "beat"}``
+and the manager answers with one reply line, ``{"ok": true, ...}`` or
+``{"ok": false, "error": "..."}``. Streaming commands (a future ``tail -f``)
+send several reply lines and end by closing the connection.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# The longest request line accepted, in bytes, not counting its line ending.
+# Requests are tiny; the limit only bounds what a confused peer can make the
+# manager buffer before it gives up on the connection.
+MAX_LINE = 64 * 1024
+
+# Command name -> whether it needs a "name" field. Adding a command is one line
+# here plus its handler in the manager.
+COMMANDS: dict[str, bool] = {
+    "status": False,
+    "start": True,
+    "stop": True,
+    "restart": True,
+    "reread": False,
+}
+
+# Error messages quote values the peer sent; a 64 KiB name must not turn into a
+# 64 KiB error line.
+_MAX_SHOWN = 60
+
+
+def encode(obj: dict) -> bytes:
+    """Serialise one message as a compact JSON line ending in a newline."""
+    # ensure_ascii escapes every non-ASCII character and JSON escapes control
+    # characters, so the result is always exactly one line of ASCII.
+    return json.dumps(obj, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+class LineDecoder:
+    """Split a byte stream into lines, refusing any line over ``max_line`` bytes."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self.max_line = max_line
+        self.overflowed = False
+        self._pending = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes and return the complete, non-blank lines they finish."""
+        if self.overflowed:
+            return []
+        # The pending tail never holds a newline, so only the new bytes need
+        # searching: a peer trickling one byte at a time stays linear.
+        search_from = len(self._pending)
+        self._pending += data
+        lines: list[bytes] = []
+        start = 0
+        while True:
+            end = self._pending.find(b"\n", max(start, search_from))
+            if end < 0:
+                break
+            line = bytes(self._pending[start:end])
+            start = end + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if len(line) > self.max_line:
+                return self._overflow(lines)
+            if line.strip():
+                lines.append(line)
+        del self._pending[:start]
+        # A tail of max_line bytes plus a "\r" may still end as a legal line.
+        if len(self._pending) - self._pending.endswith(b"\r") > self.max_line:
+            return self._overflow(lines)
+        return lines
+
+    def _overflow(self, lines: list[bytes]) -> list[bytes]:
+        """Give up on the stream: nothing after an over-long line can be framed."""
+        self.overflowed = True
+        self._pending = bytearray()
+        return lines
+
+
+@dataclass(frozen=True)
+class Request:
+    """A valid request; ``raw`` is the whole decoded object, for later fields."""
+
+    cmd: str
+    name: str | None = None
+    # Excluded from the hash because a dict is unhashable; equality still uses it.
+    raw: dict = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class ProtocolError:
+    """Why a request line was refused, worded for the person who sent it."""
+
+    message: str
+
+
+def parse_request(line: bytes) -> Request | ProtocolError:
+    """Decode and validate one request line; never raises."""
+    try:
+        return _parse(line)
+    except Exception as exc:  # noqa: BLE001 - whatever a peer sends must not kill the manager
+        return ProtocolError(f"request could not be read: {type(exc).__name__}: {exc}")
+
+
+def _parse(line: bytes) -> Request | ProtocolError:
+    """parse_request without the safety net."""
+    if isinstance(line, str):
+        text = line
+    else:
+        data = bytes(line)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return ProtocolError(
+                f"request is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+            )
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return ProtocolError(f"request is not valid JSON: {exc.msg} at column {exc.colno}")
+    except RecursionError:
+        return ProtocolError("request is not valid JSON: it is nested too deeply")
+    except ValueError:
+        # json.loads of a str raises a plain ValueError only for an integer
+        # longer than Python's int/str conversion limit.
+        return ProtocolError("request is not valid JSON: it holds a number too long to read")
+    if not isinstance(obj, dict):
+        return ProtocolError(
+            f'request must be a JSON object like {{"cmd": "status"}}, got {_kind(obj)}'
+        )
+
+    known = ", ".join(COMMANDS)
+    if "cmd" not in obj:
+        return ProtocolError(f'request has no "cmd" field; known commands: {known}')
+    cmd = obj["cmd"]
+    if not isinstance(cmd, str):
+        return ProtocolError(f'"cmd" must be a string, got {_kind(cmd)}; known commands: {known}')
+    if cmd not in COMMANDS:
+        # Imported here: only a typo pays for it, not every CLI start.
+        import difflib
+
+        # Match case-insensitively so "STATUS" still gets a suggestion.
+        match = difflib.get_close_matches(cmd.lower(), list(COMMANDS), n=1, cutoff=0.6)
+        hint = f" (did you mean {match[0]!r}?)" if match else ""
+        return ProtocolError(f"unknown command {_show(cmd)}{hint}; known commands: {known}")
+
+    needs_name = COMMANDS[cmd]
+    name = obj.get("name")
+    if name is None:
+        if needs_name:
+            return ProtocolError(
+                f'command {cmd!r} needs a "name" field naming a companion, '
+                f'e.g. {{"cmd": "{cmd}", "name": "scheduler"}}'
+            )
+        return Request(cmd=cmd, name=None, raw=obj)
+    # A name on a command that does not need one is still checked: a later
+    # version may use it (e.g. `status NAME`), and garbage there is a client bug.
+    if not isinstance(name, str):
+        return ProtocolError(f'"name" must be a string, got {_kind(name)}')
+    if not name.strip():
+        return ProtocolError(f'"name" must not be empty (got {_show(name)})')
+    return Request(cmd=cmd, name=name, raw=obj)
+
+
+def _kind(value: Any) -> str:
+    """Describe a decoded JSON value's type in JSON's words, with a short preview."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, (int, float)):
+        return f"a number ({_show(value)})"
+    if isinstance(value, str):
+        return f"a string ({_show(value)})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _show(value: Any) -> str:
+    """repr() cut to a readable length."""
+    try:
+        text = repr(value)
+    except ValueError:
+        # repr of a huge int can exceed the int/str conversion limit.
+        return "<too long to show>"
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def ok(**fields: Any) -> dict:
+    """A success reply carrying ``fields``."""
+    return {"ok": True, **fields}
+
+
+def error(message: str) -> dict:
+    """A refusal reply carrying a message for the operator."""
+    return {"ok": False, "error": message}

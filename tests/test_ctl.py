@@ -1,0 +1,610 @@
+"""Tests for the control CLI: pure formatters, then main() against a real UNIX socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gunicorn_companion import client, ctl
+from gunicorn_companion.ctl import format_duration, format_exit, format_status, main
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# -- format_duration / format_exit -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        (None, "-"),
+        (0, "0s"),
+        (0.4, "0s"),
+        (5, "5s"),
+        (5.99, "5s"),
+        (59.999, "59s"),
+        (60, "1m00s"),
+        (65, "1m05s"),
+        (192, "3m12s"),
+        (3599, "59m59s"),
+        (3600, "1h00m"),
+        (2 * 3600 + 5 * 60 + 59, "2h05m"),
+        (86399, "23h59m"),
+        (86400, "1d00h"),
+        (3 * 86400 + 4 * 3600 + 59 * 60, "3d04h"),
+        (400 * 86400, "400d00h"),
+        (-0.01, "0s"),
+        (float("nan"), "-"),
+        (float("inf"), "-"),
+        (True, "-"),
+        ("5", "-"),
+    ],
+)
+def test_format_duration(seconds, expected):
+    assert format_duration(seconds) == expected
+
+
+@pytest.mark.parametrize(
+    ("last_exit", "expected"),
+    [
+        (None, "-"),
+        ({"code": 0}, "exit 0"),
+        ({"code": 1}, "exit 1"),
+        ({"code": 255}, "exit 255"),
+        ({"signal": "SIGKILL"}, "SIGKILL"),
+        ({"signal": "signal 77"}, "signal 77"),
+        ({"signal": 9}, "signal 9"),
+        ({"code": None, "signal": "SIGTERM"}, "SIGTERM"),
+        ({"code": 3, "signal": None}, "exit 3"),
+        ({}, "-"),
+    ],
+)
+def test_format_exit(last_exit, expected):
+    assert format_exit(last_exit) == expected
+
+
+def test_format_status_aligns_columns():
+    reply = {
+        "ok": True,
+        "companions": [
+            {
+                "name": "scheduler",
+                "state": "RUNNING",
+                "pid": 4242,
+                "uptime": 192.5,
+                "restarts": 0,
+                "last_exit": None,
+                "target": "app.tasks:run",  # fields the table does not show are ignored
+            },
+            {
+                "name": "q",
+                "state": "BACKOFF",
+                "pid": None,
+                "uptime": None,
+                "restarts": 12,
+                "last_exit": {"code": 1},
+            },
+            {
+                "name": "socketio",
+                "state": "STOPPED",
+                "pid": None,
+                "uptime": None,
+                "restarts": 3,
+                "last_exit": {"signal": "SIGKILL"},
+            },
+        ],
+    }
+    assert format_status(reply) == (
+        "NAME       STATE    PID   UPTIME  RESTARTS  LAST EXIT\n"
+        "scheduler  RUNNING  4242  3m12s   0         -\n"
+        "q          BACKOFF  -     -       12        exit 1\n"
+        "socketio   STOPPED  -     -       3         SIGKILL"
+    )
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"ok": True, "companions": []},
+        {"ok": True},
+        {"ok": True, "companions": None},
+        {"ok": True, "companions": ["junk", 3]},
+    ],
+)
+def test_format_status_without_companions_is_the_header(reply):
+    assert format_status(reply) == "NAME  STATE  PID  UPTIME  RESTARTS  LAST EXIT"
+
+
+def test_format_status_tolerates_missing_fields():
+    reply = {"ok": True, "companions": [{"name": "a-very-long-name"}]}
+    assert format_status(reply) == (
+        "NAME              STATE  PID  UPTIME  RESTARTS  LAST EXIT\n"
+        "a-very-long-name  ?      -    -       -         -"
+    )
+
+
+# -- a tiny real manager stand-in ---------------------------------------------------
+
+HANG = object()  # respond() result: read the request, then never answer
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        server: CannedServer = self.server  # type: ignore[assignment]
+        line = self.rfile.readline()
+        request = json.loads(line) if line.strip() else None
+        server.requests.append(request)
+        answer = server.respond(request)
+        if answer is HANG:
+            # Held until teardown; the deadline only stops a broken test hanging CI.
+            server.release.wait(timeout=30)
+            return
+        for piece in answer or ():
+            self.wfile.write(piece)
+            self.wfile.flush()
+
+
+class CannedServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """Answers each connection with ``respond(request)``: an iterable of byte pieces."""
+
+    daemon_threads = True
+
+    def __init__(self, path: str, respond):
+        self.respond = respond
+        self.requests: list = []
+        self.release = threading.Event()
+        super().__init__(path, _Handler)
+        self._thread = threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self.release.set()
+        self.shutdown()
+        self.server_close()
+        self._thread.join(timeout=10)
+
+
+def _reply(obj) -> list[bytes]:
+    return [json.dumps(obj).encode() + b"\n"]
+
+
+@pytest.fixture
+def sock_dir(tmp_path):
+    # AF_UNIX paths are limited to 107 bytes and pytest's tmp_path can be long.
+    if len(str(tmp_path / "ctl.sock")) < 100:
+        yield tmp_path
+        return
+    short = Path(tempfile.mkdtemp(prefix="gc-", dir="/tmp"))
+    try:
+        yield short
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+@pytest.fixture
+def serve(sock_dir, monkeypatch):
+    """serve(respond) starts a CannedServer and returns it; stopped at teardown."""
+    monkeypatch.delenv(ctl.SOCKET_ENV, raising=False)
+    servers = []
+
+    def start(respond, name="ctl.sock"):
+        server = CannedServer(str(sock_dir / name), respond)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+STATUS_REPLY = {
+    "ok": True,
+    "companions": [
+        {
+            "name": "scheduler",
+            "state": "RUNNING",
+            "pid": 101,
+            "uptime": 7500,
+            "restarts": 1,
+            "last_exit": {"signal": "SIGKILL"},
+        }
+    ],
+}
+
+
+def _manager(request):
+    """A plausible manager: status, start/stop/restart of 'scheduler', reread."""
+    cmd = request["cmd"]
+    if cmd == "status":
+        return _reply(STATUS_REPLY)
+    if cmd == "reread":
+        return _reply({"ok": True})
+    if request.get("name") != "scheduler":
+        return _reply({"ok": False, "error": f"no companion named {request.get('name')!r}"})
+    return _reply({"ok": True, "message": f"scheduler: {cmd} done"})
+
+
+# -- main(): success and refusal ------------------------------------------------------
+
+
+def test_status_prints_the_table(serve, capsys):
+    server = serve(_manager)
+    assert main(["-s", server.server_address, "status"]) == 0
+    out, err = capsys.readouterr()
+    assert out == (
+        "NAME       STATE    PID  UPTIME  RESTARTS  LAST EXIT\n"
+        "scheduler  RUNNING  101  2h05m   1         SIGKILL\n"
+    )
+    assert err == ""
+    assert server.requests == [{"cmd": "status"}]
+
+
+@pytest.mark.parametrize("cmd", ["start", "stop", "restart"])
+def test_named_commands_send_the_name_and_print_the_message(serve, capsys, cmd):
+    server = serve(_manager)
+    assert main(["-s", server.server_address, cmd, "scheduler"]) == 0
+    assert capsys.readouterr() == (f"scheduler: {cmd} done\n", "")
+    assert server.requests == [{"cmd": cmd, "name": "scheduler"}]
+
+
+def test_reply_without_message_prints_nothing(serve, capsys):
+    server = serve(_manager)
+    assert main(["-s", server.server_address, "reread"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert server.requests == [{"cmd": "reread"}]
+
+
+def test_refusal_exits_1_with_the_error_on_stderr(serve, capsys):
+    server = serve(_manager)
+    assert main(["-s", server.server_address, "stop", "nope"]) == 1
+    assert capsys.readouterr() == ("", "gunicorn-companion: no companion named 'nope'\n")
+
+
+def test_refusal_without_an_error_field_still_says_something(serve, capsys):
+    server = serve(lambda request: _reply({"ok": False}))
+    assert main(["-s", server.server_address, "status"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "gunicorn-companion: the manager refused the request without a reason\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["--json", "status"], 0),
+        (["status", "--json"], 0),
+        (["--json", "start", "scheduler"], 0),
+        (["stop", "nope", "--json"], 1),
+        (["--json", "reread"], 0),
+    ],
+)
+def test_json_prints_the_raw_reply(serve, capsys, argv, code):
+    server = serve(_manager)
+    assert main(["-s", server.server_address, *argv]) == code
+    out, err = capsys.readouterr()
+    assert json.loads(out) == _expected_reply(server.requests[0])
+    assert out == json.dumps(json.loads(out), indent=2, sort_keys=True) + "\n"
+    if code == 1:
+        assert err == "gunicorn-companion: no companion named 'nope'\n"
+    else:
+        assert err == ""
+
+
+def _expected_reply(request):
+    return json.loads(b"".join(_manager(request)))
+
+
+def test_reply_split_across_reads_and_extra_lines_are_handled(serve, capsys):
+    pieces = [b'\n{"ok": tr', b'ue, "message": "fine"}\r\n', b'{"ok": false}\n']
+    server = serve(lambda request: pieces)
+    assert main(["-s", server.server_address, "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "message": "fine"}
+
+
+# -- main(): where the socket comes from, and option placement ---------------------------
+
+
+def test_socket_from_the_environment(serve, capsys, monkeypatch):
+    server = serve(_manager)
+    monkeypatch.setenv(ctl.SOCKET_ENV, server.server_address)
+    assert main(["start", "scheduler"]) == 0
+    assert capsys.readouterr().out == "scheduler: start done\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-s", "{sock}", "start", "scheduler"],
+        ["--socket", "{sock}", "start", "scheduler"],
+        ["--socket={sock}", "start", "scheduler"],
+        ["start", "scheduler", "-s", "{sock}"],
+        ["start", "-s", "{sock}", "scheduler"],
+        ["start", "scheduler", "--socket", "{sock}"],
+    ],
+)
+def test_dash_s_overrides_the_environment_before_or_after_the_command(
+    serve, sock_dir, capsys, monkeypatch, argv
+):
+    server = serve(_manager)
+    monkeypatch.setenv(ctl.SOCKET_ENV, str(sock_dir / "elsewhere.sock"))
+    argv = [arg.replace("{sock}", server.server_address) for arg in argv]
+    assert main(argv) == 0
+    assert capsys.readouterr() == ("scheduler: start done\n", "")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--json", "--timeout", "5", "-s", "{sock}", "status"],
+        ["status", "--json", "--timeout", "5", "-s", "{sock}"],
+        ["--json", "status", "--timeout=5", "-s", "{sock}"],
+        ["-s", "{sock}", "status", "--json"],
+    ],
+)
+def test_options_before_and_after_the_command(serve, capsys, argv):
+    server = serve(_manager)
+    argv = [arg.replace("{sock}", server.server_address) for arg in argv]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == STATUS_REPLY
+
+
+def test_options_after_the_command_do_not_reset_those_before(serve, capsys):
+    server = serve(_manager)
+    # If the subcommand's copy of --json defaulted to False it would undo this.
+    assert main(["--json", "-s", server.server_address, "status"]) == 0
+    assert json.loads(capsys.readouterr().out) == STATUS_REPLY
+
+
+def test_no_socket_given(capsys, monkeypatch):
+    monkeypatch.delenv(ctl.SOCKET_ENV, raising=False)
+    assert main(["status"]) == 2
+    assert capsys.readouterr() == (
+        "",
+        "gunicorn-companion: no control socket: pass -s PATH or set GUNICORN_COMPANION_SOCKET\n",
+    )
+
+
+def test_empty_socket_env_counts_as_not_given(capsys, monkeypatch):
+    monkeypatch.setenv(ctl.SOCKET_ENV, "")
+    assert main(["status"]) == 2
+    assert "no control socket" in capsys.readouterr().err
+
+
+# -- main(): unreachable or misbehaving managers ------------------------------------------
+
+
+def _one_line_error(capsys, path):
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("gunicorn-companion: ")
+    assert err.endswith("\n") and err.count("\n") == 1
+    assert path in err
+    assert "Traceback" not in err
+    return err
+
+
+def test_missing_socket_exits_2_naming_the_path(sock_dir, capsys, monkeypatch):
+    monkeypatch.delenv(ctl.SOCKET_ENV, raising=False)
+    path = str(sock_dir / "missing.sock")
+    assert main(["-s", path, "status"]) == 2
+    err = _one_line_error(capsys, path)
+    assert err == (
+        f"gunicorn-companion: cannot connect to {path}: No such file or directory "
+        "(is Gunicorn running with companion_control_socket set?)\n"
+    )
+
+
+def test_socket_nobody_listens_on(sock_dir, capsys):
+    path = str(sock_dir / "stale.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)  # bound but never listening: what a crashed manager leaves behind
+    try:
+        assert main(["-s", path, "status"]) == 2
+    finally:
+        stale.close()
+    err = _one_line_error(capsys, path)
+    assert f"cannot connect to {path}: Connection refused" in err
+
+
+def test_path_that_is_not_a_socket(sock_dir, capsys):
+    path = str(sock_dir / "plain-file")
+    Path(path).write_text("")
+    assert main(["-s", path, "status"]) == 2
+    err = _one_line_error(capsys, path)
+    assert f"cannot connect to {path}: " in err
+
+
+def test_path_too_long_for_af_unix(capsys):
+    path = "/tmp/" + "x" * 200
+    assert main(["-s", path, "status"]) == 2
+    assert f"cannot connect to {path}: " in _one_line_error(capsys, path)
+
+
+def test_permission_denied(capsys, monkeypatch):
+    class DeniedSocket:
+        def __init__(self, *args):
+            pass
+
+        def settimeout(self, timeout):
+            pass
+
+        def connect(self, path):
+            raise PermissionError(13, "Permission denied")
+
+        def close(self):
+            pass
+
+    # Root ignores socket permissions, so fake the OS answer rather than chmod.
+    monkeypatch.setattr(client.socket, "socket", DeniedSocket)
+    path = "/run/x.sock"
+    assert main(["-s", path, "status"]) == 2
+    err = _one_line_error(capsys, path)
+    assert err.startswith(f"gunicorn-companion: permission denied on {path}")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root bypasses socket file permissions")
+def test_permission_denied_for_real(serve, capsys):
+    server = serve(_manager)
+    os.chmod(server.server_address, 0)
+    assert main(["-s", server.server_address, "status"]) == 2
+    err = _one_line_error(capsys, server.server_address)
+    assert f"permission denied on {server.server_address}" in err
+
+
+def test_connection_closed_before_a_reply(serve, capsys):
+    server = serve(lambda request: None)
+    assert main(["-s", server.server_address, "status"]) == 2
+    path = server.server_address
+    assert _one_line_error(capsys, path) == (
+        f"gunicorn-companion: connection to {path} closed before a reply\n"
+    )
+
+
+def test_half_a_reply_then_close(serve, capsys):
+    server = serve(lambda request: [b'{"ok": tru'])
+    assert main(["-s", server.server_address, "status"]) == 2
+    err = _one_line_error(capsys, server.server_address)
+    assert "closed before a reply" in err
+
+
+def test_timeout(serve, capsys):
+    server = serve(lambda request: HANG)
+    started = time.monotonic()
+    assert main(["-s", server.server_address, "--timeout", "0.2", "status"]) == 2
+    assert time.monotonic() - started < 10
+    err = _one_line_error(capsys, server.server_address)
+    assert err == f"gunicorn-companion: timed out after 0.2s waiting for {server.server_address}\n"
+
+
+@pytest.mark.parametrize(
+    ("pieces", "detail"),
+    [
+        ([b"hello\n"], "not JSON"),
+        ([b"[1, 2]\n"], "expected a JSON object, got list"),
+        ([b'{"message": "hi"}\n'], 'no boolean "ok" field'),
+        ([b'{"ok": "yes"}\n'], 'no boolean "ok" field'),
+        ([b"\xff\xfe\n"], "not JSON"),
+    ],
+)
+def test_invalid_reply(serve, capsys, pieces, detail):
+    server = serve(lambda request: pieces)
+    assert main(["-s", server.server_address, "status"]) == 2
+    err = _one_line_error(capsys, server.server_address)
+    assert f"invalid reply from {server.server_address}: " in err
+    assert detail in err
+
+
+# -- main(): usage errors -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        ([], "required"),
+        (["start"], "NAME"),
+        (["stop"], "NAME"),
+        (["stauts"], "invalid choice"),
+        (["status", "extra"], "unrecognized arguments"),
+        (["--timeout", "0", "status"], "must be a positive number of seconds"),
+        (["status", "--timeout", "-1"], "must be a positive number of seconds"),
+        (["status", "--timeout", "soon"], "must be a positive number of seconds, got 'soon'"),
+        (["status", "--timeout", "nan"], "must be a positive number of seconds"),
+        (["--bogus", "status"], "unrecognized arguments"),
+    ],
+)
+def test_usage_errors_exit_2(capsys, monkeypatch, argv, fragment):
+    monkeypatch.setenv(ctl.SOCKET_ENV, "/nonexistent/ctl.sock")
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "usage: gunicorn-companion" in err
+    assert fragment in err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["status", "--help"], ["start", "-h"]])
+def test_help_exits_0(capsys, argv):
+    assert main(argv) == 0
+    assert "usage: gunicorn-companion" in capsys.readouterr().out
+
+
+# -- client.stream --------------------------------------------------------------------------
+
+
+def test_stream_yields_each_reply_until_close(serve):
+    lines = [{"ok": True, "line": f"log {i}"} for i in range(3)]
+    server = serve(lambda request: [json.dumps(obj).encode() + b"\n" for obj in lines])
+    got = list(client.stream(server.server_address, {"cmd": "status"}, timeout=10))
+    assert got == lines
+
+
+def test_stream_with_no_reply_at_all_is_an_error(serve):
+    server = serve(lambda request: None)
+    with pytest.raises(client.ClientError, match="closed before a reply"):
+        list(client.stream(server.server_address, {"cmd": "status"}, timeout=10))
+
+
+def test_call_error_carries_the_path(sock_dir):
+    path = str(sock_dir / "missing.sock")
+    with pytest.raises(client.ClientError) as info:
+        client.call(path, {"cmd": "status"}, timeout=1)
+    assert info.value.path == path
+
+
+# -- as a real process -------------------------------------------------------------------------
+
+
+def _run(code: str, extra_path: str | None = None) -> subprocess.CompletedProcess:
+    paths = [p for p in (extra_path, str(SRC)) if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    env.pop(ctl.SOCKET_ENV, None)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_ctl_does_not_import_gunicorn(tmp_path):
+    # A stand-in gunicorn first on the path makes any import visible in
+    # sys.modules, whether or not the real one is installed here.
+    fake = tmp_path / "fake"
+    (fake / "gunicorn").mkdir(parents=True)
+    (fake / "gunicorn" / "__init__.py").write_text("")
+    code = (
+        "import sys\n"
+        "from gunicorn_companion import ctl, client, protocol\n"
+        "code = ctl.main(['-s', '/nonexistent/ctl.sock', 'status'])\n"
+        "ctl.main(['--help'])\n"
+        "print(code, 'gunicorn' in sys.modules,\n"
+        "      sorted(m for m in sys.modules if m.split('.')[0] == 'gunicorn'))\n"
+    )
+    result = _run(code, extra_path=str(fake))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "2 False []"
+
+
+def test_module_entry_point_reports_without_traceback():
+    result = _run(
+        "import runpy, sys\n"
+        "sys.argv = ['gunicorn-companion', '-s', '/nonexistent/ctl.sock', 'status']\n"
+        "runpy.run_module('gunicorn_companion.ctl', run_name='__main__')\n"
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        "gunicorn-companion: cannot connect to /nonexistent/ctl.sock: No such file or directory "
+        "(is Gunicorn running with companion_control_socket set?)\n"
+    )

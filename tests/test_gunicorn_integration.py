@@ -1,0 +1,117 @@
+"""Companions under every kind of Gunicorn deployment: worker classes, CLI flags,
+--print-config, --help, and the embedding API."""
+
+import subprocess
+import sys
+import textwrap
+
+import gunicorn
+import pytest
+
+from support import SERVE, Server, children, cmdline, wait_until
+
+GUNICORN_MAJOR = int(gunicorn.__version__.split(".")[0])
+ASGI_WORKER = "asgi" if GUNICORN_MAJOR >= 25 else "uvicorn_worker.UvicornWorker"
+
+WORKER_CLASSES = [
+    ("sync", "compapp:app"),
+    ("gthread", "compapp:app"),
+    ("gevent", "compapp:app"),
+    (ASGI_WORKER, "compapp:asgi_app"),
+]
+
+
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
+@pytest.mark.parametrize("worker_class,app", WORKER_CLASSES, ids=[w for w, _ in WORKER_CLASSES])
+def test_companions_run_beside_every_worker_class(server, worker_class, app, preload):
+    srv = server(f"""
+        preload_app = {preload}
+        workers = 2
+        worker_class = {worker_class!r}
+        # A worker still booting when SIGTERM comes can miss it (Gunicorn's own
+        # race, companions or not): bound how long the master waits for it.
+        graceful_timeout = 5
+        companion_workers = [{{"name": "alpha", "target": "compapp:sleeper"}}]
+    """, app=app)
+    alpha, = srv.wait_starts("alpha")
+    manager = srv.wait_manager()
+    assert children(manager) == [alpha]
+    wait_until(lambda: b"hello from" in srv.http_get(), message=srv.log())
+    wait_until(lambda: len([p for p in children(srv.pid) if p != manager]) == 2,
+               message=f"two HTTP workers beside the manager:\n{srv.log()}")
+    srv.signal(15)
+    assert srv.wait_exit() == 0
+    assert not srv.tree()
+
+
+def test_scalar_settings_have_command_line_flags_that_win_over_the_file(server):
+    srv = server("""
+        preload_app = True
+        companion_restart_delay = 30
+        companion_workers = [{"name": "crash", "target": "compapp:crasher"}]
+    """, args=("--companion-restart-delay", "0.2", "--companion-startsecs", "0"))
+    srv.wait_starts("crash", 2)
+    srv.wait_log("exited unexpectedly with exit code 3; restarting in 0.2s")
+
+
+def test_print_config_shows_the_companion_settings(tmp_path):
+    srv = Server(tmp_path, 'companion_workers = [{"name": "a", "target": "compapp:sleeper"}]\n'
+                           'companion_stop_timeout = 7\n')
+    out = subprocess.run([*srv.argv[:-1], "--print-config", "compapp:app"], cwd=tmp_path,
+                         env=srv.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = {line.split("=")[0].strip(): line.split("=", 1)[1].strip()
+             for line in out.stdout.splitlines() if "=" in line}
+    assert lines["companion_stop_timeout"] == "7"
+    assert "'target': 'compapp:sleeper'" in lines["companion_workers"]
+
+
+def test_check_config_validates_companion_targets(tmp_path):
+    srv = Server(tmp_path, 'companion_workers = [{"name": "a", "target": "compapp:nope"}]\n')
+    out = subprocess.run([*srv.argv[:-1], "--check-config", "compapp:app"], cwd=tmp_path,
+                         env=srv.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "module 'compapp' has no attribute 'nope'" in out.stderr
+
+
+def test_serve_help_lists_companion_settings_in_their_own_section():
+    out = subprocess.run([*SERVE, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert out.stdout.startswith("usage: gunicorn-companion serve")
+    head, _, companions = out.stdout.partition("\nCompanions:\n")
+    assert "--companion-stop-timeout" in companions and "--companion-stop-timeout" not in head
+    assert "--workers" in head
+
+
+def test_embedding_api_runs_companions(tmp_path):
+    script = tmp_path / "embedded.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        sys.path.insert(0, os.path.dirname(__file__))
+        from gunicorn_companion import CompanionApplication
+        import compapp
+
+        class App(CompanionApplication):
+            def load_config(self):
+                self.cfg.set("bind", sys.argv[1])
+                self.cfg.set("workers", 1)
+                self.cfg.set("preload_app", True)
+                self.cfg.set("companion_workers",
+                             [{"name": "embedded", "target": "compapp:sleeper"}])
+
+            def load(self):
+                return compapp.app
+
+        App().run()
+    """))
+    srv = Server(tmp_path, "")
+    srv.argv = [sys.executable, str(script), f"127.0.0.1:{srv.port}"]
+    srv.start()
+    try:
+        pid, = srv.wait_starts("embedded")
+        assert "companion embedded [" in cmdline(pid)
+        wait_until(lambda: b"hello from the web" in srv.http_get(), message=srv.log())
+        srv.signal(15)
+        assert srv.wait_exit() == 0
+    finally:
+        srv.cleanup()
