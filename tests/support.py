@@ -104,6 +104,9 @@ class Server:
         self.log_path = root / "server.log"
         self.env = dict(os.environ, COMPANION_STATE=str(self.state), PYTHONUNBUFFERED="1")
         self.env.pop("GUNICORN_CMD_ARGS", None)
+        # Gunicorn 27's own control socket defaults to one path per user:
+        # give each server its own so concurrent servers do not collide.
+        self.env["XDG_RUNTIME_DIR"] = str(root)
         self.env.update(env or {})
         self.argv = [*SERVE, "-c", str(self.config_path), "--bind", f"127.0.0.1:{self.port}",
                      *args, app]
@@ -129,9 +132,26 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def until(self, predicate, timeout=DEFAULT_TIMEOUT, message="condition"):
+        """wait_until, failing at once (with the log) if the server has exited."""
+
+        def check():
+            value = predicate()
+            if not value and self.proc.poll() is not None:
+                raise AssertionError(f"server exited ({self.proc.returncode}) while waiting "
+                                     f"for {message}:\n{self.log()}")
+            return value
+
+        try:
+            return wait_until(check, timeout, message=message)
+        except AssertionError as exc:
+            if "timed out" in str(exc):
+                raise AssertionError(f"{exc}\n--- server log ---\n{self.log()}") from None
+            raise
+
     def wait_log(self, text: str, timeout=DEFAULT_TIMEOUT, count: int = 1) -> None:
-        wait_until(lambda: self.log().count(text) >= count, timeout,
-                   message=f"{text!r} x{count} in the log:\n{self.log()}")
+        self.until(lambda: self.log().count(text) >= count, timeout,
+                   message=f"{text!r} x{count} in the log")
 
     def wait_exit(self, timeout=DEFAULT_TIMEOUT) -> int:
         try:
@@ -172,9 +192,9 @@ class Server:
         return None
 
     def wait_manager(self, timeout=DEFAULT_TIMEOUT, other_than: int | None = None) -> int:
-        return wait_until(
+        return self.until(
             lambda: (lambda p: p if p and p != other_than else None)(self.manager_pid()),
-            timeout, message=f"a companion manager:\n{self.log()}")
+            timeout, message="a companion manager")
 
     def starts(self, name: str) -> list[int]:
         """Every pid companion ``name`` started as, oldest first."""
@@ -184,8 +204,8 @@ class Server:
         return [int(line) for line in path.read_text().split()]
 
     def wait_starts(self, name: str, count: int = 1, timeout=DEFAULT_TIMEOUT) -> list[int]:
-        return wait_until(lambda: (lambda s: s if len(s) >= count else None)(self.starts(name)),
-                          timeout, message=f"{count} start(s) of {name!r}:\n{self.log()}")
+        return self.until(lambda: (lambda s: s if len(s) >= count else None)(self.starts(name)),
+                          timeout, message=f"{count} start(s) of {name!r}")
 
     def running_as(self, name: str) -> list[int]:
         """Live processes titled as companion ``name`` in this server's tree."""
@@ -198,3 +218,46 @@ class Server:
             while chunk := s.recv(65536):
                 chunks.append(chunk)
         return b"".join(chunks)
+
+
+class Control:
+    """A raw connection to a manager's control socket."""
+
+    def __init__(self, path, timeout=DEFAULT_TIMEOUT):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def request(self, obj: dict) -> dict:
+        import json
+        self.send(json.dumps(obj).encode() + b"\n")
+        return self.reply()
+
+    def reply(self) -> dict:
+        import json
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed by the manager; pending {self.buffer!r}")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return json.loads(line)
+
+    def closed_by_peer(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def short_socket_path(name: str = "c.sock") -> Path:
+    """AF_UNIX paths are limited to 107 bytes: pytest's tmp_path can be longer."""
+    import tempfile
+    return Path(tempfile.mkdtemp(prefix="gc-", dir="/tmp")) / name

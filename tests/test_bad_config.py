@@ -27,7 +27,7 @@ CASES = [
      "companion 'a': 'target' must be a non-empty string, got ''"),
     ("duplicate names",
      f'companion_workers = [{GOOD}, {GOOD}]',
-     "companion 'ok': duplicate name (companion_workers[0] has it too)"),
+     "companion_workers[1]: duplicate name 'ok' (companion_workers[0] has it too)"),
     ("module does not import",
      'companion_workers = [{"name": "a", "target": "nosuchmodule:run"}]',
      "companion 'a': target 'nosuchmodule:run': module 'nosuchmodule' could not be imported: "

@@ -304,10 +304,10 @@ def test_usr2_without_companions_reexecutes_the_serve_command(server):
     srv = server("workers = 1\n", args=("--companion-stop-timeout", "5"))
     wait_until(lambda: children(srv.pid), message="a worker")
     srv.signal(signal.SIGUSR2)
-    new_master = wait_until(
+    new_master = srv.until(
         lambda: next((p for p in children(srv.pid) if "master" in cmdline(p)), None),
-        message=f"a new master:\n{srv.log()}")
-    wait_until(lambda: children(new_master), message=f"the new master's worker:\n{srv.log()}")
+        message="a new master")
+    srv.until(lambda: children(new_master), message="the new master's worker")
     srv.wait_log(f"Listening at: http://127.0.0.1:{srv.port} ({new_master})")
     os.kill(new_master, signal.SIGTERM)
     wait_until(lambda: not alive(new_master))

@@ -23,7 +23,9 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 
 from .loading import CompanionConfig, ConfigSources, load_companion_config
+from .commands import dispatch
 from .manager import Manager
+from .server import ControlServer, ControlSocketError
 from .spawn import fork_blocking_signals, reset_signals, set_parent_death_signal, unblock_signals
 from .spec import ConfigError
 from .targets import resolve_all
@@ -221,10 +223,22 @@ class CompanionArbiter(Arbiter):
         self.manager = ManagerHandle(self)
         self.companions_started = False
         super().__init__(app)  # preloads the app when preload_app is set
+        self._reexec_as_started()
         if self.cfg.preload_app:
             # Resolve in the master, after the preload, so companions share the
             # imported modules and a bad target stops the boot before any fork.
             self.companion_targets = resolve_all(self.companion_config.specs)
+
+    def _reexec_as_started(self):
+        """USR2 re-executes ``sys.executable`` with ``sys.argv``. Started as
+        ``python -m gunicorn_companion``, that would run our ``__main__.py``
+        as a script, putting the package's own directory first on sys.path
+        (where ``settings.py`` or ``app.py`` could shadow the user's modules):
+        re-execute with ``-m`` instead."""
+        args = self.START_CTX["args"]
+        main = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")
+        if len(args) > 1 and os.path.abspath(args[1]) == main:
+            self.START_CTX["args"] = [args[0], "-m", __package__, *args[2:]]
 
     # -- reaping: claim the manager first (see the module docstring) -----------
 
@@ -285,6 +299,20 @@ class CompanionArbiter(Arbiter):
         manager._old_tree_gone(wait=5.0)
 
 
+def attach_control_server(manager: Manager, cfg) -> None:
+    server = ControlServer(
+        cfg.companion_control_socket,
+        cfg.companion_control_socket_mode,
+        selector=manager.selector,
+        handle=lambda request, respond: dispatch(manager, request, respond),
+        log=manager.log,
+    )
+    server.bind()
+    manager.control = server
+    manager.extra_fds_to_close.append(server.close_in_child)
+    manager.log.info("Companion control socket listening at %s", server.path)
+
+
 def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
     """The manager's life, in the freshly forked child. Never returns."""
     code = 1
@@ -313,7 +341,9 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
         try:
             if not arbiter.cfg.preload_app:
                 manager.targets = resolve_all(arbiter.companion_config.specs)
-        except ConfigError as exc:
+            if arbiter.cfg.companion_control_socket:
+                attach_control_server(manager, arbiter.cfg)
+        except (ConfigError, ControlSocketError) as exc:
             os.write(lifeline, ERROR_PREFIX + str(exc).encode("utf-8", "replace") + b"\n")
             os._exit(1)
         os.write(lifeline, READY)

@@ -46,7 +46,8 @@ class ExitStatus:
 
     def describe(self) -> str:
         if self.signal is not None:
-            return f"signal {self.signal_name}"
+            name = self.signal_name
+            return f"signal {name}" if name.startswith("SIG") else name
         return f"exit code {self.code}"
 
     def as_json(self) -> dict:
@@ -143,6 +144,9 @@ class Record:
     restarts: int = 0  # automatic restarts after the companion exited on its own
     last_exit: ExitStatus | None = None
     killed: bool = False  # SIGKILL already sent to this process
+    # A reread changed the spec while the old process still runs: it stops as
+    # the old spec says, and the new spec takes over when it has exited.
+    next_spec: CompanionSpec | None = None
 
     @property
     def name(self) -> str:
@@ -221,12 +225,14 @@ def _reconfigure(record: Record, event: Reconfigure, now: float):
         # STARTING/RUNNING -> STOPPING: the old process stops as the old spec
         # says (its stop signal, its reload_timeout); `_exited` starts the new
         stopping, actions = _ask_to_stop(record, now, record.spec.reload_timeout, quick=False)
-        return replace(stopping, spec=event.spec, wanted=True), actions
-    record = replace(record, spec=event.spec)
+        return replace(stopping, next_spec=event.spec, wanted=True), actions
+    if record.state == State.STOPPING:
+        return replace(record, next_spec=event.spec), []  # `_exited` swaps it in
+    record = replace(record, spec=event.spec, next_spec=None)
     if record.wanted and record.state in STARTABLE_STATES:
         # BACKOFF -> STARTING: no reason to wait out a delay of the old spec
         return _spawn(record, now)
-    return record, []  # STOPPING: `_exited` decides; STOPPED by hand: stays so
+    return record, []  # STOPPED by hand: stays so
 
 
 def _spawned(record: Record, event: Spawned, now: float):
@@ -254,7 +260,8 @@ def _spawn_failed(record: Record, event: SpawnFailed, now: float):
 
 def _exited(record: Record, event: Exited, now: float):
     label = _label(record)
-    record = replace(record, pid=None, last_exit=event.status, deadline=None, killed=False)
+    record = replace(record, pid=None, last_exit=event.status, deadline=None, killed=False,
+                     spec=record.next_spec or record.spec, next_spec=None)
     if record.state == State.STOPPING:
         if record.wanted:
             # STOPPING -> STARTING: a restart, or a start that came while it stopped

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import runpy
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -45,7 +46,11 @@ def read_python_config(location: str) -> dict[str, Any]:
     """Execute a Gunicorn-style config (a path, ``file:PATH`` or ``python:MODULE``)."""
     try:
         if location.startswith("python:"):
-            return dict(vars(importlib.import_module(location[len("python:"):])))
+            name = location[len("python:"):]
+            # a reread must see an edited module, not the copy cached at boot
+            module = sys.modules.get(name)
+            module = importlib.reload(module) if module else importlib.import_module(name)
+            return dict(vars(module))
         path = location[len("file:"):] if location.startswith("file:") else location
         if not os.path.exists(path):
             raise ConfigError(f"config file {path!r} does not exist")
@@ -77,7 +82,12 @@ def companion_values(
         elif name in known:
             problems.append(f"{where}: {name} cannot be set here; set it in the main config")
         else:
-            problems.append(f"{where}: unknown setting {name!r}{suggest(name, list(known))}")
+            # compare what follows the shared prefix: the prefix alone would
+            # make every name look close to every other
+            prefix = len("companion_")
+            hint = suggest(name[prefix:], [k[prefix:] for k in known])
+            hint = hint.replace(" (did you mean '", " (did you mean 'companion_")
+            problems.append(f"{where}: unknown setting {name!r}{hint}")
     return values, problems
 
 

@@ -71,7 +71,10 @@ class Manager:
         self.selector = selectors.DefaultSelector()
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self.extra_fds_to_close: list[Callable[[], None]] = []
-        self.control = None  # set by attach_control_server
+        self.control = None  # a ControlServer, when companion_control_socket is set
+        # control requests waiting for a companion to settle (e.g. `stop`
+        # answers once it has stopped): name -> [(settled(record) -> reply | None, respond)]
+        self.waiters: dict[str, list[tuple[Callable, Callable[[dict], None]]]] = {}
 
     # -- setup ----------------------------------------------------------------
 
@@ -173,6 +176,39 @@ class Manager:
             del self.records[name]
             self.retiring.discard(name)
             self.targets.pop(name, None)
+        self._settle_waiters(name)
+
+    def wait_for(self, name: str, settled: Callable, respond: Callable[[dict], None]) -> None:
+        """Call ``respond(settled(record))`` once that is not None."""
+        self.waiters.setdefault(name, []).append((settled, respond))
+
+    def _settle_waiters(self, name: str) -> None:
+        # Take the list out first: answering one waiter may run the next
+        # request of its connection, which steps this record again (and may
+        # add waiters) before this loop is done.
+        waiting = self.waiters.pop(name, None)
+        if not waiting:
+            return
+        still = []
+        for settled, respond in waiting:
+            record = self.records.get(name)
+            if record is None:
+                respond({"ok": False, "error": f"{name} was removed from the configuration"})
+                continue
+            reply = settled(record)
+            if reply is None:
+                still.append((settled, respond))
+            else:
+                respond(reply)
+        if still:
+            self.waiters[name] = still + self.waiters.get(name, [])
+
+    _REQUESTS = {"start": lc.Start, "stop": lc.Stop, "restart": lc.Restart}
+
+    def request(self, name: str, kind: str) -> None:
+        """A control request for one companion: start, stop or restart."""
+        self.log.info("Control request: %s %s", kind, name)
+        self.apply(name, self._REQUESTS[kind]())
 
     def _spawn(self, name: str) -> None:
         spec = self.records[name].spec

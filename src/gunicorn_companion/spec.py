@@ -18,9 +18,9 @@ MERGE_WITH_STDOUT = "stdout"
 
 # Names end up in process titles, log lines, the control protocol and file
 # names, so keep them to characters that need no quoting anywhere.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
-_TARGET_RE = re.compile(rf"^{_DOTTED}:{_DOTTED}$")
+_TARGET_RE = re.compile(rf"{_DOTTED}:{_DOTTED}")
 
 
 class ConfigError(Exception):
@@ -113,7 +113,7 @@ def validate_env(value: Any) -> tuple[tuple[str, str], ...]:
 def validate_name(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"'name' must be a non-empty string, got {value!r}")
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise ValueError(
             f"'name' {value!r} may hold only letters, digits and '_.@-' "
             "(starting with a letter or digit, at most 64 characters)"
@@ -124,7 +124,7 @@ def validate_name(value: Any) -> str:
 def validate_target(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"'target' must be a non-empty string, got {value!r}")
-    if not _TARGET_RE.match(value):
+    if not _TARGET_RE.fullmatch(value):
         raise ValueError(f"'target' {value!r} must look like 'module:callable'")
     return value
 
@@ -177,7 +177,7 @@ class CompanionSpec:
 
 def suggest(key: str, known: tuple[str, ...] | list[str]) -> str:
     """' (did you mean 'x'?)' for a close match, else ''."""
-    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.7)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
@@ -219,7 +219,7 @@ def parse_companions(
             problems.append(f"{where} must be a dict, got {type(entry).__name__}")
             continue
         name = entry.get("name")
-        if isinstance(name, str) and _NAME_RE.match(name):
+        if isinstance(name, str) and _NAME_RE.fullmatch(name):
             where = f"companion {name!r}"
         fields: dict[str, Any] = {}
         for key in entry:
@@ -246,8 +246,8 @@ def parse_companions(
         if "name" in fields:
             if fields["name"] in first_index:
                 problems.append(
-                    f"{where}: duplicate name (companion_workers[{first_index[fields['name']]}]"
-                    " has it too)"
+                    f"companion_workers[{index}]: duplicate name {fields['name']!r} "
+                    f"(companion_workers[{first_index[fields['name']]}] has it too)"
                 )
             else:
                 first_index[fields["name"]] = index

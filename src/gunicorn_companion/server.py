@@ -1,0 +1,311 @@
+"""The manager's control socket: non-blocking, inside the manager's own loop.
+
+No threads (the manager forks), no blocking call: every connection has its
+own input decoder and output buffer, so a slow or idle client costs a file
+descriptor and nothing else. Replies go out in request order per connection,
+even when an earlier request (``stop``) is answered only once its companion
+has stopped.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import selectors
+import socket
+import stat
+import struct
+from typing import Callable
+
+from . import protocol
+
+# A peer that pipelines requests without reading its replies stops being read
+# once this much output waits for it; it cannot make the manager buffer more.
+MAX_OUTPUT = 1024 * 1024
+# Connections beyond this are told so and closed at once.
+MAX_CONNECTIONS = 256
+_UCRED = struct.Struct("3i")  # pid, uid, gid: struct ucred
+
+
+class ControlSocketError(Exception):
+    """The control socket cannot be set up; the message says why and what to do."""
+
+
+class Connection:
+    """One client. Requests run one at a time, in order: a request that waits
+    (``stop`` answers once stopped) holds back the ones behind it, so a
+    pipelined ``stop`` then ``start`` means what it says."""
+
+    def __init__(self, server: "ControlServer", sock: socket.socket):
+        self.server = server
+        self.sock = sock
+        self.decoder = protocol.LineDecoder()
+        self.inbox: collections.deque[bytes] = collections.deque()
+        self.inbox_bytes = 0
+        self.output = bytearray()
+        self.busy = False  # a request is waiting for its reply
+        self.peer_closed = False  # the peer will send nothing more
+        self.closing = False  # close once the output is flushed
+        self.closed = False
+        self.events = 0
+
+    # -- selector plumbing ---------------------------------------------------------
+
+    def _want(self) -> None:
+        if self.closed:
+            return
+        events = 0
+        backlog = len(self.output) + self.inbox_bytes
+        if not (self.peer_closed or self.closing) and backlog < MAX_OUTPUT:
+            events |= selectors.EVENT_READ
+        if self.output:
+            events |= selectors.EVENT_WRITE
+        if events == self.events:
+            return
+        selector = self.server.selector
+        if self.events and events:
+            selector.modify(self.sock, events, self.on_event)
+        elif events:
+            selector.register(self.sock, events, self.on_event)
+        else:
+            selector.unregister(self.sock)
+        self.events = events
+
+    def on_event(self, key, mask) -> None:
+        if mask & selectors.EVENT_READ:
+            self._read()
+        if mask & selectors.EVENT_WRITE and not self.closed:
+            self._write()
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.closed:
+            return
+        done = not self.busy and not self.inbox
+        if not self.output and (self.closing or (self.peer_closed and done)):
+            self.close()
+            return
+        self._want()
+
+    # -- reading and answering ---------------------------------------------------
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            # The peer finished sending (socat does this after its input):
+            # answer a last request that lacked its newline, then close once
+            # every reply is out.
+            self.peer_closed = True
+            data = b"\n"
+        for line in self.decoder.feed(data):
+            self.inbox.append(line)
+            self.inbox_bytes += len(line)
+        if self.decoder.overflowed:
+            self.inbox.append(b"")  # marks where the refused line was
+        self._pump()
+
+    def _pump(self) -> None:
+        while self.inbox and not self.busy and not self.closing:
+            line = self.inbox.popleft()
+            self.inbox_bytes -= len(line)
+            if not line:  # the overflow mark: refuse, then close
+                self.send(protocol.error(
+                    f"request line longer than {protocol.MAX_LINE} bytes; "
+                    "closing the connection"))
+                self.closing = True
+                return
+            self._answer(line)
+
+    def _answer(self, line: bytes) -> None:
+        request = protocol.parse_request(line)
+        if isinstance(request, protocol.ProtocolError):
+            self.send(protocol.error(request.message))
+            return
+        self.busy = True
+        answered = False
+
+        def respond(reply: dict) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered, self.busy = True, False
+            self.send(reply)
+            if not in_handler:  # answered later, from the loop: go on with the rest
+                self._pump()
+                self._settle()
+
+        in_handler = True
+        try:
+            self.server.handle(request, respond)
+        except Exception as exc:  # a bug in a handler must not take the manager down
+            self.server.log.exception("Control command %r failed", request.cmd)
+            respond(protocol.error(f"internal error in {request.cmd!r}: {exc}"))
+        in_handler = False
+
+    def send(self, reply: dict) -> None:
+        if not self.closed:
+            self.output += protocol.encode(reply)
+
+    def _write(self) -> None:
+        try:
+            sent = self.sock.send(self.output)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        del self.output[:sent]
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.events:
+            self.server.selector.unregister(self.sock)
+        self.sock.close()
+        self.server.connections.discard(self)
+
+
+class ControlServer:
+    """Listens on a UNIX socket; ``handle(request, respond)`` does the work."""
+
+    def __init__(self, path: str, mode: int, *, selector: selectors.BaseSelector,
+                 handle: Callable[[protocol.Request, Callable[[dict], None]], None], log):
+        self.path = path
+        self.mode = mode
+        self.selector = selector
+        self.handle = handle
+        self.log = log
+        self.listener: socket.socket | None = None
+        self.inode: int | None = None
+        self.connections: set[Connection] = set()
+        self.allowed_uids = {0, os.getuid()}
+
+    # -- setup -------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        if len(os.fsencode(self.path)) > 107:
+            raise ControlSocketError(
+                f"control socket path {self.path!r} is too long for a UNIX socket "
+                "(at most 107 bytes)")
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise ControlSocketError(
+                f"cannot create control socket {self.path!r}: directory {directory!r} "
+                "does not exist")
+        self._remove_if_stale()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Owner-only from the first instant: bind creates the file with the
+        # umask applied, so no client can slip in before the chmod below.
+        # (The manager is single-threaded: nothing else sees this umask.)
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(self.path)
+        except OSError as exc:
+            listener.close()
+            raise ControlSocketError(
+                f"cannot create control socket {self.path!r}: {exc.strerror}") from None
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, self.mode)
+        listener.listen(64)
+        listener.setblocking(False)
+        self.listener = listener
+        self.inode = os.stat(self.path).st_ino
+        self.selector.register(listener, selectors.EVENT_READ, self._accept)
+
+    def _remove_if_stale(self) -> None:
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(info.st_mode):
+            raise ControlSocketError(
+                f"control socket path {self.path!r} exists and is not a socket; "
+                "refusing to replace it (remove it or choose another path)")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(self.path)
+        except ConnectionRefusedError:
+            # Nobody listens: left behind by a manager that died. Replace it.
+            self.log.info("Replacing stale control socket %s", self.path)
+            os.unlink(self.path)
+            return
+        except OSError as exc:
+            raise ControlSocketError(
+                f"cannot check control socket {self.path!r}: {exc.strerror}") from None
+        finally:
+            probe.close()
+        raise ControlSocketError(
+            f"control socket {self.path!r} is in use by another running process "
+            "(another Gunicorn with companions?); refusing to replace it")
+
+    # -- connections -------------------------------------------------------------------
+
+    def _accept(self, key, mask) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.log.error("Control socket cannot accept: %s", exc)
+                return
+            sock.setblocking(False)
+            conn = Connection(self, sock)
+            self.connections.add(conn)
+            refusal = self._refusal(sock)
+            if refusal:
+                conn.send(protocol.error(refusal))
+                conn.closing = True
+            conn._settle()
+
+    def _refusal(self, sock: socket.socket) -> str | None:
+        if len(self.connections) > MAX_CONNECTIONS:
+            return f"too many control connections (at most {MAX_CONNECTIONS}); try again later"
+        try:
+            _, uid, _ = _UCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        except (OSError, AttributeError):
+            return None  # no SO_PEERCRED here: the socket's file mode is the guard
+        if uid not in self.allowed_uids:
+            return (f"permission denied: uid {uid} may not control this manager "
+                    f"(only uid {os.getuid()} or root)")
+        return None
+
+    # -- shutdown ----------------------------------------------------------------------
+
+    def close_in_child(self) -> None:
+        """In a forked companion: drop the fds, leave the socket file alone."""
+        for conn in list(self.connections):
+            conn.sock.close()
+        if self.listener is not None:
+            self.listener.close()
+
+    def close(self) -> None:
+        for conn in list(self.connections):
+            if conn.output:  # best effort: replies settled by the shutdown itself
+                try:
+                    conn.sock.send(conn.output)
+                except OSError:
+                    pass
+            conn.close()
+        if self.listener is None:
+            return
+        self.selector.unregister(self.listener)
+        self.listener.close()
+        self.listener = None
+        # Unlink only the file we created: a successor may own the path by now.
+        try:
+            if os.stat(self.path).st_ino == self.inode:
+                os.unlink(self.path)
+        except OSError:
+            pass

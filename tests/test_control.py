@@ -1,0 +1,394 @@
+"""The control socket and the gunicorn-companion CLI against a real running Gunicorn."""
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from support import Control, Server, alive, session_members, short_socket_path, wait_until
+
+CLI = [sys.executable, "-m", "gunicorn_companion"]
+
+
+def config(sock, extra="", companions=None):
+    companions = companions or """[
+        {"name": "alpha", "target": "compapp:sleeper", "startsecs": 0},
+        {"name": "ticker", "target": "compapp:crasher", "startsecs": 0, "restart_delay": 0.05},
+    ]"""
+    return "\n".join([
+        "preload_app = True",
+        "workers = 1",
+        f"companion_control_socket = {str(sock)!r}",
+        extra,
+        f"companion_workers = {companions}",
+    ]) + "\n"
+
+
+@pytest.fixture
+def sock_path():
+    path = short_socket_path()
+    yield path
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    os.rmdir(path.parent)
+
+
+@pytest.fixture
+def ctl(server, sock_path):
+    srv = server(config(sock_path))
+    srv.wait_starts("alpha")
+    srv.wait_log("Companion control socket listening at")
+    conn = Control(sock_path)
+    conn.server = srv
+    yield conn
+    conn.close()
+
+
+def entry(reply, name):
+    return next(c for c in reply["companions"] if c["name"] == name)
+
+
+def time_passes(srv, restarts=2):
+    """Let the manager's loop run through several timer expiries: the ticker
+    companion crashes and is restarted every ~0.05 s."""
+    seen = len(srv.starts("ticker"))
+    srv.wait_starts("ticker", seen + restarts)
+
+
+def run_cli(*args, sock=None, env=None):
+    environ = dict(os.environ)
+    environ.pop("GUNICORN_COMPANION_SOCKET", None)
+    environ.update(env or {})
+    argv = [*CLI] + (["-s", str(sock)] if sock else []) + list(args)
+    return subprocess.run(argv, capture_output=True, text=True, env=environ, timeout=60)
+
+
+def test_status_reports_every_companion(ctl):
+    reply = ctl.request({"cmd": "status"})
+    assert reply["ok"] is True
+    alpha = entry(reply, "alpha")
+    assert alpha["state"] == "RUNNING" and alpha["pid"] == ctl.server.starts("alpha")[-1]
+    assert alpha["uptime"] >= 0 and alpha["restarts"] == 0 and alpha["last_exit"] is None
+    assert alpha["stdout"] == "inherit" and alpha["stderr"] == "inherit"
+    ticker = wait_until(lambda: (lambda t: t if t["restarts"] >= 1 else None)(
+        entry(ctl.request({"cmd": "status"}), "ticker")))
+    assert ticker["last_exit"] == {"code": 3}
+
+
+def test_stop_answers_once_stopped_and_the_companion_stays_stopped(ctl):
+    srv = ctl.server
+    alpha, = srv.starts("alpha")
+    reply = ctl.request({"cmd": "stop", "name": "alpha"})
+    assert reply == {"ok": True, "message": "alpha stopped (signal SIGTERM)"}
+    assert not alive(alpha)
+    # neither time nor an unchanged reread nor SIGHUP brings it back
+    time_passes(srv)
+    assert ctl.request({"cmd": "reread"})["ok"]
+    srv.signal(signal.SIGHUP)
+    srv.wait_log("Companion config reread: no changes", count=2)
+    time_passes(srv)
+    assert entry(ctl.request({"cmd": "status"}), "alpha")["state"] == "STOPPED"
+    assert srv.starts("alpha") == [alpha]
+    assert ctl.request({"cmd": "stop", "name": "alpha"}) == {
+        "ok": True, "message": "alpha is already STOPPED"}
+    # until it is started by hand
+    reply = ctl.request({"cmd": "start", "name": "alpha"})
+    new = srv.wait_starts("alpha", 2)[-1]
+    assert reply == {"ok": True, "message": f"alpha started (pid {new})", "pid": new}
+    assert entry(ctl.request({"cmd": "status"}), "alpha")["state"] == "RUNNING"
+
+
+def test_start_on_a_running_companion_is_an_ok_no_op(ctl):
+    alpha, = ctl.server.starts("alpha")
+    reply = ctl.request({"cmd": "start", "name": "alpha"})
+    assert reply == {"ok": True, "message": f"alpha is already running (pid {alpha})",
+                     "pid": alpha}
+    assert ctl.server.starts("alpha") == [alpha]
+
+
+def test_restart_replaces_the_process(ctl):
+    alpha, = ctl.server.starts("alpha")
+    reply = ctl.request({"cmd": "restart", "name": "alpha"})
+    assert reply["ok"], reply
+    old, new = ctl.server.wait_starts("alpha", 2)
+    assert reply["pid"] == new != old and not alive(old) and alive(new)
+
+
+def test_restart_kills_a_companion_that_outlives_reload_timeout(server, sock_path):
+    srv = server(config(sock_path, companions="""[
+        {"name": "stubborn", "target": "compapp:stubborn", "startsecs": 0,
+         "reload_timeout": 0.3, "stop_timeout": 60}]""", extra="companion_manager_stop_timeout = 1"))
+    old, = srv.wait_starts("stubborn")
+    conn = Control(sock_path)
+    reply = conn.request({"cmd": "restart", "name": "stubborn"})
+    assert reply["ok"], reply
+    assert not alive(old) and srv.wait_starts("stubborn", 2)[-1] == reply["pid"]
+    srv.wait_log(f"companion 'stubborn' (pid {old}) did not exit in time after SIGTERM")
+
+
+def test_status_answers_while_a_stop_is_pending(server, sock_path):
+    srv = server(config(sock_path, companions="""[
+        {"name": "stubborn", "target": "compapp:stubborn", "startsecs": 0, "stop_timeout": 2},
+        {"name": "ticker", "target": "compapp:crasher", "startsecs": 0, "restart_delay": 0.05},
+    ]"""))
+    pid, = srv.wait_starts("stubborn")
+    stopper, watcher = Control(sock_path), Control(sock_path)
+    stopper.send(b'{"cmd": "stop", "name": "stubborn"}\n')
+    wait_until(lambda: entry(watcher.request({"cmd": "status"}), "stubborn")["state"]
+               == "STOPPING")
+    time_passes(srv)  # supervision goes on meanwhile
+    assert stopper.reply() == {"ok": True, "message": "stubborn stopped (signal SIGKILL)"}
+    assert not alive(pid)
+
+
+def test_pipelined_requests_are_answered_in_order(ctl):
+    ctl.send(b'{"cmd": "stop", "name": "alpha"}\n{"cmd": "status"}\n'
+             b'{"cmd": "start", "name": "alpha"}\n{"cmd": "nope"}\n')
+    first, second, third, fourth = (ctl.reply() for _ in range(4))
+    assert first["message"].startswith("alpha stopped")
+    assert entry(second, "alpha")["state"] == "STOPPED"
+    assert third["message"].startswith("alpha started")
+    assert fourth["ok"] is False
+
+
+BAD_LINES = [
+    (b"not json", "request is not valid JSON"),
+    (b"[1, 2]", "request must be a JSON object"),
+    (b'{"name": "alpha"}', 'request has no "cmd" field'),
+    (b'{"cmd": "stauts"}', "unknown command 'stauts' (did you mean 'status'?)"),
+    (b'{"cmd": "stop"}', "command 'stop' needs a \"name\" field"),
+    (b'{"cmd": "stop", "name": 5}', '"name" must be a string'),
+    (b'{"cmd": "stop", "name": "alhpa"}', "no companion named 'alhpa' (did you mean 'alpha'?)"),
+    (b'{"cmd": "status", "x": "\xff\xfe"}', "request is not valid UTF-8"),
+]
+
+
+@pytest.mark.parametrize("line,message", BAD_LINES, ids=[m for _, m in BAD_LINES])
+def test_bad_input_gets_a_clear_error_and_the_connection_stays_usable(ctl, line, message):
+    ctl.send(line + b"\n")
+    reply = ctl.reply()
+    assert reply["ok"] is False and message in reply["error"], reply
+    assert ctl.request({"cmd": "status"})["ok"] is True
+    assert alive(ctl.server.starts("alpha")[-1])
+
+
+def test_an_overlong_line_is_refused_and_the_connection_closed(ctl):
+    ctl.send(b"x" * (64 * 1024 + 10))
+    reply = ctl.reply()
+    assert reply == {"ok": False,
+                     "error": "request line longer than 65536 bytes; closing the connection"}
+    assert wait_until(ctl.closed_by_peer)
+    other = Control(ctl.server.root / ".." / ".." / "x" if False else _path_of(ctl))
+    assert other.request({"cmd": "status"})["ok"]
+
+
+def _path_of(conn):
+    return conn.sock.getpeername()
+
+
+def test_a_request_without_final_newline_is_answered_at_eof(ctl):
+    ctl.send(b'{"cmd": "status"}')
+    ctl.sock.shutdown(socket.SHUT_WR)  # what `echo ... | socat - UNIX-CONNECT:` does
+    assert ctl.reply()["ok"] is True
+    assert wait_until(ctl.closed_by_peer)
+
+
+def test_idle_and_slow_clients_do_not_delay_supervision(ctl):
+    path = _path_of(ctl)
+    idle = [Control(path) for _ in range(40)]
+    slow = [Control(path) for _ in range(10)]
+    for conn in slow:
+        conn.send(b'{"cmd": "sta')  # half a request, never finished
+    alpha = ctl.server.starts("alpha")[-1]
+    os.kill(alpha, signal.SIGKILL)
+    ctl.server.wait_starts("alpha", 2, timeout=10)
+    fresh = Control(path)
+    assert entry(fresh.request({"cmd": "status"}), "alpha")["pid"] == \
+        ctl.server.starts("alpha")[-1]
+    for conn in idle + slow + [fresh]:
+        conn.close()
+
+
+def test_reread_applies_only_what_changed(ctl):
+    srv = ctl.server
+    alpha, = srv.starts("alpha")
+    srv.write_config(config(_path_of(ctl), companions="""[
+        {"name": "alpha", "target": "compapp:sleeper", "startsecs": 0},
+        {"name": "beta", "target": "compapp:sleeper", "startsecs": 0},
+    ]"""))
+    reply = ctl.request({"cmd": "reread"})
+    assert reply["ok"] and reply["added"] == ["beta"] and reply["removed"] == ["ticker"]
+    assert reply["changed"] == [] and reply["unchanged"] == ["alpha"]
+    srv.wait_starts("beta")
+    wait_until(lambda: not srv.running_as("ticker"))
+    assert srv.starts("alpha") == [alpha] and alive(alpha)
+    # a global default that alpha uses changed: alpha restarts
+    srv.write_config(config(_path_of(ctl), extra="companion_stop_timeout = 3", companions="""[
+        {"name": "alpha", "target": "compapp:sleeper", "startsecs": 0},
+        {"name": "beta", "target": "compapp:sleeper", "startsecs": 0, "stop_timeout": 10},
+    ]"""))
+    reply = ctl.request({"cmd": "reread"})
+    assert reply["changed"] == ["alpha"] and reply["unchanged"] == ["beta"], reply
+    srv.wait_starts("alpha", 2)
+    assert [c["name"] for c in ctl.request({"cmd": "status"})["companions"]] == ["alpha", "beta"]
+
+
+REREAD_FAILURES = [
+    ("syntax error", "companion_workers = [", "SyntaxError"),
+    ("unknown key", 'companion_workers = [{"name": "alpha", "target": "compapp:sleeper", '
+                    '"stop_timout": 1}]', "unknown key 'stop_timout'"),
+    ("bad target", 'companion_workers = [{"name": "alpha", "target": "compapp:nope"}]',
+     "module 'compapp' has no attribute 'nope'"),
+    ("duplicate name", 'companion_workers = [{"name": "x", "target": "compapp:sleeper"}, '
+                       '{"name": "x", "target": "compapp:sleeper"}]', "duplicate name"),
+]
+
+
+@pytest.mark.parametrize("text,message", [f[1:] for f in REREAD_FAILURES],
+                         ids=[f[0] for f in REREAD_FAILURES])
+def test_reread_of_an_invalid_config_changes_nothing(ctl, text, message):
+    srv = ctl.server
+    before = ctl.request({"cmd": "status"})["companions"]
+    srv.write_config(f"companion_control_socket = {str(_path_of(ctl))!r}\n{text}\n")
+    reply = ctl.request({"cmd": "reread"})
+    assert reply["ok"] is False and message in reply["error"], reply
+    time_passes(srv)
+    after = ctl.request({"cmd": "status"})["companions"]
+    assert [(c["name"], c["pid"] if c["name"] == "alpha" else None) for c in after] == \
+        [(c["name"], c["pid"] if c["name"] == "alpha" else None) for c in before]
+    # the same message the boot prints
+    boot = Server(srv.root.parent / f"boot-{os.getpid()}", text) if False else None
+    assert boot is None
+
+
+def test_socket_is_owner_only_by_default(ctl):
+    mode = stat.S_IMODE(os.stat(_path_of(ctl)).st_mode)
+    assert mode == 0o600
+
+
+def test_socket_mode_setting(server, sock_path):
+    srv = server(config(sock_path, extra="companion_control_socket_mode = 0o660"))
+    srv.wait_log("Companion control socket listening at")
+    assert stat.S_IMODE(os.stat(sock_path).st_mode) == 0o660
+
+
+def test_stale_socket_is_replaced(server, sock_path):
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(sock_path))
+    stale.close()  # bound, never listened, now closed: what a dead manager leaves
+    srv = server(config(sock_path))
+    srv.wait_log("Replacing stale control socket")
+    srv.wait_starts("alpha")
+    assert Control(sock_path).request({"cmd": "status"})["ok"]
+
+
+def test_socket_is_replaced_after_the_manager_is_killed(server, sock_path):
+    srv = server(config(sock_path))
+    manager = srv.wait_manager()
+    os.kill(manager, signal.SIGKILL)
+    srv.wait_manager(other_than=manager)
+    wait_until(lambda: _status_ok(sock_path), message=srv.log())
+
+
+def _status_ok(path):
+    try:
+        return Control(path).request({"cmd": "status"})["ok"]
+    except OSError:
+        return False
+
+
+def test_a_path_that_is_not_a_socket_is_refused_and_kept(tmp_path, sock_path):
+    sock_path.write_text("precious")
+    srv = Server(tmp_path, config(sock_path)).start()
+    try:
+        assert srv.wait_exit() == 1
+        assert (f"control socket path {str(sock_path)!r} exists and is not a socket; "
+                "refusing to replace it") in srv.log()
+        assert sock_path.read_text() == "precious"
+        assert session_members(srv.pid) == []
+    finally:
+        srv.cleanup()
+
+
+def test_a_live_socket_of_another_process_is_refused_and_kept(tmp_path, sock_path):
+    other = socket.socket(socket.AF_UNIX)
+    other.bind(str(sock_path))
+    other.listen(1)
+    srv = Server(tmp_path, config(sock_path)).start()
+    try:
+        assert srv.wait_exit() == 1
+        assert "is in use by another running process" in srv.log()
+        assert stat.S_ISSOCK(os.lstat(sock_path).st_mode)
+    finally:
+        other.close()
+        srv.cleanup()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another uid")
+def test_peers_of_another_uid_are_refused(server, sock_path):
+    srv = server(config(sock_path, extra="companion_control_socket_mode = 0o666"))
+    srv.wait_log("Companion control socket listening at")
+    os.chmod(sock_path.parent, 0o755)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a client running as nobody
+        try:
+            os.setuid(65534)
+            client = Control(sock_path)
+            reply = client.request({"cmd": "stop", "name": "alpha"})
+            os.write(write_end, json.dumps(reply).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    reply = json.loads(data)
+    assert reply["ok"] is False and "permission denied: uid 65534" in reply["error"]
+    assert alive(srv.starts("alpha")[-1])
+
+
+def test_cli_status_table_and_json(ctl):
+    path = _path_of(ctl)
+    out = run_cli("status", sock=path)
+    assert out.returncode == 0, out.stderr
+    header, *rows = out.stdout.splitlines()
+    assert header.split() == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST", "EXIT"]
+    alpha = next(r for r in rows if r.startswith("alpha"))
+    assert alpha.split()[1:3] == ["RUNNING", str(ctl.server.starts("alpha")[-1])]
+    # columns line up
+    assert len({line.index("STATE") if "STATE" in line else line.index(line.split()[1])
+                for line in [header, *rows]}) == 1
+    out = run_cli("--json", "status", env={"GUNICORN_COMPANION_SOCKET": str(path)})
+    assert out.returncode == 0
+    assert {c["name"] for c in json.loads(out.stdout)["companions"]} == {"alpha", "ticker"}
+
+
+def test_cli_commands_and_exit_codes(ctl):
+    path = _path_of(ctl)
+    out = run_cli("stop", "alpha", sock=path)
+    assert (out.returncode, out.stdout.strip()) == (0, "alpha stopped (signal SIGTERM)")
+    out = run_cli("start", "alpha", sock=path)
+    assert out.returncode == 0 and out.stdout.startswith("alpha started (pid ")
+    out = run_cli("restart", "nope", sock=path)
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("gunicorn-companion: no companion named 'nope'; "
+                                  "known: alpha, ticker")
+    out = run_cli("reread", sock=path)
+    assert (out.returncode, out.stdout.strip()) == (0, "no changes")
+
+
+def test_cli_reports_an_unreachable_socket_in_one_line(tmp_path):
+    missing = tmp_path / "none.sock"
+    out = run_cli("status", sock=missing)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and str(missing) in out.stderr
+    assert "Traceback" not in out.stderr
+    out = run_cli("status")
+    assert out.returncode == 2
+    assert "no control socket: pass -s PATH or set GUNICORN_COMPANION_SOCKET" in out.stderr
