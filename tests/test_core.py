@@ -302,7 +302,7 @@ def test_usr2_without_companions_reexecutes_the_serve_command(server):
     # A companion-only flag on the command line: plain `gunicorn` would refuse
     # it, so a new master that boots proves the re-exec ran `serve` again.
     srv = server("workers = 1\n", args=("--companion-stop-timeout", "5"))
-    wait_until(lambda: children(srv.pid), message="a worker")
+    srv.wait_log("Booting worker")  # the master handles signals from here on
     srv.signal(signal.SIGUSR2)
     new_master = srv.until(
         lambda: next((p for p in children(srv.pid) if "master" in cmdline(p)), None),

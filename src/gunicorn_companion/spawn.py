@@ -6,7 +6,6 @@ handled.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -29,8 +28,16 @@ _ALL_SIGNALS = set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}
 
 
 def _libc():
-    name = ctypes.util.find_library("c")
-    return ctypes.CDLL(name, use_errno=True) if name else None
+    # The running interpreter already has libc loaded: CDLL(None) finds prctl
+    # there. (ctypes.util.find_library would run ldconfig in a subprocess,
+    # which is slow and forks a child of the master before it has its signal
+    # handlers.)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl  # noqa: B018 - raises AttributeError where there is none
+        return libc
+    except (OSError, AttributeError):
+        return None
 
 
 _LIBC = _libc() if sys.platform.startswith("linux") else None
