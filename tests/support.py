@@ -111,6 +111,8 @@ class Server:
         self.argv = [*SERVE, "-c", str(self.config_path), "--bind", f"127.0.0.1:{self.port}",
                      *args, app]
         self.proc: subprocess.Popen | None = None
+        self.manager_sessions: set[int] = set()
+        self.watch_exit = True  # fail waits at once if the master exits
 
     def write_config(self, text: str) -> None:
         header = "import os, sys\nsys.path.insert(0, os.path.dirname(__file__))\n"
@@ -137,7 +139,7 @@ class Server:
 
         def check():
             value = predicate()
-            if not value and self.proc.poll() is not None:
+            if not value and self.watch_exit and self.proc.poll() is not None:
                 raise AssertionError(f"server exited ({self.proc.returncode}) while waiting "
                                      f"for {message}:\n{self.log()}")
             return value
@@ -163,7 +165,22 @@ class Server:
         os.kill(self.pid, sig)
 
     def tree(self) -> list[int]:
-        return session_members(self.pid)
+        """Every live process of this server: the master's session, and the
+        sessions of the companion managers it started (each leads its own)."""
+        self._note_managers()
+        found = set(session_members(self.pid))
+        for sid in self.manager_sessions:
+            found.update(session_members(sid))
+        return sorted(found)
+
+    def _note_managers(self) -> None:
+        """Remember every session led by a child of a process of the master's
+        session (the manager of this master, or of a master a hot upgrade made)."""
+        stats = {p: proc_stat(p) for p in all_pids()}
+        masters = {p for p, f in stats.items() if f and int(f[3]) == self.pid}
+        for pid, fields in stats.items():
+            if fields and int(fields[3]) == pid and int(fields[1]) in masters:
+                self.manager_sessions.add(pid)
 
     def cleanup(self) -> None:
         if self.proc is not None:
@@ -173,7 +190,7 @@ class Server:
                     self.proc.wait(15)
                 except subprocess.TimeoutExpired:
                     pass
-            for pid in session_members(self.pid):
+            for pid in self.tree():
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -186,6 +203,7 @@ class Server:
     # -- companions --------------------------------------------------------------
 
     def manager_pid(self) -> int | None:
+        self._note_managers()
         for pid in children(self.pid):
             if "companion manager" in cmdline(pid):
                 return pid

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from support import Server, session_members
+from support import Server
 
 GOOD = '{"name": "ok", "target": "compapp:sleeper"}'
 
@@ -21,7 +21,8 @@ CASES = [
      "companion_workers[0]: 'name' must be a non-empty string, got ''"),
     ("missing target",
      'companion_workers = [{"name": "a"}]',
-     "companion 'a': missing 'target'"),
+     "companion 'a': missing 'target' (a 'module:callable') or 'command' "
+        "(a program to run)"),
     ("empty target",
      'companion_workers = [{"name": "a", "target": ""}]',
      "companion 'a': 'target' must be a non-empty string, got ''"),
@@ -80,7 +81,7 @@ def run_to_exit(tmp_path, config: str, preload: bool = True):
     except subprocess.TimeoutExpired:
         srv.cleanup()
         raise AssertionError(f"a bad config booted:\n{srv.log()}")
-    leftovers = session_members(srv.pid)
+    leftovers = srv.tree()
     srv.cleanup()
     return code, srv.log(), leftovers
 

@@ -290,14 +290,6 @@ def test_without_preload_companions_still_run_and_the_log_says_so_once(server):
     assert srv.log().count("memory is not shared") == 1
 
 
-def test_usr2_is_refused_with_companions(server):
-    srv = server(SLEEPERS)
-    srv.wait_starts("alpha")
-    srv.signal(signal.SIGUSR2)
-    srv.wait_log("USR2 ignored: a hot upgrade would run every companion twice")
-    assert [p for p in children(srv.pid) if "master" in cmdline(p)] == []
-
-
 def test_usr2_without_companions_reexecutes_the_serve_command(server):
     # A companion-only flag on the command line: plain `gunicorn` would refuse
     # it, so a new master that boots proves the re-exec ran `serve` again.

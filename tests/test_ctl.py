@@ -102,13 +102,36 @@ def test_format_status_aligns_columns():
                 "restarts": 3,
                 "last_exit": {"signal": "SIGKILL"},
             },
+            {
+                "name": "beat",
+                "state": "STARTING",
+                "pid": 77,
+                "uptime": 2,
+                "restarts": 0,
+                "last_exit": None,
+                "memory": 5 * 2**20 + 2**19,
+                "waiting": "singleton lock",
+            },
+            {
+                "name": "rq:0",
+                "state": "RUNNING",
+                "pid": 78,
+                "uptime": 2,
+                "restarts": 1,
+                "last_exit": {"signal": "SIGTERM"},
+                "memory": 812 * 2**10,
+                "last_recycle": "max_lifetime reached",
+            },
         ],
     }
     assert format_status(reply) == (
-        "NAME       STATE    PID   UPTIME  RESTARTS  LAST EXIT\n"
-        "scheduler  RUNNING  4242  3m12s   0         -\n"
-        "q          BACKOFF  -     -       12        exit 1\n"
-        "socketio   STOPPED  -     -       3         SIGKILL"
+        "NAME       STATE     PID   UPTIME  RESTARTS  LAST EXIT  MEMORY  NOTE\n"
+        "scheduler  RUNNING   4242  3m12s   0         -          -\n"
+        "q          BACKOFF   -     -       12        exit 1     -\n"
+        "socketio   STOPPED   -     -       3         SIGKILL    -\n"
+        "beat       STARTING  77    2s      0         -          5.5M    waiting for singleton lock\n"
+        "rq:0       RUNNING   78    2s      1         SIGTERM    812K    "
+        "last restart: max_lifetime reached"
     )
 
 
@@ -122,14 +145,14 @@ def test_format_status_aligns_columns():
     ],
 )
 def test_format_status_without_companions_is_the_header(reply):
-    assert format_status(reply) == "NAME  STATE  PID  UPTIME  RESTARTS  LAST EXIT"
+    assert format_status(reply) == "NAME  STATE  PID  UPTIME  RESTARTS  LAST EXIT  MEMORY  NOTE"
 
 
 def test_format_status_tolerates_missing_fields():
     reply = {"ok": True, "companions": [{"name": "a-very-long-name"}]}
     assert format_status(reply) == (
-        "NAME              STATE  PID  UPTIME  RESTARTS  LAST EXIT\n"
-        "a-very-long-name  ?      -    -       -         -"
+        "NAME              STATE  PID  UPTIME  RESTARTS  LAST EXIT  MEMORY  NOTE\n"
+        "a-very-long-name  ?      -    -       -         -          -"
     )
 
 
@@ -242,8 +265,8 @@ def test_status_prints_the_table(serve, capsys):
     assert main(["-s", server.server_address, "status"]) == 0
     out, err = capsys.readouterr()
     assert out == (
-        "NAME       STATE    PID  UPTIME  RESTARTS  LAST EXIT\n"
-        "scheduler  RUNNING  101  2h05m   1         SIGKILL\n"
+        "NAME       STATE    PID  UPTIME  RESTARTS  LAST EXIT  MEMORY  NOTE\n"
+        "scheduler  RUNNING  101  2h05m   1         SIGKILL    -\n"
     )
     assert err == ""
     assert server.requests == [{"cmd": "status"}]

@@ -128,7 +128,7 @@ TRANSITIONS = [
     # Exited
     pytest.param(STARTING, Exited(EXIT_1), NOW,
                  {"state": State.BACKOFF, "pid": None, "deadline": NOW + 3.0,
-                  "last_exit": EXIT_1},
+                  "last_exit": EXIT_1, "failures": 1},
                  [], [logging.ERROR], id="Exited:STARTING->BACKOFF"),
     pytest.param(RUNNING, Exited(BY_KILL), NOW,
                  {"state": State.BACKOFF, "pid": None, "deadline": NOW + 3.0,

@@ -377,7 +377,8 @@ def test_inline_companion_config_file(tmp_path):
 
 def test_inline_bad_entries():
     assert problems(inline={"companion_workers": [{"name": "w"}]}) == [
-        "companion 'w': missing 'target'"
+        "companion 'w': missing 'target' (a 'module:callable') or 'command' "
+        "(a program to run)"
     ]
 
 

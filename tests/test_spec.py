@@ -160,7 +160,7 @@ def test_unknown_key_with_suggestion(key, suggestion):
     )
 
 
-@pytest.mark.parametrize("key", ["colour", "autorestart", "numprocs", "x"])
+@pytest.mark.parametrize("key", ["colour", "numprocs", "x"])
 def test_unknown_key_without_close_match(key):
     problem = only_problem([entry(**{key: 1})])
     assert problem == f"companion 'w': unknown key {key!r}"
@@ -187,8 +187,10 @@ def test_suggest(key, expected):
 
 def test_known_keys():
     assert set(KNOWN_KEYS) == {
-        "name", "target", "cwd", "env", "stop_signal", "stop_timeout", "reload_timeout",
-        "startsecs", "restart_delay", "stdout", "stderr",
+        "name", "target", "command", "cwd", "env", "stop_signal", "stop_timeout",
+        "reload_timeout", "startsecs", "restart_delay", "max_restart_delay", "startretries",
+        "stdout", "stderr", "processes", "autostart", "singleton", "wait_ready", "max_lifetime",
+        "max_lifetime_jitter", "max_memory", "watchdog_timeout",
     }
 
 
@@ -199,10 +201,12 @@ def test_known_keys():
     "bad, problems",
     [
         pytest.param(entry(name=_DROP), ["companion_workers[0]: missing 'name'"], id="no-name"),
-        pytest.param(entry(target=_DROP), ["companion 'w': missing 'target'"], id="no-target"),
+        pytest.param(entry(target=_DROP), ["companion 'w': missing 'target' (a 'module:callable') or 'command' "
+        "(a program to run)"], id="no-target"),
         pytest.param(
             {},
-            ["companion_workers[0]: missing 'name'", "companion_workers[0]: missing 'target'"],
+            ["companion_workers[0]: missing 'name'", "companion_workers[0]: missing 'target' (a 'module:callable') or 'command' "
+        "(a program to run)"],
             id="empty-dict",
         ),
         pytest.param(
@@ -552,7 +556,8 @@ def test_problems_of_one_entry_come_in_a_fixed_order():
     assert problems_of([bad], {"companion_restart_delay": "x"}) == [
         "companion_restart_delay: must be a number of seconds, got 'x'",
         "companion 'w': unknown key 'colour'",
-        "companion 'w': missing 'target'",
+        "companion 'w': missing 'target' (a 'module:callable') or 'command' "
+        "(a program to run)",
         "companion 'w': env 'P' must be a string, got 1 (quote it: '1')",
         "companion 'w': stop_timeout must be a non-negative number of seconds, got -1",
         "companion 'w': stderr 'stderr' is not allowed here; "
@@ -621,7 +626,8 @@ def test_builtin_defaults():
     assert problems == []
     assert defaults == {
         "stop_signal": 15, "stop_timeout": 10.0, "reload_timeout": 10.0, "startsecs": 1.0,
-        "restart_delay": 1.0, "stdout": "inherit", "stderr": "inherit",
+        "restart_delay": 1.0, "max_restart_delay": 60.0, "startretries": None,
+        "stdout": "inherit", "stderr": "inherit",
     }
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["CompanionApplication", "CompanionWSGIApplication", "__version__"]
+from .notify import heartbeat, ready
+
+__all__ = ["CompanionApplication", "CompanionWSGIApplication", "__version__", "heartbeat",
+           "ready"]
 
 
 def __getattr__(name: str):

@@ -12,10 +12,12 @@ once, whatever order the kernel reaps things in.
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import signal
 import sys
+import tempfile
 import time
 
 from gunicorn import util
@@ -26,7 +28,14 @@ from .loading import CompanionConfig, ConfigSources, load_companion_config
 from .commands import dispatch
 from .manager import Manager
 from .server import ControlServer, ControlSocketError
-from .spawn import fork_blocking_signals, reset_signals, set_parent_death_signal, unblock_signals
+from . import procfs
+from .spawn import (
+    become_subreaper,
+    fork_blocking_signals,
+    reset_signals,
+    set_parent_death_signal,
+    unblock_signals,
+)
 from .spec import ConfigError
 from .targets import resolve_all
 
@@ -55,6 +64,7 @@ class ManagerHandle:
     def __init__(self, arbiter: "CompanionArbiter"):
         self.arbiter = arbiter
         self.pid = 0
+        self.last_pid = 0
         self.lifeline: int | None = None  # read end; EOF = the whole old tree is gone
         self.spawned_at = 0.0
         self.exit_status: int | None = None  # recorded by reap (maybe in a signal handler)
@@ -111,6 +121,7 @@ class ManagerHandle:
         else:
             how = f"with exit code {os.WEXITSTATUS(self.exit_status)}"
         self.exit_status, self.exit_unknown = None, False
+        self.kill_leftovers()
         if self.stopping:
             return
         lived = time.monotonic() - self.spawned_at
@@ -122,6 +133,18 @@ class ManagerHandle:
         self.next_spawn_at = time.monotonic() + self.respawn_delay
         self.log.error("Companion manager exited %s; starting a new one in %.1fs, "
                        "once its companions are gone", how, self.respawn_delay)
+
+    def kill_leftovers(self) -> None:
+        """The manager leads a session holding its whole tree; once it is dead
+        (SIGKILLed, say), whatever of that session remains is killed here:
+        PDEATHSIG took the companions, this takes their own children."""
+        if not self.last_pid:
+            return
+        for pid in procfs.session_members(self.last_pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _old_tree_gone(self, wait: float = 0.0) -> bool:
         """True once no process of the previous manager's tree holds the lifeline."""
@@ -146,12 +169,17 @@ class ManagerHandle:
     def spawn(self, at_boot: bool = False) -> None:
         arbiter = self.arbiter
         read_end, write_end = os.pipe()
+        if arbiter.cfg.preload_app and arbiter.cfg.companion_gc_freeze:
+            # the preloaded objects join the permanent generation: collections
+            # in the manager and companions then leave their pages shared
+            gc.freeze()
         pid = fork_blocking_signals()
         if pid == 0:
             os.close(read_end)
             run_manager_process(arbiter, write_end)  # never returns
         os.close(write_end)  # HTTP workers forked from now on must not hold it
-        self.pid, self.lifeline, self.spawned_at = pid, read_end, time.monotonic()
+        self.pid, self.last_pid = pid, pid
+        self.lifeline, self.spawned_at = read_end, time.monotonic()
         ok, message = self._read_boot_result()
         if ok:
             self.log.info("Companion manager booted (pid: %s)", pid)
@@ -240,6 +268,12 @@ class CompanionArbiter(Arbiter):
         if len(args) > 1 and os.path.abspath(args[1]) == main:
             self.START_CTX["args"] = [args[0], "-m", __package__, *args[2:]]
 
+    def companion_lock_scope(self) -> str:
+        """What makes two masters "the same deployment" for singleton locks:
+        the config they were started with (a hot upgrade keeps it)."""
+        sources = self.companion_sources
+        return sources.main_file or f"{self.cfg.proc_name}:{os.getcwd()}"
+
     # -- reaping: claim the manager first (see the module docstring) -----------
 
     def reap_workers(self):
@@ -274,14 +308,6 @@ class CompanionArbiter(Arbiter):
             # The manager rereads and restarts only what changed.
             self.manager.kill(signal.SIGHUP)
 
-    def handle_usr2(self):
-        if self.companion_config.specs:
-            self.log.warning(
-                "USR2 ignored: a hot upgrade would run every companion twice (once under "
-                "each master). Reload with HUP, or restart Gunicorn.")
-            return
-        super().handle_usr2()
-
     def stop(self, graceful=True):
         manager = self.manager
         deadline = time.monotonic() + manager.stop_timeout()
@@ -296,10 +322,29 @@ class CompanionArbiter(Arbiter):
                            manager.stop_timeout())
             manager.kill(signal.SIGKILL)  # PDEATHSIG takes its companions with it
             manager.wait_exit(5.0)
+        manager.kill_leftovers()
         manager._old_tree_gone(wait=5.0)
 
 
-def attach_control_server(manager: Manager, cfg) -> None:
+def default_lock_dir() -> str:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "gunicorn-companion")
+    return os.path.join(tempfile.gettempdir(), f"gunicorn-companion-{os.getuid()}")
+
+
+def prepare_lock_dir(cfg) -> str:
+    path = cfg.companion_lock_dir or default_lock_dir()
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create companion_lock_dir {path!r}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"companion_lock_dir {path!r} is not writable")
+    return path
+
+
+def attach_control_server(manager: Manager, cfg, take_over: bool) -> None:
     server = ControlServer(
         cfg.companion_control_socket,
         cfg.companion_control_socket_mode,
@@ -307,7 +352,7 @@ def attach_control_server(manager: Manager, cfg) -> None:
         handle=lambda request, respond: dispatch(manager, request, respond),
         log=manager.log,
     )
-    server.bind()
+    server.bind(take_over=take_over)
     manager.control = server
     manager.extra_fds_to_close.append(server.close_in_child)
     manager.log.info("Companion control socket listening at %s", server.path)
@@ -322,27 +367,41 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
         reset_signals(list(arbiter.SIGNALS) + [signal.SIGCHLD])
         master_pid = arbiter.pid
         proc_name = arbiter.proc_name
+        cfg = arbiter.cfg
+        # A session of our own holds the whole companion tree, so it can be
+        # found and killed as one even after we are gone (see kill_leftovers);
+        # as subreaper we inherit (and reap, and kill) orphaned descendants.
+        os.setsid()
+        become_subreaper()
         manager = Manager(
             arbiter.companion_config,
             arbiter.companion_targets,
             log=arbiter.log,
             sources=arbiter.companion_sources,
             title=lambda name: util._setproctitle(f"companion {name} [{proc_name}]"),
+            master_pid=master_pid,
+            lock_scope=arbiter.companion_lock_scope(),
+            gc_freeze=bool(cfg.preload_app and cfg.companion_gc_freeze),
+            memory_check_interval=cfg.companion_memory_check_interval,
         )
         manager.install_signals()
         unblock_signals()
         # PDEATHSIG, then re-check: the master may have died before prctl.
-        if set_parent_death_signal(signal.SIGKILL) and os.getppid() != master_pid:
+        # USR2 and not SIGKILL: the manager must live long enough to kill its
+        # companions' own children, which no PDEATHSIG reaches.
+        if set_parent_death_signal(signal.SIGUSR2) and os.getppid() != master_pid:
             os._exit(1)
         # The manager and its companions serve no HTTP: drop the listeners.
         for listener in arbiter.LISTENERS:
             listener.close()
         util._setproctitle(f"companion manager [{proc_name}]")
         try:
-            if not arbiter.cfg.preload_app:
+            if not cfg.preload_app:
                 manager.targets = resolve_all(arbiter.companion_config.specs)
-            if arbiter.cfg.companion_control_socket:
-                attach_control_server(manager, arbiter.cfg)
+            manager.lock_dir = prepare_lock_dir(cfg)
+            if cfg.companion_control_socket:
+                # the new master of a hot upgrade takes the socket over
+                attach_control_server(manager, cfg, take_over=bool(arbiter.master_pid))
         except (ConfigError, ControlSocketError) as exc:
             os.write(lifeline, ERROR_PREFIX + str(exc).encode("utf-8", "replace") + b"\n")
             os._exit(1)

@@ -17,9 +17,19 @@ Respond = Callable[[dict], None]
 
 
 def _unknown(manager, name: str) -> dict:
-    known = ", ".join(manager.records) or "none"
+    groups = list(dict.fromkeys(r.spec.group_name for r in manager.records.values()))
+    known = ", ".join(groups) or "none"
     return protocol.error(
-        f"no companion named {name!r}{suggest(name, list(manager.records))}; known: {known}")
+        f"no companion named {name!r}{suggest(name, groups + list(manager.records))}; "
+        f"known: {known}")
+
+
+def resolve(manager, name: str) -> list[str]:
+    """A companion's own name, or the name of a group of instances: all of them."""
+    live = [n for n in manager.records if n not in manager.retiring]
+    if name in live:
+        return [name]
+    return [n for n in live if manager.records[n].spec.group_name == name]
 
 
 def _refuse_while_shutting_down(manager) -> dict | None:
@@ -50,39 +60,7 @@ def _outcome_of_start(name: str, old_pid: int | None):
     return settled
 
 
-def cmd_start(manager, request, respond: Respond) -> None:
-    name = request.name
-    if name not in manager.records or name in manager.retiring:
-        return respond(_unknown(manager, name))
-    if refusal := _refuse_while_shutting_down(manager):
-        return respond(refusal)
-    record = manager.records[name]
-    if record.state == State.RUNNING and record.wanted:
-        return respond(protocol.ok(message=f"{name} is already running (pid {record.pid})",
-                                   pid=record.pid))
-    manager.wait_for(name, _outcome_of_start(name, None), respond)
-    if not (record.state == State.STARTING and record.wanted):
-        manager.request(name, "start")
-
-
-def cmd_restart(manager, request, respond: Respond) -> None:
-    name = request.name
-    if name not in manager.records or name in manager.retiring:
-        return respond(_unknown(manager, name))
-    if refusal := _refuse_while_shutting_down(manager):
-        return respond(refusal)
-    old_pid = manager.records[name].pid
-    manager.wait_for(name, _outcome_of_start(name, old_pid), respond)
-    manager.request(name, "restart")
-
-
-def cmd_stop(manager, request, respond: Respond) -> None:
-    name = request.name
-    if name not in manager.records or name in manager.retiring:
-        return respond(_unknown(manager, name))
-    if manager.records[name].state in QUIESCENT_STATES:
-        return respond(protocol.ok(message=f"{name} is already {manager.records[name].state}"))
-
+def _outcome_of_stop(name: str):
     def settled(record) -> dict | None:
         if record.state in QUIESCENT_STATES:
             how = f" ({record.last_exit.describe()})" if record.last_exit else ""
@@ -91,15 +69,83 @@ def cmd_stop(manager, request, respond: Respond) -> None:
             return protocol.error(f"{name} was started again before it stopped")
         return None
 
-    manager.wait_for(name, settled, respond)
-    manager.request(name, "stop")
+    return settled
+
+
+def _gather(names: list[str], respond: Respond) -> Callable[[str], Respond]:
+    """One reply for a request on several instances, once each has settled:
+    ok when all are, else the errors."""
+    replies: dict[str, dict] = {}
+
+    def one(name: str) -> Respond:
+        def done(reply: dict) -> None:
+            replies[name] = reply
+            if len(replies) < len(names):
+                return
+            if len(names) == 1:
+                return respond(reply)
+            ordered = [replies[n] for n in names]
+            errors = [r["error"] for r in ordered if not r["ok"]]
+            if errors:
+                return respond(protocol.error("; ".join(errors)))
+            respond(protocol.ok(message="; ".join(r.get("message", "") for r in ordered)))
+        return done
+
+    return one
+
+
+def _each(manager, request, respond: Respond, act: Callable[[str, Respond], None]) -> None:
+    names = resolve(manager, request.name)
+    if not names:
+        return respond(_unknown(manager, request.name))
+    reply_for = _gather(names, respond)
+    for name in names:
+        act(name, reply_for(name))
+
+
+def cmd_start(manager, request, respond: Respond) -> None:
+    if refusal := _refuse_while_shutting_down(manager):
+        return respond(refusal)
+
+    def start(name: str, done: Respond) -> None:
+        record = manager.records[name]
+        if record.state == State.RUNNING and record.wanted:
+            return done(protocol.ok(message=f"{name} is already running (pid {record.pid})",
+                                    pid=record.pid))
+        manager.wait_for(name, _outcome_of_start(name, None), done)
+        if not (record.state == State.STARTING and record.wanted):
+            manager.request(name, "start")
+
+    _each(manager, request, respond, start)
+
+
+def cmd_restart(manager, request, respond: Respond) -> None:
+    if refusal := _refuse_while_shutting_down(manager):
+        return respond(refusal)
+
+    def restart(name: str, done: Respond) -> None:
+        manager.wait_for(name, _outcome_of_start(name, manager.records[name].pid), done)
+        manager.request(name, "restart")
+
+    _each(manager, request, respond, restart)
+
+
+def cmd_stop(manager, request, respond: Respond) -> None:
+    def stop(name: str, done: Respond) -> None:
+        record = manager.records[name]
+        if record.state in QUIESCENT_STATES:
+            return done(protocol.ok(message=f"{name} is already {record.state}"))
+        manager.wait_for(name, _outcome_of_stop(name), done)
+        manager.request(name, "stop")
+
+    _each(manager, request, respond, stop)
 
 
 def cmd_reread(manager, request, respond: Respond) -> None:
     ok, message, changes = manager.reread()
     if not ok:
         return respond(protocol.error(message))
-    respond(protocol.ok(message=message, **{k: v for k, v in changes.items()}))
+    respond(protocol.ok(message=message, **changes))
 
 
 COMMANDS: dict[str, Callable[..., None]] = {

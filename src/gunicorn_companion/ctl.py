@@ -34,7 +34,7 @@ _HELP = {
     "reread": "re-read the companion configuration",
 }
 
-_STATUS_HEADER = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT")
+_STATUS_HEADER = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "MEMORY", "NOTE")
 
 _EPILOG = (
     "exit status: 0 when the manager did it, 1 when it refused (the reason is on stderr), "
@@ -171,6 +171,8 @@ def format_status(reply: dict) -> str:
                 format_duration(companion.get("uptime")),
                 "-" if restarts is None else str(restarts),
                 format_exit(companion.get("last_exit")),
+                format_bytes(companion.get("memory")),
+                format_note(companion),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(_STATUS_HEADER))]
@@ -198,6 +200,29 @@ def format_duration(seconds: Any) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
+
+
+def format_bytes(size: Any) -> str:
+    """Unshared memory as '812K', '12.3M', '1.5G'; '-' when not measured."""
+    if isinstance(size, bool) or not isinstance(size, (int, float)) or size < 0:
+        return "-"
+    for unit, scale in (("G", 2**30), ("M", 2**20), ("K", 2**10)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
+    return f"{int(size)}B"
+
+
+def format_note(companion: dict) -> str:
+    """What an operator should know beyond the state: what it waits for, or
+    why it was last restarted on purpose."""
+    waiting = companion.get("waiting")
+    if isinstance(waiting, str) and waiting:
+        return f"waiting for {waiting}"
+    recycled = companion.get("last_recycle")
+    if isinstance(recycled, str) and recycled:
+        return f"last restart: {recycled}"
+    return ""
 
 
 def format_exit(last_exit: Any) -> str:

@@ -87,6 +87,8 @@ class Reconfigure:
 @dataclass(frozen=True)
 class Spawned:
     pid: int
+    # a random number in [0, 1) from the loop: spreads max_lifetime recycling
+    jitter: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,22 @@ class SpawnFailed:
 @dataclass(frozen=True)
 class Exited:
     status: ExitStatus
+    # a random number in [0, 1) from the loop: spreads crash-loop backoff
+    jitter: float = 0.5
+
+
+@dataclass(frozen=True)
+class Notified:
+    """The companion itself said something over its notify channel."""
+
+    what: str  # "ready", "heartbeat", "lock-wait" or "lock-held"
+
+
+@dataclass(frozen=True)
+class Recycle:
+    """Restart it gracefully for a reason found outside (e.g. max_memory)."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -104,7 +122,8 @@ class Tick:
     """The record's deadline has passed."""
 
 
-Event = Union[Start, Stop, Restart, Reconfigure, Spawned, SpawnFailed, Exited, Tick]
+Event = Union[Start, Stop, Restart, Reconfigure, Spawned, SpawnFailed, Exited, Tick, Notified,
+              Recycle]
 
 
 # -- actions -----------------------------------------------------------------
@@ -144,6 +163,11 @@ class Record:
     restarts: int = 0  # automatic restarts after the companion exited on its own
     last_exit: ExitStatus | None = None
     killed: bool = False  # SIGKILL already sent to this process
+    failures: int = 0  # consecutive failed starts (exits before RUNNING)
+    lifetime_at: float | None = None  # RUNNING: when max_lifetime recycles it
+    watchdog_at: float | None = None  # RUNNING: when a missing heartbeat kills it
+    waiting: str | None = None  # STARTING: what it waits for, shown in status
+    last_recycle: str | None = None  # why it was last restarted on purpose
     # A reread changed the spec while the old process still runs: it stops as
     # the old spec says, and the new spec takes over when it has exited.
     next_spec: CompanionSpec | None = None
@@ -163,14 +187,30 @@ def _spawn(record: Record, now: float) -> tuple[Record, list[Action]]:
     # * -> STARTING (the pid arrives with Spawned)
     return (
         replace(record, state=State.STARTING, pid=None, started_at=now, deadline=None,
-                killed=False),
+                killed=False, lifetime_at=None, watchdog_at=None, waiting=None),
         [Spawn(record.name)],
     )
+
+
+def _running(record: Record, now: float, how: str) -> tuple[Record, list[Action]]:
+    # STARTING -> RUNNING: arms the RUNNING timers and ends a crash loop
+    spec = record.spec
+    watchdog_at = now + spec.watchdog_timeout if spec.watchdog_timeout else None
+    record = replace(record, state=State.RUNNING, failures=0, waiting=None,
+                     watchdog_at=watchdog_at)
+    return _rearm(record), [Log(logging.INFO, f"{_label(record)} {how}")]
+
+
+def _rearm(record: Record) -> Record:
+    """A RUNNING record's deadline is its nearest timer."""
+    times = [t for t in (record.lifetime_at, record.watchdog_at) if t is not None]
+    return replace(record, deadline=min(times) if times else None)
 
 
 def _ask_to_stop(record: Record, now: float, timeout: float, quick: bool) -> tuple[Record, list[Action]]:
     # STARTING/RUNNING -> STOPPING
     assert record.state in PROCESS_STATES and record.pid is not None, record
+    record = replace(record, lifetime_at=None, watchdog_at=None, waiting=None)
     if quick:
         return (
             replace(record, state=State.STOPPING, deadline=None, killed=True),
@@ -185,8 +225,8 @@ def _ask_to_stop(record: Record, now: float, timeout: float, quick: bool) -> tup
 def _start(record: Record, event: Start, now: float):
     record = replace(record, wanted=True)
     if record.state in STARTABLE_STATES:
-        # STOPPED/BACKOFF/FATAL -> STARTING
-        return _spawn(record, now)
+        # STOPPED/BACKOFF/FATAL -> STARTING, with a fresh count of failures
+        return _spawn(replace(record, failures=0), now)
     # STARTING/RUNNING: already up. STOPPING: `_exited` starts it again since
     # it is wanted now.
     return record, []
@@ -211,13 +251,23 @@ def _stop(record: Record, event: Stop, now: float):
 
 
 def _restart(record: Record, event: Restart, now: float):
-    record = replace(record, wanted=True)
+    record = replace(record, wanted=True, failures=0)
     if record.state in (State.STARTING, State.RUNNING):
         return _ask_to_stop(record, now, record.spec.reload_timeout, quick=False)
     if record.state == State.STOPPING:
         return record, []  # `_exited` starts it again since it is wanted
     # STOPPED/BACKOFF/FATAL -> STARTING
     return _spawn(record, now)
+
+
+def _recycle(record: Record, event: Recycle, now: float):
+    if record.state not in (State.STARTING, State.RUNNING):
+        return record, []
+    # RUNNING -> STOPPING, to start again: a graceful restart for a reason
+    stopping, actions = _ask_to_stop(record, now, record.spec.stop_timeout, quick=False)
+    return replace(stopping, wanted=True, last_recycle=event.reason), [
+        Log(logging.INFO, f"{_label(record)} is restarted: {event.reason}")
+    ] + actions
 
 
 def _reconfigure(record: Record, event: Reconfigure, now: float):
@@ -230,22 +280,60 @@ def _reconfigure(record: Record, event: Reconfigure, now: float):
         return replace(record, next_spec=event.spec), []  # `_exited` swaps it in
     record = replace(record, spec=event.spec, next_spec=None)
     if record.wanted and record.state in STARTABLE_STATES:
-        # BACKOFF -> STARTING: no reason to wait out a delay of the old spec
-        return _spawn(record, now)
+        # BACKOFF/FATAL -> STARTING: a new spec deserves a fresh start
+        return _spawn(replace(record, failures=0), now)
     return record, []  # STOPPED by hand: stays so
+
+
+def _settling(record: Record, now: float) -> tuple[Record, list[Action]]:
+    """STARTING with a live process: wait for ready() or startsecs."""
+    spec = record.spec
+    if spec.wait_ready:
+        return replace(record, deadline=None, waiting="ready()"), [
+            Log(logging.INFO, f"{_label(record)} starting; waiting for ready()")
+        ]
+    if spec.startsecs <= 0:
+        # STARTING -> RUNNING at once: no settling time asked for
+        return _running(record, now, "started")
+    return replace(record, deadline=now + spec.startsecs, waiting=None), [
+        Log(logging.INFO, f"{_label(record)} starting")
+    ]
 
 
 def _spawned(record: Record, event: Spawned, now: float):
     assert record.state == State.STARTING and record.pid is None, record
-    record = replace(record, pid=event.pid, started_at=now)
-    if record.spec.startsecs <= 0:
-        # STARTING -> RUNNING at once: no settling time asked for
-        return replace(record, state=State.RUNNING), [
-            Log(logging.INFO, f"{_label(record)} started")
+    spec = record.spec
+    lifetime_at = None
+    if spec.max_lifetime:
+        lifetime_at = now + spec.max_lifetime + event.jitter * spec.max_lifetime_jitter
+    record = replace(record, pid=event.pid, started_at=now, lifetime_at=lifetime_at)
+    if spec.singleton:
+        # The companion reports when it holds the singleton lock; until then
+        # startsecs does not run (it may wait long for an older instance).
+        return replace(record, deadline=None, waiting="singleton lock"), []
+    return _settling(record, now)
+
+
+def _notified(record: Record, event: Notified, now: float):
+    if record.pid is None or record.state not in (State.STARTING, State.RUNNING):
+        return record, []  # late news from a process that is on its way out
+    if event.what == "lock-wait" and record.state == State.STARTING:
+        return replace(record, waiting="singleton lock held by another instance"), [
+            Log(logging.INFO, f"{_label(record)} waits for its singleton lock "
+                              "(another instance holds it)")
         ]
-    return replace(record, deadline=now + record.spec.startsecs), [
-        Log(logging.INFO, f"{_label(record)} starting")
-    ]
+    if event.what == "lock-held" and record.state == State.STARTING:
+        if record.waiting and record.waiting.startswith("singleton"):
+            return _settling(record, now)
+        return record, []
+    if event.what == "ready" and record.state == State.STARTING:
+        if record.waiting and record.waiting.startswith("singleton"):
+            return record, []  # ready() before the lock: cannot happen; ignore
+        # STARTING -> RUNNING: it said so itself
+        return _running(record, now, "is RUNNING (ready)")
+    if event.what == "heartbeat" and record.state == State.RUNNING and record.watchdog_at:
+        return _rearm(replace(record, watchdog_at=now + record.spec.watchdog_timeout)), []
+    return record, []
 
 
 def _spawn_failed(record: Record, event: SpawnFailed, now: float):
@@ -258,28 +346,48 @@ def _spawn_failed(record: Record, event: SpawnFailed, now: float):
     )
 
 
+def backoff_delay(spec: CompanionSpec, failures: int, jitter: float) -> float:
+    """restart_delay, doubled for each consecutive failed start after the first,
+    capped at max_restart_delay; from the second on, spread by +-10% so that
+    companions failing together do not restart in lockstep."""
+    if failures <= 1:
+        return spec.restart_delay
+    delay = min(spec.restart_delay * 2 ** (failures - 1),
+                max(spec.max_restart_delay, spec.restart_delay))
+    return delay * (0.9 + 0.2 * jitter)
+
+
 def _exited(record: Record, event: Exited, now: float):
     label = _label(record)
+    was = record.state
     record = replace(record, pid=None, last_exit=event.status, deadline=None, killed=False,
-                     spec=record.next_spec or record.spec, next_spec=None)
-    if record.state == State.STOPPING:
+                     spec=record.next_spec or record.spec, next_spec=None, lifetime_at=None,
+                     watchdog_at=None, waiting=None)
+    how = event.status.describe()
+    if was == State.STOPPING:
         if record.wanted:
             # STOPPING -> STARTING: a restart, or a start that came while it stopped
             new, actions = _spawn(record, now)
-            return new, [Log(logging.INFO, f"{label} stopped ({event.status.describe()}); "
-                                           "starting it again")] + actions
+            return new, [Log(logging.INFO, f"{label} stopped ({how}); starting it again")] + actions
         # STOPPING -> STOPPED
-        return replace(record, state=State.STOPPED), [
-            Log(logging.INFO, f"{label} stopped ({event.status.describe()})")
+        return replace(record, state=State.STOPPED), [Log(logging.INFO, f"{label} stopped ({how})")]
+    if was not in (State.STARTING, State.RUNNING):
+        raise AssertionError(f"exit of {label} in state {was}")
+    # it exited on its own; an exit before RUNNING is a failed start
+    failures = record.failures + 1 if was == State.STARTING else 0
+    retries = record.spec.startretries
+    if was == State.STARTING and retries is not None and failures > retries:
+        # STARTING -> FATAL: the first start and every retry failed
+        return replace(record, state=State.FATAL, failures=failures), [
+            Log(logging.ERROR, f"{label} exited with {how} before it was RUNNING, "
+                               f"{failures} times in a row; giving up (FATAL). "
+                               f"`gunicorn-companion start {record.name}` tries again")
         ]
-    if record.state in (State.STARTING, State.RUNNING):
-        # STARTING/RUNNING -> BACKOFF: it exited on its own
-        delay = record.spec.restart_delay
-        return replace(record, state=State.BACKOFF, deadline=now + delay), [
-            Log(logging.ERROR, f"{label} exited unexpectedly with {event.status.describe()}; "
-                               f"restarting in {delay:g}s")
-        ]
-    raise AssertionError(f"exit of {label} in state {record.state}")
+    # STARTING/RUNNING -> BACKOFF
+    delay = backoff_delay(record.spec, failures, event.jitter)
+    return replace(record, state=State.BACKOFF, failures=failures, deadline=now + delay), [
+        Log(logging.ERROR, f"{label} exited unexpectedly with {how}; restarting in {delay:g}s")
+    ]
 
 
 def _tick(record: Record, event: Tick, now: float):
@@ -287,13 +395,10 @@ def _tick(record: Record, event: Tick, now: float):
         return record, []  # a stale timer: the deadline moved on
     if record.state == State.STARTING:
         # STARTING -> RUNNING: it stayed up for `startsecs`
-        return replace(record, state=State.RUNNING, deadline=None), [
-            Log(logging.INFO, f"{_label(record)} is RUNNING")
-        ]
+        return _running(record, now, "is RUNNING")
     if record.state == State.BACKOFF:
         # BACKOFF -> STARTING
-        new, actions = _spawn(replace(record, restarts=record.restarts + 1), now)
-        return new, actions
+        return _spawn(replace(record, restarts=record.restarts + 1), now)
     if record.state == State.STOPPING:
         # STOPPING -> STOPPING, escalated: it outlived its timeout
         return replace(record, deadline=None, killed=True), [
@@ -301,6 +406,18 @@ def _tick(record: Record, event: Tick, now: float):
                                  f"{record.spec.stop_signal_name}; sending SIGKILL"),
             Kill(record.name, record.pid, signal.SIGKILL),
         ]
+    if record.state == State.RUNNING:
+        if record.watchdog_at is not None and now >= record.watchdog_at:
+            # RUNNING -> STOPPING (killed), to start again: it stopped heartbeating
+            stopping, actions = _ask_to_stop(record, now, 0, quick=True)
+            return replace(stopping, wanted=True, last_recycle="watchdog",
+                           restarts=record.restarts + 1), [
+                Log(logging.ERROR, f"{_label(record)} sent no heartbeat for "
+                                   f"{record.spec.watchdog_timeout:g}s; killing it")
+            ] + actions
+        if record.lifetime_at is not None and now >= record.lifetime_at:
+            return _recycle(record, Recycle("max_lifetime reached"), now)
+        return _rearm(record), []
     return replace(record, deadline=None), []
 
 
@@ -313,6 +430,8 @@ _HANDLERS: dict[type, Callable] = {
     SpawnFailed: _spawn_failed,
     Exited: _exited,
     Tick: _tick,
+    Notified: _notified,
+    Recycle: _recycle,
 }
 
 

@@ -15,9 +15,12 @@ dropped when they surface (lazy deletion), so nothing is ever cancelled.
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import heapq
 import itertools
 import os
+import random
 import selectors
 import signal
 import socket
@@ -26,6 +29,7 @@ from typing import Callable
 
 from . import lifecycle as lc
 from .loading import CompanionConfig, ConfigSources, load_companion_config
+from . import procfs
 from .spawn import spawn_companion
 from .spec import CompanionSpec, ConfigError
 from .states import PROCESS_STATES, QUIESCENT_STATES, State
@@ -53,8 +57,20 @@ class Manager:
         sources: ConfigSources,
         title: Callable[[str], None] = lambda name: None,
         clock: Callable[[], float] = time.monotonic,
+        master_pid: int | None = None,
+        lock_dir: str | None = None,
+        lock_scope: str = "",
+        gc_freeze: bool = False,
+        memory_check_interval: float = 5.0,
     ):
         self.log = log
+        self.master_pid = master_pid
+        self.lock_dir = lock_dir
+        self.lock_scope = lock_scope
+        self.gc_freeze = gc_freeze
+        self.memory_check_interval = memory_check_interval
+        self.next_memory_check: float | None = None
+        self.memory: dict[str, int] = {}  # unshared bytes at the last check, by name
         self.sources = sources
         self.title = title
         self.clock = clock
@@ -70,6 +86,9 @@ class Manager:
         self.shutting_down = False
         self.selector = selectors.DefaultSelector()
         self._wakeup_r, self._wakeup_w = socket.socketpair()
+        # One datagram socket for every companion's ready()/heartbeat(): the
+        # companions inherit the sending end (see notify.py).
+        self._notify_r, self.notify_w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.extra_fds_to_close: list[Callable[[], None]] = []
         self.control = None  # a ControlServer, when companion_control_socket is set
         # control requests waiting for a companion to settle (e.g. `stop`
@@ -89,20 +108,26 @@ class Manager:
         for sig in HANDLED_SIGNALS:
             signal.siginterrupt(sig, False)
         self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._on_wakeup)
+        for sock in (self._notify_r, self.notify_w):
+            sock.setblocking(False)
+        self.selector.register(self._notify_r, selectors.EVENT_READ, self._on_notify)
 
     def close_in_child(self) -> None:
         """What a freshly forked companion must not keep of the manager."""
         self.selector.close()
         self._wakeup_r.close()
         self._wakeup_w.close()
+        self._notify_r.close()  # the sending end stays: it is the companion's channel
         for close in self.extra_fds_to_close:
             close()
 
     # -- the loop ---------------------------------------------------------------
 
     def run(self) -> int:
-        for name in list(self.records):
-            self.apply(name, lc.Start())
+        for name, record in list(self.records.items()):
+            if record.spec.autostart:
+                self.apply(name, lc.Start())
+        self._schedule_memory_check()
         while not (self.shutting_down and self._all_quiescent()):
             timeout = self._next_timeout()
             for key, mask in self.selector.select(timeout):
@@ -110,6 +135,7 @@ class Manager:
             self._fire_timers()
         if self.control is not None:
             self.control.close()
+        self._kill_session()
         self.log.info("Companion manager exiting (pid: %s)", os.getpid())
         return 0
 
@@ -119,17 +145,23 @@ class Manager:
         )
 
     def _next_timeout(self) -> float | None:
+        nearest = self.next_memory_check
         while self.timers:
             deadline, _, name = self.timers[0]
             record = self.records.get(name)
             if record is None or record.deadline != deadline:
                 heapq.heappop(self.timers)  # stale: the record moved on
                 continue
-            return max(0.0, deadline - self.clock())
-        return None
+            nearest = deadline if nearest is None else min(nearest, deadline)
+            break
+        if nearest is None:
+            return None
+        return max(0.0, nearest - self.clock())
 
     def _fire_timers(self) -> None:
         now = self.clock()
+        if self.next_memory_check is not None and now >= self.next_memory_check:
+            self._check_memory()
         while self.timers and self.timers[0][0] <= now:
             deadline, _, name = heapq.heappop(self.timers)
             record = self.records.get(name)
@@ -145,8 +177,25 @@ class Manager:
         for signum in dict.fromkeys(data):
             self.handle_signal(signum)
 
+    def _on_notify(self, key, mask) -> None:
+        while True:
+            try:
+                data = self._notify_r.recv(256)
+            except (BlockingIOError, InterruptedError):
+                return
+            what, _, pid = data.decode("ascii", "replace").partition(" ")
+            name = self.pids.get(int(pid)) if pid.isdigit() else None
+            if name is not None and what in ("ready", "heartbeat", "lock-wait", "lock-held"):
+                self.apply(name, lc.Notified(what))
+
     def handle_signal(self, signum: int) -> None:
-        if signum == signal.SIGCHLD:
+        if signum == signal.SIGUSR2 and self.master_pid and os.getppid() != self.master_pid:
+            # our PDEATHSIG: the master is gone, and with it whoever would
+            # clean up after us. Take every companion down now.
+            self.log.error("Gunicorn master (pid %s) died; stopping every companion",
+                           self.master_pid)
+            self.shutdown(quick=True)
+        elif signum == signal.SIGCHLD:
             self.reap()
         elif signum == signal.SIGTERM:
             self.shutdown(quick=False)
@@ -210,22 +259,36 @@ class Manager:
         self.log.info("Control request: %s %s", kind, name)
         self.apply(name, self._REQUESTS[kind]())
 
+    def lock_path(self, spec: CompanionSpec) -> str | None:
+        """Where a singleton's lock lives: one file per companion and config,
+        so the old and the new master of a hot upgrade share it."""
+        if not spec.singleton or not self.lock_dir:
+            return None
+        scope = hashlib.sha256(self.lock_scope.encode()).hexdigest()[:12]
+        return os.path.join(self.lock_dir, f"{scope}-{spec.name}.lock")
+
     def _spawn(self, name: str) -> None:
         spec = self.records[name].spec
+        if self.gc_freeze:
+            # objects created since the last fork join the permanent generation:
+            # collections in the companion then leave their pages shared
+            gc.freeze()
         try:
             pid = spawn_companion(
                 spec,
-                self.targets[name],
+                self.targets.get(name),
                 handled_signals=HANDLED_SIGNALS,
                 close_in_child=self.close_in_child,
                 title=self.title,
+                notify_fd=self.notify_w.fileno(),
+                lock_path=self.lock_path(spec),
             )
         except OSError as exc:
             self.apply(name, lc.SpawnFailed(f"{exc.strerror or exc}"
                                             + (f": {exc.filename!r}" if exc.filename else "")))
             return
         self.pids[pid] = name
-        self.apply(name, lc.Spawned(pid))
+        self.apply(name, lc.Spawned(pid, jitter=random.random()))
 
     def _kill(self, action: lc.Kill) -> None:
         # The companion leads its own process group: signal the group so what
@@ -252,8 +315,68 @@ class Manager:
                 return
             name = self.pids.pop(pid, None)
             if name is None:
-                continue  # not a companion (an orphan reparented to us)
-            self.apply(name, lc.Exited(lc.ExitStatus.from_wait_status(status)))
+                continue  # an orphaned descendant reparented to us (we are its subreaper)
+            # Whatever the companion left in its process group goes with it:
+            # a work horse or pool child must not outlive its companion.
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.memory.pop(name, None)
+            self.apply(name, lc.Exited(lc.ExitStatus.from_wait_status(status),
+                                       jitter=random.random()))
+            self._kill_strays()
+
+    def _kill_strays(self) -> None:
+        """SIGKILL descendants that left their companion's process group and
+        were orphaned to us (a daemonizing grandchild, say)."""
+        me = os.getpid()
+        for pid in procfs.children_of(me):
+            if pid not in self.pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def _kill_session(self) -> None:
+        """On the way out: nothing of our tree may outlive us. The manager
+        leads its own session, which every descendant stays in unless it
+        starts a session of its own."""
+        me = os.getpid()
+        if os.getsid(0) != me:
+            return self._kill_strays()
+        for pid in procfs.session_members(me):
+            if pid != me:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    # -- memory recycling ----------------------------------------------------------
+
+    def _schedule_memory_check(self) -> None:
+        watched = any(r.spec.max_memory for r in self.records.values())
+        self.next_memory_check = (self.clock() + self.memory_check_interval) if watched else None
+
+    def _check_memory(self) -> None:
+        """Restart a companion whose unshared memory passed max_memory.
+
+        Unshared (private) memory, not resident: a companion's resident size
+        counts every preloaded page it merely shares with the master, which
+        says nothing about a leak; what it has written and so copied is what
+        grows when it leaks.
+        """
+        watched = {r.pid: r for r in self.records.values()
+                   if r.spec.max_memory and r.pid and r.state == State.RUNNING}
+        groups = procfs.process_groups(watched) if watched else {}
+        for pgid, record in watched.items():
+            used = sum(procfs.private_bytes(pid) for pid in groups.get(pgid, [pgid]))
+            self.memory[record.name] = used
+            if used > record.spec.max_memory:
+                self.apply(record.name, lc.Recycle(
+                    f"max_memory exceeded ({used / 2**20:.1f} MiB unshared > "
+                    f"{record.spec.max_memory / 2**20:.1f} MiB)"))
+        self._schedule_memory_check()
 
     # -- requests -----------------------------------------------------------------
 
@@ -294,11 +417,14 @@ class Manager:
                 self.apply(name, lc.Start())
                 continue
             self.records[name] = lc.Record(fresh[name])
-            self.apply(name, lc.Start())
+            if fresh[name].autostart:
+                self.apply(name, lc.Start())
         # keep the configured order for status
         order = list(fresh) + [n for n in self.records if n not in fresh]
         self.records = {n: self.records[n] for n in order if n in self.records}
-        summary = ", ".join(f"{k}: {', '.join(v)}" for k, v in changes.items() if v and k != "unchanged")
+        self._schedule_memory_check()
+        summary = ", ".join(f"{k}: {', '.join(v)}" for k, v in changes.items()
+                            if v and k != "unchanged")
         self.log.info("Companion config reread: %s", summary or "no changes")
         return True, summary or "no changes", changes
 
@@ -315,10 +441,16 @@ class Manager:
                 "uptime": round(now - record.started_at, 3) if running and record.pid else None,
                 "restarts": record.restarts,
                 "last_exit": record.last_exit.as_json() if record.last_exit else None,
+                "group": record.spec.group_name,
                 "target": record.spec.target,
+                "command": list(record.spec.command) if record.spec.command else None,
                 "stdout": record.spec.stdout,
                 "stderr": record.spec.stderr,
                 "wanted": record.wanted,
+                "waiting": record.waiting,
+                "singleton": record.spec.singleton,
+                "memory": self.memory.get(record.name),
+                "last_recycle": record.last_recycle,
             })
         return entries
 

@@ -47,6 +47,7 @@ class Connection:
         self.busy = False  # a request is waiting for its reply
         self.peer_closed = False  # the peer will send nothing more
         self.closing = False  # close once the output is flushed
+        self.refused = False  # answered with a refusal; reads are discarded
         self.closed = False
         self.events = 0
 
@@ -83,7 +84,7 @@ class Connection:
         if self.closed:
             return
         done = not self.busy and not self.inbox
-        if not self.output and (self.closing or (self.peer_closed and done)):
+        if not self.output and (self.closing or (self.peer_closed and (done or self.refused))):
             self.close()
             return
         self._want()
@@ -97,6 +98,12 @@ class Connection:
             return
         except OSError:
             self.close()
+            return
+        if self.refused:
+            # Keep reading (and dropping) until the peer closes: closing at
+            # once would make its pending send fail with EPIPE before it could
+            # read why it was refused.
+            self.peer_closed = not data
             return
         if not data:
             # The peer finished sending (socat does this after its input):
@@ -190,31 +197,44 @@ class ControlServer:
 
     # -- setup -------------------------------------------------------------------------
 
-    def bind(self) -> None:
-        if len(os.fsencode(self.path)) > 107:
+    def bind(self, take_over: bool = False) -> None:
+        """Create the socket; with ``take_over`` (the new master of a hot
+        upgrade), replace a live socket atomically instead of refusing it."""
+        if len(os.fsencode(self.path)) > 90:
             raise ControlSocketError(
                 f"control socket path {self.path!r} is too long for a UNIX socket "
-                "(at most 107 bytes)")
+                "(at most 90 bytes here: the limit is 107, less room for a temporary name)")
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise ControlSocketError(
                 f"cannot create control socket {self.path!r}: directory {directory!r} "
                 "does not exist")
-        self._remove_if_stale()
+        if not take_over:
+            self._remove_if_stale()
+        elif os.path.lexists(self.path) and not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+            raise ControlSocketError(
+                f"control socket path {self.path!r} exists and is not a socket; "
+                "refusing to replace it (remove it or choose another path)")
+        # Bind under a temporary name and rename it into place: clients never
+        # see a missing or half-made socket, and a takeover is atomic.
+        bind_path = f"{self.path}.{os.getpid()}.tmp"
+        if os.path.lexists(bind_path):
+            os.unlink(bind_path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # Owner-only from the first instant: bind creates the file with the
         # umask applied, so no client can slip in before the chmod below.
         # (The manager is single-threaded: nothing else sees this umask.)
         old_umask = os.umask(0o177)
         try:
-            listener.bind(self.path)
+            listener.bind(bind_path)
         except OSError as exc:
             listener.close()
             raise ControlSocketError(
                 f"cannot create control socket {self.path!r}: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, self.mode)
+        os.chmod(bind_path, self.mode)
+        os.rename(bind_path, self.path)
         listener.listen(64)
         listener.setblocking(False)
         self.listener = listener
@@ -265,7 +285,7 @@ class ControlServer:
             refusal = self._refusal(sock)
             if refusal:
                 conn.send(protocol.error(refusal))
-                conn.closing = True
+                conn.refused = True
             conn._settle()
 
     def _refusal(self, sock: socket.socket) -> str | None:

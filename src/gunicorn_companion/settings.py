@@ -13,7 +13,7 @@ from __future__ import annotations
 import stat
 from typing import Any
 
-from gunicorn.config import KNOWN_SETTINGS, Setting
+from gunicorn.config import KNOWN_SETTINGS, Setting, validate_bool
 
 from . import spec
 
@@ -25,6 +25,17 @@ def _from_cli(value: Any) -> Any:
     if isinstance(value, str):
         try:
             return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _int_from_cli(value: Any) -> Any:
+    if isinstance(value, str):
+        if value.strip().lower() in ("", "none"):
+            return None
+        try:
+            return int(value)
         except ValueError:
             return value
     return value
@@ -108,7 +119,11 @@ _DEFAULT_DOCS = {
     "startsecs": ("SECONDS", "Seconds a companion must stay up to count as started (STARTING "
                              "-> RUNNING)."),
     "restart_delay": ("SECONDS", "Seconds a companion that exited waits in BACKOFF before it is "
-                                 "started again."),
+                                 "started again (doubled for each failed start in a row)."),
+    "max_restart_delay": ("SECONDS", "The longest BACKOFF delay: the doubling of restart_delay "
+                                     "for a companion that keeps failing to start stops here."),
+    "startretries": ("N", "How many times a companion that exits before RUNNING is retried "
+                          "before it goes FATAL and stays down (None: forever)."),
     "stdout": ("PATH", "Where a companion's standard output goes: a file path (opened in append "
                        "mode) or 'inherit' to share the master's."),
     "stderr": ("PATH", "Where a companion's standard error goes: a file path, 'stdout' to merge "
@@ -131,7 +146,7 @@ def _checked_as_written(check, convert):
 def _defaultable_setting(key: str):
     validator, builtin = spec.DEFAULTABLE_KEYS[key]
     meta, text = _DEFAULT_DOCS[key]
-    convert = _from_cli if meta == "SECONDS" else (lambda v: v)
+    convert = {"SECONDS": _from_cli, "N": _int_from_cli}.get(meta, lambda v: v)
     attrs = {
         "name": f"companion_{key}",
         "section": SECTION,
@@ -147,6 +162,51 @@ def _defaultable_setting(key: str):
 
 
 DEFAULTABLE_SETTINGS = {key: _defaultable_setting(key) for key in spec.DEFAULTABLE_KEYS}
+
+
+class CompanionLockDir(Setting):
+    name = "companion_lock_dir"
+    section = SECTION
+    cli = ["--companion-lock-dir"]
+    meta = "DIR"
+    validator = validate_optional_path
+    default = None
+    desc = """\
+        Directory of the lock files that keep singleton companions single.
+
+        When unset: ``$XDG_RUNTIME_DIR/gunicorn-companion`` if that variable is
+        set, else ``/tmp/gunicorn-companion-<uid>``. It is created (mode 0700)
+        when missing.
+        """
+
+
+class CompanionGcFreeze(Setting):
+    name = "companion_gc_freeze"
+    section = SECTION
+    cli = ["--companion-gc-freeze"]
+    meta = "BOOL"
+    validator = validate_bool
+    default = True
+    desc = """\
+        Freeze the garbage collector's view of preloaded objects before forking.
+
+        ``gc.freeze()`` runs in the master before it forks the companion
+        manager, and in the manager before each companion, so collector passes
+        in companions do not write to (and so unshare) the preloaded pages.
+        Only has an effect with ``preload_app``.
+        """
+
+
+class CompanionMemoryCheckInterval(Setting):
+    name = "companion_memory_check_interval"
+    section = SECTION
+    cli = ["--companion-memory-check-interval"]
+    meta = "SECONDS"
+    validator = lambda v: spec.validate_seconds(_from_cli(v))  # noqa: E731
+    default = 5.0
+    desc = """\
+        How often the manager measures companions that set ``max_memory``.
+        """
 
 
 class CompanionManagerStopTimeout(Setting):

@@ -6,6 +6,7 @@ handled.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import signal
 import sys
@@ -13,6 +14,8 @@ import threading
 import traceback
 from typing import Callable, Iterable
 
+from . import notify
+from .notify import NOTIFY_FD_ENV, WATCHDOG_ENV
 from .spec import INHERIT, MERGE_WITH_STDOUT, CompanionSpec
 from .targets import output_path
 
@@ -20,6 +23,8 @@ from .targets import output_path
 EXIT_ORPHANED = 70
 # Exit status of a companion whose setup (before the target ran) failed.
 EXIT_SETUP_FAILED = 71
+# Exit status of an exec companion whose program could not be run (as a shell's).
+EXIT_EXEC_FAILED = 127
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -129,11 +134,13 @@ def close_fds(*fds: int | None) -> None:
 
 def spawn_companion(
     spec: CompanionSpec,
-    target: Callable[[], object],
+    target: Callable[[], object] | None,
     *,
     handled_signals: Iterable[int],
     close_in_child: Callable[[], None],
     title: Callable[[str], None],
+    notify_fd: int | None = None,
+    lock_path: str | None = None,
 ) -> int:
     """Fork one companion; return its pid. The child never returns."""
     out, err = open_output(spec)
@@ -153,10 +160,29 @@ def spawn_companion(
         except OSError:
             pass  # the child got there first, or already exited
         return pid
-    _run_companion(spec, target, manager_pid, handled_signals, close_in_child, title, out, err)
+    _run_companion(spec, target, manager_pid, handled_signals, close_in_child, title, out, err,
+                   notify_fd, lock_path)
 
 
-def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, title, out, err):
+def hold_singleton_lock(path: str) -> int:
+    """Take the companion's exclusive lock, waiting for an older instance.
+
+    flock belongs to the open file, and the kernel drops it when the last
+    process holding that file exits, however it exits: a SIGKILLed holder
+    leaves no stale lock behind. The fd stays open for the companion's life.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        notify.send("lock-wait")
+        fcntl.flock(fd, fcntl.LOCK_EX)  # wakes as soon as the holder is gone
+    notify.send("lock-held")
+    return fd
+
+
+def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, title, out, err,
+                   notify_fd, lock_path):
     code = EXIT_SETUP_FAILED
     try:
         try:
@@ -188,8 +214,16 @@ def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, t
         if spec.cwd:
             os.chdir(spec.cwd)
         os.environ.update(dict(spec.env))
-        os.environ["GUNICORN_COMPANION_NAME"] = spec.name
+        os.environ["GUNICORN_COMPANION_NAME"] = spec.group_name
+        os.environ["GUNICORN_COMPANION_INSTANCE"] = str(spec.instance)
+        if notify_fd is not None:
+            os.environ[NOTIFY_FD_ENV] = str(notify_fd)
+        if spec.watchdog_timeout:
+            os.environ[WATCHDOG_ENV] = f"{spec.watchdog_timeout:g}"
         title(spec.name)
+        lock_fd = hold_singleton_lock(lock_path) if lock_path else None
+        if spec.command:
+            _exec(spec, notify_fd, lock_fd)  # never returns
         code = 1
         result = target()
         code = result if isinstance(result, int) and not isinstance(result, bool) else 0
@@ -212,6 +246,23 @@ def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, t
             sys.stderr.flush()
         finally:
             os._exit(code & 0xFF)
+
+
+def _exec(spec: CompanionSpec, notify_fd: int | None, lock_fd: int | None) -> None:
+    """Replace the companion with its program, keeping what it must hold."""
+    for fd in (notify_fd, lock_fd):
+        if fd is not None:
+            os.set_inheritable(fd, True)  # the notify channel and the lock outlive exec
+    # Python ignores SIGPIPE; a program that is not Python expects the default.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(spec.command[0], list(spec.command), os.environ)
+    except OSError as exc:
+        print(f"gunicorn-companion: cannot run {spec.command[0]!r} for companion "
+              f"{spec.name!r}: {exc.strerror}", file=sys.stderr, flush=True)
+        os._exit(EXIT_EXEC_FAILED)
 
 
 def become_subreaper() -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import shlex
 import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -129,6 +130,76 @@ def validate_target(value: Any) -> str:
     return value
 
 
+def validate_optional_positive_seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    seconds = validate_seconds(value)
+    if seconds <= 0:
+        raise ValueError(f"must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def validate_startretries(value: Any) -> int | None:
+    """None means retry forever."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a whole number >= 0 (or None for no limit), got {value!r}")
+    return value
+
+
+def validate_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be True or False, got {value!r}")
+    return value
+
+
+def validate_processes(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise ValueError(f"must be a whole number from 1 to 1000, got {value!r}")
+    return value
+
+
+def validate_command(value: Any) -> tuple[str, ...]:
+    """An argv list, or a string split the way a POSIX shell would."""
+    if isinstance(value, str):
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} cannot be split into arguments: {exc}") from None
+    elif isinstance(value, (list, tuple)):
+        argv = list(value)
+        bad = [a for a in argv if not isinstance(a, str) or "\0" in a]
+        if bad:
+            raise ValueError(f"arguments must be strings, got {bad[0]!r}")
+    else:
+        raise ValueError(f"must be a list of arguments or a string, got {value!r}")
+    if not argv or not argv[0]:
+        raise ValueError(f"must name a program to run, got {value!r}")
+    return tuple(argv)
+
+
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
+
+
+def validate_size(value: Any) -> int | None:
+    """Bytes, or a string like "512MB", "1.5G", "800k" (units of 1024)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"must be a size like '512MB' or a number of bytes, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE_RE.fullmatch(value)):
+        size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    else:
+        raise ValueError(f"must be a size like '512MB' or a number of bytes, got {value!r}")
+    if size <= 0:
+        raise ValueError(f"must be more than 0 bytes, got {value!r}")
+    return size
+
+
 # Keys that fall back to a global ``companion_<key>`` setting, with their
 # validators and defaults. The Setting classes are generated from this table,
 # so the two can never disagree.
@@ -138,6 +209,8 @@ DEFAULTABLE_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "reload_timeout": (validate_seconds, 10.0),
     "startsecs": (validate_seconds, 1.0),
     "restart_delay": (validate_seconds, 1.0),
+    "max_restart_delay": (validate_seconds, 60.0),
+    "startretries": (validate_startretries, None),
     "stdout": (validate_stdout, INHERIT),
     "stderr": (validate_stderr, INHERIT),
 }
@@ -145,12 +218,21 @@ DEFAULTABLE_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
 OWN_KEYS: dict[str, Callable[[Any], Any]] = {
     "name": validate_name,
     "target": validate_target,
+    "command": validate_command,
     "cwd": validate_cwd,
     "env": validate_env,
+    "processes": validate_processes,
+    "autostart": validate_bool,
+    "singleton": validate_bool,
+    "wait_ready": validate_bool,
+    "max_lifetime": validate_optional_positive_seconds,
+    "max_lifetime_jitter": validate_seconds,
+    "max_memory": validate_size,
+    "watchdog_timeout": validate_optional_positive_seconds,
 }
 
 KNOWN_KEYS = tuple(OWN_KEYS) + tuple(DEFAULTABLE_KEYS)
-REQUIRED_KEYS = ("name", "target")
+REQUIRED_KEYS = ("name",)
 
 
 @dataclass(frozen=True)
@@ -158,8 +240,9 @@ class CompanionSpec:
     """Everything the manager needs to run one companion; comparable, so a
     reread can tell changed companions from untouched ones."""
 
-    name: str
-    target: str
+    name: str  # the instance's own name: "rq" or, with processes > 1, "rq:0"
+    target: str | None = None
+    command: tuple[str, ...] | None = None
     cwd: str | None = None
     env: tuple[tuple[str, str], ...] = ()
     stop_signal: int = int(signal.SIGTERM)
@@ -167,8 +250,24 @@ class CompanionSpec:
     reload_timeout: float = 10.0
     startsecs: float = 1.0
     restart_delay: float = 1.0
+    max_restart_delay: float = 60.0
+    startretries: int | None = None
     stdout: str = INHERIT
     stderr: str = INHERIT
+    group: str = ""  # the configured name; "" means the same as name
+    instance: int = 0
+    processes: int = 1
+    autostart: bool = True
+    singleton: bool = False
+    wait_ready: bool = False
+    max_lifetime: float | None = None
+    max_lifetime_jitter: float = 0.0
+    max_memory: int | None = None
+    watchdog_timeout: float | None = None
+
+    @property
+    def group_name(self) -> str:
+        return self.group or self.name
 
     @property
     def stop_signal_name(self) -> str:
@@ -228,12 +327,17 @@ def parse_companions(
         for key in REQUIRED_KEYS:
             if key not in entry:
                 problems.append(f"{where}: missing {key!r}")
+        if "target" not in entry and "command" not in entry:
+            problems.append(f"{where}: missing 'target' (a 'module:callable') or 'command' "
+                            "(a program to run)")
+        elif "target" in entry and "command" in entry:
+            problems.append(f"{where}: has both 'target' and 'command'; use one")
         for key, validator in OWN_KEYS.items():
             if key in entry:
                 try:
                     fields[key] = validator(entry[key])
                 except ValueError as exc:
-                    label = "" if key in REQUIRED_KEYS else f"{key} "
+                    label = "" if key in ("name", "target") else f"{key} "
                     problems.append(f"{where}: {label}{exc}")
         for key, (validator, _) in DEFAULTABLE_KEYS.items():
             if key in entry:
@@ -254,4 +358,14 @@ def parse_companions(
         collected.append(fields)
     if problems:
         raise ConfigError(problems)
-    return tuple(CompanionSpec(**fields) for fields in collected)
+    return tuple(spec for fields in collected for spec in _instances(fields))
+
+
+def _instances(fields: dict[str, Any]) -> list[CompanionSpec]:
+    """One spec per process: ``processes: 3`` gives rq:0, rq:1 and rq:2."""
+    count = fields.get("processes", 1)
+    if count == 1:
+        return [CompanionSpec(**fields)]
+    name = fields["name"]
+    return [CompanionSpec(**{**fields, "name": f"{name}:{i}", "group": name, "instance": i})
+            for i in range(count)]

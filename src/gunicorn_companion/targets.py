@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 from typing import Callable
 
 from .spec import INHERIT, MERGE_WITH_STDOUT, CompanionSpec, ConfigError
@@ -54,12 +55,29 @@ def check_environment(spec: CompanionSpec) -> list[str]:
     return problems
 
 
+def find_program(spec: CompanionSpec) -> str | None:
+    """The executable an exec companion will run, looked up as execvpe will."""
+    program = spec.command[0]
+    env_path = dict(spec.env).get("PATH", os.environ.get("PATH", os.defpath))
+    if os.sep in program:
+        path = program if os.path.isabs(program) else os.path.join(spec.cwd or os.getcwd(),
+                                                                     program)
+        return path if os.access(path, os.X_OK) and os.path.isfile(path) else None
+    return shutil.which(program, path=env_path)
+
+
 def resolve_all(specs: tuple[CompanionSpec, ...]) -> dict[str, Callable[[], object]]:
     """Every companion's callable by name; ConfigError lists every fault."""
     resolved: dict[str, Callable[[], object]] = {}
     problems: list[str] = []
     for spec in specs:
         problems += check_environment(spec)
+        if spec.command:
+            if find_program(spec) is None:
+                problems.append(f"companion {spec.name!r}: command {spec.command[0]!r} is not "
+                                "an executable file" + ("" if os.sep in spec.command[0]
+                                                         else " found on PATH"))
+            continue
         try:
             resolved[spec.name] = resolve_target(spec.target)
         except ValueError as exc:

@@ -87,3 +87,57 @@ def big_reader():
 
 
 not_callable = 42
+
+
+def _note(filename, text):
+    with open(os.path.join(_state_dir(), filename), "a") as f:
+        f.write(f"{text}\n")
+
+
+def forker():
+    """Starts a child in its own process group (like an RQ work horse) and a
+    child that escapes into a session of its own (like a daemon)."""
+    import subprocess
+    _record_start()
+    name = os.environ["GUNICORN_COMPANION_NAME"]
+    child = subprocess.Popen(["sleep", "1000"])
+    escaped = subprocess.Popen(["sleep", "1001"], start_new_session=True)
+    _note(f"{name}.children", f"{child.pid} {escaped.pid}")
+    while True:
+        signal.pause()
+
+
+def instance():
+    _record_start()
+    _note(f"{os.environ['GUNICORN_COMPANION_NAME']}.instances",
+          f"{os.getpid()} {os.environ['GUNICORN_COMPANION_INSTANCE']}")
+    while True:
+        signal.pause()
+
+
+def ready_later():
+    import gunicorn_companion
+    _record_start()
+    time.sleep(float(os.environ.get("READY_AFTER", "0.5")))
+    gunicorn_companion.ready()
+    while True:
+        signal.pause()
+
+
+def heartbeats_then_hangs():
+    import gunicorn_companion
+    _record_start()
+    until = time.monotonic() + float(os.environ.get("HEARTBEAT_FOR", "1"))
+    while time.monotonic() < until:
+        gunicorn_companion.heartbeat()  # called in a tight loop on purpose
+    while True:
+        signal.pause()
+
+
+def grower():
+    """Writes (and so unshares) GROW_MB of memory, then idles."""
+    _record_start()
+    hog = bytearray(int(os.environ.get("GROW_MB", "64")) * 1024 * 1024)
+    hog[::4096] = b"\x01" * len(hog[::4096])
+    while True:
+        signal.pause()
