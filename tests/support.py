@@ -44,6 +44,17 @@ def alive(pid: int) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
 
 
+PF_EXITING = 0x4  # include/linux/sched.h: the process is in exit(), past its own code
+
+
+def running_code(pid: int) -> bool:
+    """Alive and not yet exiting: it may still run its own code. A process
+    releases its files (and flocks) in exit() before it becomes a zombie."""
+    fields = proc_stat(pid)
+    return (fields is not None and fields[0] not in ("Z", "X")
+            and not int(fields[6]) & PF_EXITING)
+
+
 def all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 

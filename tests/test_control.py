@@ -388,3 +388,22 @@ def test_cli_reports_an_unreachable_socket_in_one_line(tmp_path):
     out = run_cli("status")
     assert out.returncode == 2
     assert "no control socket: pass -s PATH or set GUNICORN_COMPANION_SOCKET" in out.stderr
+
+
+@pytest.mark.parametrize("text,message", [f[1:] for f in REREAD_FAILURES],
+                         ids=[f[0] for f in REREAD_FAILURES])
+def test_reread_refuses_with_the_message_the_boot_prints(ctl, tmp_path, text, message):
+    ctl.server.write_config(f"companion_control_socket = {str(ctl.path)!r}\n{text}\n")
+    refused = ctl.request({"cmd": "reread"})["error"]
+    (tmp_path / "boot").mkdir()
+    boot = Server(tmp_path / "boot", f"preload_app = True\n{text}\n").start()
+    try:
+        assert boot.wait_exit() == 1
+    finally:
+        boot.cleanup()
+    if "SyntaxError" in message:
+        # Gunicorn reads the main config file first and prints its own
+        # traceback; both name the fault and its line.
+        assert "SyntaxError" in boot.log() and "(line 4)" in refused
+    else:
+        assert f"Error: {refused}" in boot.log()

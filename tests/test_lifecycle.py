@@ -18,8 +18,10 @@ from gunicorn_companion.lifecycle import (
     ExitStatus,
     Kill,
     Log,
+    Notified,
     Reconfigure,
     Record,
+    Recycle,
     Restart,
     Spawn,
     Spawned,
@@ -27,6 +29,7 @@ from gunicorn_companion.lifecycle import (
     Start,
     Stop,
     Tick,
+    backoff_delay,
     step,
 )
 from gunicorn_companion.spec import CompanionSpec
@@ -64,6 +67,37 @@ STOPPING = Record(SPEC, state=State.STOPPING, pid=PID, wanted=False, started_at=
                   deadline=110.0)
 RESTARTING = replace(STOPPING, wanted=True)  # STOPPING on the way to a restart
 KILLED = replace(STOPPING, deadline=None, killed=True)  # SIGKILL already sent
+
+# The newer knobs, one spec each, so a row names the feature it pins.
+LOOP = replace(SPEC, max_restart_delay=20.0, startretries=3)  # restart_delay 3: 3, 6, 12, 20
+LIFE = replace(SPEC, max_lifetime=100.0, max_lifetime_jitter=20.0)
+WATCHED = replace(SPEC, watchdog_timeout=5.0)
+READY = replace(SPEC, wait_ready=True)
+SINGLE = replace(SPEC, singleton=True)
+INT = int(signal.SIGINT)
+
+# a crash loop after two failed starts: waiting to retry, and retrying
+LOOP_BACKOFF = Record(LOOP, state=State.BACKOFF, wanted=True, deadline=103.0, restarts=2,
+                      last_exit=EXIT_1, failures=2)
+LOOP_STARTING = Record(LOOP, state=State.STARTING, pid=PID, wanted=True, started_at=99.0,
+                       deadline=101.0, restarts=2, last_exit=EXIT_1, failures=2)
+LOOP_STOPPING = Record(LOOP, state=State.STOPPING, pid=PID, wanted=False, started_at=99.0,
+                       deadline=110.0, restarts=3, last_exit=EXIT_0, failures=3)
+GAVE_UP = Record(LOOP, state=State.FATAL, wanted=True, restarts=3, last_exit=EXIT_1, failures=4)
+# RUNNING with timers armed
+AGED = Record(LIFE, state=State.RUNNING, pid=PID, wanted=True, started_at=0.0,
+              lifetime_at=110.0, deadline=110.0)
+WATCHED_RUNNING = Record(WATCHED, state=State.RUNNING, pid=PID, wanted=True, started_at=50.0,
+                         watchdog_at=106.0, deadline=106.0)
+TIMED = Record(replace(SPEC, max_lifetime=100.0, watchdog_timeout=5.0), state=State.RUNNING,
+               pid=PID, wanted=True, started_at=50.0, lifetime_at=150.0, watchdog_at=106.0,
+               deadline=106.0)
+# STARTING with a live process that waits for news instead of a deadline
+WAITING_READY = Record(READY, state=State.STARTING, pid=PID, wanted=True, started_at=99.0,
+                       waiting="ready()")
+LOCK_WAIT = Record(SINGLE, state=State.STARTING, pid=PID, wanted=True, started_at=99.0,
+                   waiting="singleton lock")
+LOCK_HELD_ELSEWHERE = replace(LOCK_WAIT, waiting="singleton lock held by another instance")
 
 
 def others(actions):
@@ -213,6 +247,177 @@ TRANSITIONS = [
     pytest.param(FORKING, SpawnFailed("No such file or directory: '/x/out.log'"), NOW,
                  {"state": State.BACKOFF, "deadline": NOW + 3.0},
                  [], [logging.ERROR], id="SpawnFailed:STARTING->BACKOFF"),
+    # Crash loops: failures, backoff, startretries
+    pytest.param(LOOP_STARTING, Exited(EXIT_1), NOW,
+                 {"state": State.BACKOFF, "pid": None, "deadline": NOW + 12.0, "failures": 3},
+                 [], [logging.ERROR], id="Exited:crash-loop-3rd-failure-backs-off-12s"),
+    pytest.param(replace(LOOP_STARTING, failures=3), Exited(EXIT_1), NOW,
+                 {"state": State.FATAL, "pid": None, "deadline": None, "failures": 4},
+                 [], [logging.ERROR], id="Exited:startretries3-4th-failure->FATAL"),
+    pytest.param(replace(LOOP_STARTING, spec=replace(LOOP, startretries=None), failures=30),
+                 Exited(EXIT_1), NOW,
+                 {"state": State.BACKOFF, "pid": None, "deadline": NOW + 20.0, "failures": 31},
+                 [], [logging.ERROR], id="Exited:startretries-None-never-FATAL"),
+    pytest.param(replace(STARTING, spec=replace(SPEC, startretries=0)), Exited(EXIT_1), NOW,
+                 {"state": State.FATAL, "pid": None, "deadline": None, "last_exit": EXIT_1,
+                  "failures": 1},
+                 [], [logging.ERROR], id="Exited:startretries0-first-failure->FATAL"),
+    pytest.param(replace(RUNNING, spec=LOOP), Exited(EXIT_1, jitter=1.0), NOW,
+                 {"state": State.BACKOFF, "pid": None, "deadline": NOW + 3.0, "last_exit": EXIT_1},
+                 [], [logging.ERROR], id="Exited:RUNNING-plain-restart_delay"),
+    pytest.param(LOOP_BACKOFF, Tick(), 103.0,
+                 {"state": State.STARTING, "deadline": None, "restarts": 3, "started_at": 103.0},
+                 [Spawn("w")], [], id="Tick:crash-loop-keeps-failures"),
+    pytest.param(LOOP_BACKOFF, Start(), NOW,
+                 {"state": State.STARTING, "deadline": None, "started_at": NOW, "failures": 0},
+                 [Spawn("w")], [], id="Start:BACKOFF-resets-failures"),
+    pytest.param(LOOP_BACKOFF, Restart(), NOW,
+                 {"state": State.STARTING, "deadline": None, "started_at": NOW, "failures": 0},
+                 [Spawn("w")], [], id="Restart:BACKOFF-resets-failures"),
+    pytest.param(LOOP_BACKOFF, Reconfigure(NEW), NOW,
+                 {"state": State.STARTING, "deadline": None, "started_at": NOW, "failures": 0,
+                  "spec": NEW},
+                 [Spawn("w")], [], id="Reconfigure:BACKOFF-resets-failures"),
+    pytest.param(GAVE_UP, Start(), NOW,
+                 {"state": State.STARTING, "started_at": NOW, "failures": 0},
+                 [Spawn("w")], [], id="Start:FATAL-resets-failures"),
+    pytest.param(GAVE_UP, Restart(), NOW,
+                 {"state": State.STARTING, "started_at": NOW, "failures": 0},
+                 [Spawn("w")], [], id="Restart:FATAL-resets-failures"),
+    pytest.param(GAVE_UP, Reconfigure(NEW), NOW,
+                 {"state": State.STARTING, "started_at": NOW, "failures": 0, "spec": NEW},
+                 [Spawn("w")], [], id="Reconfigure:FATAL-wanted->STARTING"),
+    pytest.param(GAVE_UP, Tick(), 10_000.0, {}, [], [], id="Tick:FATAL-stays"),
+    pytest.param(GAVE_UP, Stop(), NOW, {"wanted": False}, [], [], id="Stop:FATAL-unwants"),
+    pytest.param(LOOP_STARTING, Stop(), NOW,
+                 {"state": State.STOPPING, "wanted": False, "deadline": NOW + 10.0},
+                 [Kill("w", PID, TERM)], [], id="Stop:crash-loop-STARTING->STOPPING"),
+    pytest.param(LOOP_STOPPING, Exited(EXIT_1), NOW,
+                 {"state": State.STOPPED, "pid": None, "deadline": None, "last_exit": EXIT_1},
+                 [], [logging.INFO], id="Exited:stopped-by-hand-is-no-failure"),
+    # max_lifetime
+    pytest.param(replace(FORKING, spec=LIFE), Spawned(PID, jitter=0.25), NOW,
+                 {"pid": PID, "deadline": NOW + 2.0, "lifetime_at": NOW + 100.0 + 5.0},
+                 [], [logging.INFO], id="Spawned:lifetime_at-with-jitter"),
+    pytest.param(replace(FORKING, spec=replace(LIFE, startsecs=0.0)), Spawned(PID, jitter=0.5),
+                 NOW,
+                 {"pid": PID, "state": State.RUNNING, "lifetime_at": 210.0, "deadline": 210.0},
+                 [], [logging.INFO], id="Spawned:startsecs0-RUNNING-deadline-is-lifetime"),
+    pytest.param(AGED, Tick(), 109.99, {}, [], [], id="Tick:lifetime-early"),
+    pytest.param(AGED, Tick(), 110.0,
+                 {"state": State.STOPPING, "deadline": 120.0, "lifetime_at": None,
+                  "last_recycle": "max_lifetime reached"},
+                 [Kill("w", PID, TERM)], [logging.INFO], id="Tick:lifetime->STOPPING"),
+    pytest.param(replace(AGED, spec=replace(LIFE, stop_signal=INT, stop_timeout=20.0)), Tick(),
+                 111.0,
+                 {"state": State.STOPPING, "deadline": 131.0, "lifetime_at": None,
+                  "last_recycle": "max_lifetime reached"},
+                 [Kill("w", PID, INT)], [logging.INFO], id="Tick:lifetime-own-stop-signal"),
+    # Recycle
+    pytest.param(RUNNING, Recycle("max_memory exceeded"), NOW,
+                 {"state": State.STOPPING, "deadline": NOW + 10.0,
+                  "last_recycle": "max_memory exceeded"},
+                 [Kill("w", PID, TERM)], [logging.INFO], id="Recycle:RUNNING->STOPPING"),
+    pytest.param(STARTING, Recycle("max_memory exceeded"), NOW,
+                 {"state": State.STOPPING, "deadline": NOW + 10.0,
+                  "last_recycle": "max_memory exceeded"},
+                 [Kill("w", PID, TERM)], [logging.INFO], id="Recycle:STARTING->STOPPING"),
+    pytest.param(TIMED, Recycle("why"), NOW,
+                 {"state": State.STOPPING, "deadline": NOW + 10.0, "lifetime_at": None,
+                  "watchdog_at": None, "last_recycle": "why"},
+                 [Kill("w", PID, TERM)], [logging.INFO], id="Recycle:disarms-timers"),
+    *[pytest.param(record, Recycle("why"), NOW, {}, [], [], id=f"Recycle:{label}-ignored")
+      for record, label in [(STOPPED, "STOPPED"), (BACKOFF, "BACKOFF"), (FATAL, "FATAL"),
+                            (STOPPING, "STOPPING"), (RESTARTING, "RESTARTING"),
+                            (KILLED, "KILLED")]],
+    # Readiness
+    pytest.param(STARTING, Notified("ready"), 100.5,
+                 {"state": State.RUNNING, "deadline": None},
+                 [], [logging.INFO], id="Notified-ready:STARTING->RUNNING-before-startsecs"),
+    pytest.param(replace(FORKING, spec=READY), Spawned(PID), NOW,
+                 {"pid": PID, "waiting": "ready()"},
+                 [], [logging.INFO], id="Spawned:wait_ready-no-deadline"),
+    pytest.param(replace(FORKING, spec=replace(READY, startsecs=0.0)), Spawned(PID), NOW,
+                 {"pid": PID, "waiting": "ready()"},
+                 [], [logging.INFO], id="Spawned:wait_ready-beats-startsecs0"),
+    pytest.param(WAITING_READY, Tick(), 10_000.0, {}, [], [], id="Tick:wait_ready-waits"),
+    pytest.param(WAITING_READY, Notified("heartbeat"), NOW, {}, [], [],
+                 id="Notified-heartbeat:wait_ready-waits"),
+    pytest.param(WAITING_READY, Notified("lock-held"), NOW, {}, [], [],
+                 id="Notified-lock-held:wait_ready-waits"),
+    pytest.param(WAITING_READY, Notified("ready"), NOW,
+                 {"state": State.RUNNING, "waiting": None},
+                 [], [logging.INFO], id="Notified-ready:wait_ready->RUNNING"),
+    pytest.param(RUNNING, Notified("ready"), NOW, {}, [], [], id="Notified-ready:RUNNING-noop"),
+    pytest.param(STARTING, Notified("heartbeat"), NOW, {}, [], [],
+                 id="Notified-heartbeat:STARTING-noop"),
+    pytest.param(STARTING, Notified("nonsense"), NOW, {}, [], [], id="Notified-unknown-noop"),
+    # Watchdog
+    pytest.param(replace(STARTING, spec=WATCHED), Tick(), 101.0,
+                 {"state": State.RUNNING, "watchdog_at": 106.0, "deadline": 106.0},
+                 [], [logging.INFO], id="Tick:RUNNING-arms-watchdog"),
+    pytest.param(replace(STARTING, spec=WATCHED), Notified("ready"), 100.5,
+                 {"state": State.RUNNING, "watchdog_at": 105.5, "deadline": 105.5},
+                 [], [logging.INFO], id="Notified-ready:RUNNING-arms-watchdog"),
+    pytest.param(replace(FORKING, spec=replace(WATCHED, startsecs=0.0)), Spawned(PID), NOW,
+                 {"pid": PID, "state": State.RUNNING, "watchdog_at": 105.0, "deadline": 105.0},
+                 [], [logging.INFO], id="Spawned:startsecs0-arms-watchdog"),
+    pytest.param(WATCHED_RUNNING, Notified("heartbeat"), 104.0,
+                 {"watchdog_at": 109.0, "deadline": 109.0}, [], [],
+                 id="Notified-heartbeat:pushes-watchdog"),
+    pytest.param(TIMED, Notified("heartbeat"), 148.0, {"watchdog_at": 153.0, "deadline": 150.0},
+                 [], [], id="Notified-heartbeat:lifetime-nearer"),
+    pytest.param(RUNNING, Notified("heartbeat"), NOW, {}, [], [],
+                 id="Notified-heartbeat:no-watchdog-noop"),
+    pytest.param(WATCHED_RUNNING, Tick(), 105.99, {}, [], [], id="Tick:watchdog-early"),
+    pytest.param(WATCHED_RUNNING, Tick(), 106.0,
+                 {"state": State.STOPPING, "deadline": None, "killed": True, "watchdog_at": None,
+                  "last_recycle": "watchdog", "restarts": 1},
+                 [Kill("w", PID, KILL)], [logging.ERROR], id="Tick:watchdog-SIGKILL"),
+    pytest.param(replace(WATCHED_RUNNING, spec=replace(WATCHED, stop_signal=INT)), Tick(), 107.0,
+                 {"state": State.STOPPING, "deadline": None, "killed": True, "watchdog_at": None,
+                  "last_recycle": "watchdog", "restarts": 1},
+                 [Kill("w", PID, KILL)], [logging.ERROR], id="Tick:watchdog-SIGKILL-not-stop_signal"),
+    pytest.param(TIMED, Tick(), 106.0,
+                 {"state": State.STOPPING, "deadline": None, "killed": True, "watchdog_at": None,
+                  "lifetime_at": None, "last_recycle": "watchdog", "restarts": 1},
+                 [Kill("w", PID, KILL)], [logging.ERROR], id="Tick:watchdog-before-lifetime"),
+    # Singletons
+    pytest.param(replace(FORKING, spec=SINGLE), Spawned(PID), NOW,
+                 {"pid": PID, "waiting": "singleton lock"}, [], [], id="Spawned:singleton-waits"),
+    pytest.param(replace(FORKING, spec=replace(SINGLE, startsecs=0.0, max_lifetime=50.0)),
+                 Spawned(PID), NOW,
+                 {"pid": PID, "waiting": "singleton lock", "lifetime_at": 150.0}, [], [],
+                 id="Spawned:singleton-startsecs0-still-waits"),
+    pytest.param(LOCK_WAIT, Tick(), 10_000.0, {}, [], [], id="Tick:singleton-waits"),
+    pytest.param(LOCK_WAIT, Notified("lock-wait"), NOW,
+                 {"waiting": "singleton lock held by another instance"},
+                 [], [logging.INFO], id="Notified-lock-wait"),
+    pytest.param(LOCK_WAIT, Notified("lock-held"), NOW, {"waiting": None, "deadline": NOW + 2.0},
+                 [], [logging.INFO], id="Notified-lock-held:settles"),
+    pytest.param(LOCK_HELD_ELSEWHERE, Notified("lock-held"), NOW,
+                 {"waiting": None, "deadline": NOW + 2.0},
+                 [], [logging.INFO], id="Notified-lock-held-after-wait:settles"),
+    pytest.param(replace(LOCK_WAIT, spec=replace(SINGLE, startsecs=0.0)), Notified("lock-held"),
+                 NOW, {"state": State.RUNNING, "waiting": None},
+                 [], [logging.INFO], id="Notified-lock-held:startsecs0->RUNNING"),
+    pytest.param(replace(LOCK_WAIT, spec=replace(SINGLE, wait_ready=True)), Notified("lock-held"),
+                 NOW, {"waiting": "ready()"},
+                 [], [logging.INFO], id="Notified-lock-held:wait_ready"),
+    pytest.param(LOCK_WAIT, Notified("ready"), NOW, {}, [], [],
+                 id="Notified-ready:before-lock-ignored"),
+    pytest.param(LOCK_HELD_ELSEWHERE, Notified("ready"), NOW, {}, [], [],
+                 id="Notified-ready:before-lock-held-elsewhere-ignored"),
+    pytest.param(STARTING, Notified("lock-held"), NOW, {}, [], [],
+                 id="Notified-lock-held:not-waiting-noop"),
+    pytest.param(RUNNING, Notified("lock-wait"), NOW, {}, [], [],
+                 id="Notified-lock-wait:RUNNING-noop"),
+    # News from a process the record no longer (or not yet) has
+    *[pytest.param(record, Notified(what), NOW, {}, [], [], id=f"Notified-{what}:{label}-ignored")
+      for what in ("ready", "heartbeat", "lock-wait", "lock-held")
+      for record, label in [(FORKING, "no-pid"), (STOPPED, "STOPPED"), (BACKOFF, "BACKOFF"),
+                            (FATAL, "FATAL"), (STOPPING, "STOPPING"),
+                            (replace(STOPPING, spec=WATCHED), "STOPPING-watched")]],
 ]
 
 
@@ -246,8 +451,23 @@ def test_invariants_after_every_transition(before, event, now, fields, actions, 
     for kill in (a for a in got if isinstance(a, Kill)):
         assert (kill.name, kill.pid) == (before.name, before.pid)
     # states that wait for nothing have no deadline
-    if after.state in (State.STOPPED, State.FATAL, State.RUNNING):
+    if after.state in (State.STOPPED, State.FATAL):
         assert after.deadline is None
+    # a RUNNING record's deadline is its nearest timer (max_lifetime, watchdog), if any
+    if after.state == State.RUNNING:
+        timers = [t for t in (after.lifetime_at, after.watchdog_at) if t is not None]
+        assert after.deadline == (min(timers) if timers else None)
+    # the RUNNING timers exist only while a process does; the watchdog only once RUNNING
+    if after.state not in (State.STARTING, State.RUNNING):
+        assert (after.lifetime_at, after.watchdog_at) == (None, None)
+    if after.state != State.RUNNING:
+        assert after.watchdog_at is None
+    # only a STARTING process waits for something
+    if after.state != State.STARTING:
+        assert after.waiting is None
+    # a crash loop ends on RUNNING
+    if after.state == State.RUNNING:
+        assert after.failures == 0
 
 
 # -- the log lines ----------------------------------------------------------------
@@ -581,3 +801,513 @@ def test_unnamed_signal_keeps_its_number():
 def test_unnamed_signal_describe_says_signal_once():
     number = _unnamed_signal()
     assert ExitStatus.from_wait_status(number).describe() == f"signal {number}"
+
+
+# -- crash loops: backoff_delay ----------------------------------------------------
+
+# restart_delay 1, max_restart_delay 30: the delay before jitter, per failure count
+BACKOFF_SPEC = replace(SPEC, restart_delay=1.0, max_restart_delay=30.0)
+BASE_DELAYS = {0: 1.0, 1: 1.0, 2: 2.0, 3: 4.0, 4: 8.0, 5: 16.0, 6: 30.0, 7: 30.0, 8: 30.0,
+               9: 30.0, 10: 30.0}
+SPREAD = {0.0: 0.9, 0.5: 1.0, 1.0: 1.1}  # jitter -> factor, from the second failure on
+
+
+@pytest.mark.parametrize("jitter", sorted(SPREAD))
+@pytest.mark.parametrize("failures", sorted(BASE_DELAYS))
+def test_backoff_delay_table(failures, jitter):
+    factor = 1.0 if failures <= 1 else SPREAD[jitter]
+    expected = BASE_DELAYS[failures] * factor
+    assert backoff_delay(BACKOFF_SPEC, failures, jitter) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("jitter", sorted(SPREAD))
+def test_backoff_delay_grows_then_stays_capped(jitter):
+    delays = [backoff_delay(BACKOFF_SPEC, n, jitter) for n in range(0, 40)]
+    assert delays == sorted(delays)
+    assert max(delays) == pytest.approx(30.0 * SPREAD[jitter])
+    assert all(0.9 <= d / BASE_DELAYS.get(n, 30.0) <= 1.1 + 1e-9 for n, d in enumerate(delays))
+
+
+@pytest.mark.parametrize(
+    "restart_delay, max_restart_delay, failures, jitter, expected",
+    [
+        # a cap below restart_delay caps at restart_delay instead
+        (10.0, 5.0, 1, 0.5, 10.0),
+        (10.0, 5.0, 2, 0.5, 10.0),
+        (10.0, 5.0, 7, 0.0, 9.0),
+        (10.0, 5.0, 7, 1.0, 11.0),
+        # the cap applies before the spread
+        (0.5, 60.0, 8, 0.5, 60.0),
+        (0.5, 60.0, 7, 0.5, 32.0),
+        (0.5, 60.0, 8, 1.0, 66.0),
+        # no delay stays no delay
+        (0.0, 60.0, 1, 0.5, 0.0),
+        (0.0, 60.0, 9, 1.0, 0.0),
+        (0.0, 0.0, 3, 0.5, 0.0),
+        # the cap equal to restart_delay: no growth at all, only the spread
+        (3.0, 3.0, 5, 0.0, 2.7),
+    ],
+)
+def test_backoff_delay_edges(restart_delay, max_restart_delay, failures, jitter, expected):
+    spec = replace(SPEC, restart_delay=restart_delay, max_restart_delay=max_restart_delay)
+    assert backoff_delay(spec, failures, jitter) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "failures_before, jitter, delay, text",
+    [
+        (0, 0.0, 3.0, "3s"),  # the first failure: plain restart_delay, no spread
+        (0, 1.0, 3.0, "3s"),
+        (1, 0.5, 6.0, "6s"),
+        (1, 0.0, 5.4, "5.4s"),
+        (2, 1.0, 13.2, "13.2s"),
+        (3, 0.5, 20.0, "20s"),  # capped (startretries None so it is no FATAL)
+        (10, 0.0, 18.0, "18s"),
+    ],
+)
+def test_exit_while_starting_backs_off_by_failure_count(failures_before, jitter, delay, text):
+    record = replace(LOOP_STARTING, spec=replace(LOOP, startretries=None),
+                     failures=failures_before)
+    after, actions = step(record, Exited(EXIT_1, jitter=jitter), NOW)
+    assert (after.state, after.failures) == (State.BACKOFF, failures_before + 1)
+    assert after.deadline == pytest.approx(NOW + delay)
+    assert actions == [Log(logging.ERROR, "companion 'w' (pid 42) exited unexpectedly with "
+                                          f"exit code 1; restarting in {text}")]
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("status", [EXIT_1, EXIT_0, BY_KILL])
+def test_exit_while_running_waits_plain_restart_delay(status, jitter):
+    record = replace(RUNNING, spec=LOOP, restarts=9)
+    after, actions = step(record, Exited(status, jitter=jitter), NOW)
+    assert (after.state, after.deadline, after.failures) == (State.BACKOFF, NOW + 3.0, 0)
+    assert logs(actions)[0].message.endswith("restarting in 3s")
+
+
+# -- crash loops: startretries -------------------------------------------------------
+
+
+def fail_to_start(record, now, jitter=0.5):
+    """From BACKOFF or STOPPED: (re)spawn a process that dies before RUNNING.
+
+    Returns the record and every action of the attempt; now moves on past the
+    backoff delay so the next attempt can start at once.
+    """
+    actions = []
+    if record.state == State.STOPPED:
+        record, got = step(record, Start(), now)
+    else:
+        now = record.deadline
+        record, got = step(record, Tick(), now)
+    actions += got
+    assert (record.state, others(got)) == (State.STARTING, [Spawn("w")])
+    record, got = step(record, Spawned(1000 + record.restarts), now)
+    actions += got
+    record, got = step(record, Exited(EXIT_1, jitter=jitter), now + 0.5)
+    return record, actions + got, now + 0.5
+
+
+def giving_up(actions):
+    return [a for a in logs(actions) if "giving up (FATAL)" in a.message]
+
+
+@pytest.mark.parametrize(
+    "startretries, attempts",
+    [(0, 1), (1, 2), (3, 4), (5, 6)],
+)
+def test_startretries_fatal_after_exactly_retries_plus_one_failures(startretries, attempts):
+    record, now, everything = Record(replace(SPEC, startretries=startretries)), 0.0, []
+    for attempt in range(1, attempts + 1):
+        record, actions, now = fail_to_start(record, now)
+        everything += actions
+        expected = State.FATAL if attempt == attempts else State.BACKOFF
+        assert (attempt, record.state, record.failures) == (attempt, expected, attempt)
+    # exactly one ERROR says so, on the last attempt
+    (fatal,) = giving_up(everything)
+    assert fatal.level == logging.ERROR
+    assert giving_up(actions) == [fatal]
+    assert (record.pid, record.deadline, record.restarts) == (None, None, attempts - 1)
+    # and FATAL stays FATAL whatever the clock does
+    assert step(record, Tick(), now + 10_000.0) == (record, [])
+
+
+def test_fatal_log_line():
+    _, actions = step(replace(LOOP_STARTING, failures=3), Exited(ExitStatus(code=3)), NOW)
+    assert actions == [
+        Log(logging.ERROR,
+            "companion 'w' (pid 42) exited with exit code 3 before it was RUNNING, 4 times in a "
+            "row; giving up (FATAL). `gunicorn-companion start w` tries again")
+    ]
+
+
+def test_startretries_none_never_gives_up():
+    record, now, everything = Record(replace(SPEC, startretries=None)), 0.0, []
+    for attempt in range(1, 101):
+        record, actions, now = fail_to_start(record, now, jitter=attempt % 3 / 2)
+        everything += actions
+        assert (record.state, record.failures) == (State.BACKOFF, attempt)
+    assert giving_up(everything) == []
+    # the delay stopped growing at the cap (60s by default, +-10%)
+    assert record.deadline - now == pytest.approx(60.0 * SPREAD[100 % 3 / 2])
+
+
+@pytest.mark.parametrize("event", [Start(), Restart()], ids=["Start", "Restart"])
+def test_start_from_fatal_gets_a_full_set_of_retries(event):
+    record, now = Record(replace(SPEC, startretries=2)), 0.0
+    for _ in range(3):
+        record, _, now = fail_to_start(record, now)
+    assert (record.state, record.failures) == (State.FATAL, 3)
+    record, actions = step(record, event, now)
+    assert (record.state, record.failures, others(actions)) == (State.STARTING, 0, [Spawn("w")])
+    # the first attempt after FATAL backs off by plain restart_delay, as a first failure
+    record, _ = step(record, Spawned(7), now)
+    record, _ = step(record, Exited(EXIT_1, jitter=1.0), now + 0.1)
+    assert (record.state, record.failures) == (State.BACKOFF, 1)
+    assert record.deadline == pytest.approx(now + 0.1 + 3.0)
+    # two more failures are tolerated again before the next FATAL
+    record, _, now = fail_to_start(record, now + 0.1)
+    assert record.state == State.BACKOFF
+    record, _, now = fail_to_start(record, now)
+    assert (record.state, record.failures) == (State.FATAL, 3)
+
+
+def test_running_ends_a_crash_loop():
+    record, now = Record(replace(SPEC, startretries=3)), 0.0
+    for _ in range(3):
+        record, _, now = fail_to_start(record, now)
+    record, _ = step(record, Tick(), record.deadline)
+    record, _ = step(record, Spawned(7), now + 10)
+    record, _ = step(record, Tick(), record.deadline)
+    assert (record.state, record.failures) == (State.RUNNING, 0)
+    # a later crash of the RUNNING process is a first failure again, not the fourth
+    record, actions = step(record, Exited(EXIT_1), now + 100)
+    assert (record.state, record.failures, record.deadline) == (State.BACKOFF, 0, now + 103.0)
+    assert giving_up(actions) == []
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["graceful", "quick"])
+def test_stop_during_starting_then_exit_is_not_a_failed_start(quick):
+    # startretries 3 and three failures behind it: one more failure would be FATAL
+    record = replace(LOOP_STARTING, failures=3)
+    record, _ = step(record, Stop(quick=quick), NOW)
+    assert record.state == State.STOPPING
+    record, actions = step(record, Exited(EXIT_1), NOW + 1)
+    assert (record.state, record.failures, record.wanted) == (State.STOPPED, 3, False)
+    assert giving_up(actions) == [] and [a.level for a in logs(actions)] == [logging.INFO]
+    # and a start afterwards begins a fresh count
+    record, _ = step(record, Start(), NOW + 2)
+    assert (record.state, record.failures) == (State.STARTING, 0)
+
+
+def test_reconfigure_during_a_failing_start_gives_the_new_spec_a_fresh_count():
+    record, _ = step(replace(LOOP_STARTING, failures=3), Reconfigure(NEW), NOW)
+    record, _ = step(record, Exited(ExitStatus(signal=TERM)), NOW + 1)
+    assert (record.state, record.spec) == (State.STARTING, NEW)
+    assert record.failures == 0
+
+
+# -- max_lifetime ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "max_lifetime, max_lifetime_jitter, jitter, lifetime_at",
+    [
+        (100.0, 20.0, 0.0, 200.0),
+        (100.0, 20.0, 0.25, 205.0),
+        (100.0, 20.0, 0.5, 210.0),
+        (100.0, 20.0, 0.999, 219.98),
+        (100.0, 0.0, 0.7, 200.0),
+        (0.5, 0.0, 0.0, 100.5),
+        (None, 20.0, 0.5, None),
+    ],
+)
+def test_spawned_sets_lifetime_at(max_lifetime, max_lifetime_jitter, jitter, lifetime_at):
+    spec = replace(SPEC, max_lifetime=max_lifetime, max_lifetime_jitter=max_lifetime_jitter)
+    record, _ = step(replace(FORKING, spec=spec), Spawned(PID, jitter=jitter), NOW)
+    assert record.lifetime_at == (None if lifetime_at is None else pytest.approx(lifetime_at))
+    # STARTING still waits for startsecs; the lifetime waits for RUNNING
+    assert (record.state, record.deadline) == (State.STARTING, NOW + 2.0)
+
+
+@pytest.mark.parametrize(
+    "lifetime_at, watchdog_timeout, deadline",
+    [
+        (None, None, None),
+        (150.0, None, 150.0),
+        (None, 5.0, 106.0),
+        (150.0, 5.0, 106.0),
+        (103.0, 5.0, 103.0),
+        (106.0, 5.0, 106.0),
+        (90.0, 5.0, 90.0),  # already due (max_lifetime < startsecs): the next Tick recycles
+    ],
+)
+def test_running_deadline_is_the_nearest_timer(lifetime_at, watchdog_timeout, deadline):
+    spec = replace(SPEC, max_lifetime=60.0 if lifetime_at else None,
+                   watchdog_timeout=watchdog_timeout)
+    record = replace(STARTING, spec=spec, lifetime_at=lifetime_at)
+    after, _ = step(record, Tick(), 101.0)
+    assert (after.state, after.deadline, after.lifetime_at) == (State.RUNNING, deadline,
+                                                                lifetime_at)
+
+
+def test_lifetime_recycle_end_to_end():
+    record, actions = step(AGED, Tick(), 110.0)
+    assert actions == [
+        Log(logging.INFO, "companion 'w' (pid 42) is restarted: max_lifetime reached"),
+        Kill("w", PID, TERM),
+    ]
+    assert (record.state, record.wanted, record.last_recycle, record.deadline) == (
+        State.STOPPING, True, "max_lifetime reached", 120.0)
+    # a slow exit still escalates as any graceful stop does
+    record, actions = step(record, Tick(), 120.0)
+    assert others(actions) == [Kill("w", PID, KILL)]
+    record, actions = step(record, Exited(BY_KILL), 121.0)
+    assert (record.state, others(actions)) == (State.STARTING, [Spawn("w")])
+    # a planned restart is not counted with the crashes, and the reason stays for status
+    assert (record.restarts, record.failures, record.last_recycle) == (
+        0, 0, "max_lifetime reached")
+    record, _ = step(record, Spawned(43, jitter=0.5), 121.0)
+    assert record.lifetime_at == 121.0 + 100.0 + 10.0
+
+
+def test_lifetime_recycle_ignores_a_stale_tick():
+    record, _ = step(AGED, Recycle("by hand"), 105.0)
+    assert step(record, Tick(), 110.0)[1] == []  # the old lifetime deadline is gone
+
+
+# -- Recycle -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("record", [RUNNING, STARTING, AGED, TIMED],
+                         ids=["RUNNING", "STARTING", "with-lifetime", "with-watchdog"])
+def test_recycle_stops_gracefully_and_restarts(record):
+    reason = "max_memory exceeded (300.0 MiB unshared > 256.0 MiB)"
+    stopping, actions = step(record, Recycle(reason), NOW)
+    assert actions == [Log(logging.INFO, f"companion 'w' (pid 42) is restarted: {reason}"),
+                       Kill("w", PID, TERM)]
+    assert (stopping.state, stopping.deadline, stopping.wanted, stopping.last_recycle,
+            stopping.killed) == (State.STOPPING, NOW + 10.0, True, reason, False)
+    # a second Recycle while it stops changes nothing
+    assert step(stopping, Recycle("again"), NOW + 1) == (stopping, [])
+    after, actions = step(stopping, Exited(ExitStatus(signal=TERM)), NOW + 2)
+    assert (after.state, others(actions), after.restarts) == (
+        State.STARTING, [Spawn("w")], record.restarts)
+
+
+def test_stop_after_recycle_keeps_it_stopped():
+    record, _ = step(RUNNING, Recycle("why"), NOW)
+    record, _ = step(record, Stop(), NOW + 1)
+    record, actions = step(record, Exited(EXIT_0), NOW + 2)
+    assert (record.state, others(actions)) == (State.STOPPED, [])
+
+
+# -- readiness ---------------------------------------------------------------------------
+
+
+def test_ready_log_line():
+    assert step(STARTING, Notified("ready"), 100.5)[1] == [
+        Log(logging.INFO, "companion 'w' (pid 42) is RUNNING (ready)")
+    ]
+
+
+def test_wait_ready_spawned_log_line():
+    assert step(replace(FORKING, spec=READY), Spawned(PID), NOW)[1] == [
+        Log(logging.INFO, "companion 'w' (pid 42) starting; waiting for ready()")
+    ]
+
+
+READY_ONLY = [
+    (Start(), 0.0, State.STARTING, [Spawn("w")]),
+    (Spawned(7), 0.0, State.STARTING, []),
+    (Tick(), 2.0, State.STARTING, []),  # startsecs means nothing with wait_ready
+    (Tick(), 3600.0, State.STARTING, []),
+    (Notified("heartbeat"), 3601.0, State.STARTING, []),
+    (Notified("lock-held"), 3602.0, State.STARTING, []),
+    (Notified("ready"), 3603.0, State.RUNNING, []),
+    (Notified("ready"), 3604.0, State.RUNNING, []),
+    (Tick(), 3605.0, State.RUNNING, []),
+]
+
+
+def test_with_wait_ready_only_ready_makes_it_running():
+    record = replay(Record(READY), READY_ONLY)
+    assert (record.deadline, record.waiting, record.pid) == (None, None, 7)
+
+
+@pytest.mark.parametrize("what", ["ready", "heartbeat", "lock-wait", "lock-held"])
+def test_news_after_the_process_is_gone_is_ignored(what):
+    # a datagram sent just before the exit is read after it was reaped
+    record, _ = step(replace(WATCHED_RUNNING, spec=replace(WATCHED, singleton=True)),
+                     Exited(EXIT_1), NOW)
+    assert step(record, Notified(what), NOW + 0.1) == (record, [])
+
+
+# -- watchdog ----------------------------------------------------------------------------
+
+
+def test_watchdog_kill_log_and_order():
+    _, actions = step(WATCHED_RUNNING, Tick(), 106.0)
+    assert actions == [
+        Log(logging.ERROR, "companion 'w' (pid 42) sent no heartbeat for 5s; killing it"),
+        Kill("w", PID, KILL),
+    ]
+
+
+@pytest.mark.parametrize("beats, watchdog_at", [
+    ([], 106.0),
+    ([101.0], 106.0),
+    ([101.0, 102.0], 107.0),
+    ([102.0, 104.0, 108.0], 113.0),
+])
+def test_heartbeats_push_the_watchdog(beats, watchdog_at):
+    record, _ = step(replace(STARTING, spec=WATCHED), Tick(), 101.0)
+    for now in beats:
+        record, actions = step(record, Notified("heartbeat"), now)
+        assert actions == []
+    assert (record.watchdog_at, record.deadline) == (watchdog_at, watchdog_at)
+    assert step(record, Tick(), watchdog_at - 0.01) == (record, [])
+    assert step(record, Tick(), watchdog_at)[0].state == State.STOPPING
+
+
+def test_watchdog_kill_respawns_after_exit():
+    record, _ = step(WATCHED_RUNNING, Tick(), 106.0)
+    # a quick kill: nothing left to escalate, whatever the clock does
+    assert step(record, Tick(), 1000.0) == (record, [])
+    record, actions = step(record, Exited(BY_KILL), 106.5)
+    assert (record.state, others(actions), record.wanted, record.restarts, record.watchdog_at,
+            record.last_recycle) == (State.STARTING, [Spawn("w")], True, 1, None, "watchdog")
+    # the new process is not watched until it is RUNNING
+    record, _ = step(record, Spawned(43), 106.5)
+    assert (record.watchdog_at, record.deadline) == (None, 108.5)
+    record, _ = step(record, Tick(), 108.5)
+    assert (record.state, record.watchdog_at, record.deadline) == (State.RUNNING, 113.5, 113.5)
+
+
+def test_stop_after_watchdog_kill_keeps_it_stopped():
+    record, _ = step(WATCHED_RUNNING, Tick(), 106.0)
+    record, actions = step(record, Stop(), 106.1)
+    assert (record.wanted, others(actions)) == (False, [])  # SIGKILL already sent
+    record, actions = step(record, Exited(BY_KILL), 106.2)
+    assert (record.state, others(actions)) == (State.STOPPED, [])
+
+
+# -- singletons --------------------------------------------------------------------------
+
+
+def test_lock_wait_log_line():
+    assert step(LOCK_WAIT, Notified("lock-wait"), NOW)[1] == [
+        Log(logging.INFO, "companion 'w' (pid 42) waits for its singleton lock "
+                          "(another instance holds it)")
+    ]
+
+
+@pytest.mark.parametrize(
+    "startsecs, wait_ready, state, deadline, waiting, message",
+    [
+        (2.0, False, State.STARTING, 1002.0, None, "starting"),
+        (0.0, False, State.RUNNING, None, None, "started"),
+        (2.0, True, State.STARTING, None, "ready()", "starting; waiting for ready()"),
+        (0.0, True, State.STARTING, None, "ready()", "starting; waiting for ready()"),
+    ],
+)
+def test_singleton_settles_only_once_the_lock_is_held(startsecs, wait_ready, state, deadline,
+                                                      waiting, message):
+    spec = replace(SINGLE, startsecs=startsecs, wait_ready=wait_ready)
+    record = replay(Record(spec), [
+        (Start(), 0.0, State.STARTING, [Spawn("w")]),
+        (Spawned(PID), 0.0, State.STARTING, []),
+        (Tick(), 500.0, State.STARTING, []),
+        (Notified("lock-wait"), 1.0, State.STARTING, []),
+        (Notified("ready"), 2.0, State.STARTING, []),  # before the lock: ignored
+        (Notified("heartbeat"), 3.0, State.STARTING, []),
+        (Tick(), 999.0, State.STARTING, []),
+    ])
+    assert (record.deadline, record.waiting) == (None, "singleton lock held by another instance")
+    record, actions = step(record, Notified("lock-held"), 1000.0)
+    assert (record.state, record.deadline, record.waiting) == (state, deadline, waiting)
+    assert actions == [Log(logging.INFO, f"companion 'w' (pid 42) {message}")]
+    # a second lock-held changes nothing
+    assert step(record, Notified("lock-held"), 1000.5) == (record, [])
+
+
+def test_singleton_with_wait_ready_needs_lock_then_ready():
+    record = replay(Record(replace(SINGLE, wait_ready=True)), [
+        (Start(), 0.0, State.STARTING, [Spawn("w")]),
+        (Spawned(PID), 0.0, State.STARTING, []),
+        (Notified("ready"), 1.0, State.STARTING, []),
+        (Notified("lock-held"), 2.0, State.STARTING, []),
+        (Tick(), 100.0, State.STARTING, []),
+        (Notified("ready"), 101.0, State.RUNNING, []),
+    ])
+    assert (record.waiting, record.deadline) == (None, None)
+
+
+def test_singleton_exit_while_waiting_for_the_lock_is_a_failed_start():
+    record, actions = step(LOCK_HELD_ELSEWHERE, Exited(EXIT_1), NOW)
+    assert (record.state, record.failures, record.waiting) == (State.BACKOFF, 1, None)
+
+
+# -- a scripted history with every newer feature -------------------------------------------
+
+HISTORY_SPEC = replace(SPEC, restart_delay=1.0, max_restart_delay=60.0, startsecs=2.0,
+                       stop_timeout=10.0, max_lifetime=100.0, max_lifetime_jitter=8.0,
+                       watchdog_timeout=30.0, startretries=5)
+
+# (event, now, state, non-Log actions, fields to check afterwards)
+HISTORY = [
+    # boot, and three failed starts with growing delays: 1s, 2s, 4s
+    (Start(), 0.0, State.STARTING, [Spawn("w")], {"failures": 0}),
+    (Spawned(11, jitter=0.5), 0.0, State.STARTING, [], {"deadline": 2.0, "lifetime_at": 104.0}),
+    (Exited(EXIT_1, jitter=0.5), 1.0, State.BACKOFF, [],
+     {"failures": 1, "deadline": 2.0, "lifetime_at": None}),
+    (Tick(), 2.0, State.STARTING, [Spawn("w")], {"restarts": 1}),
+    (Spawned(12, jitter=0.5), 2.0, State.STARTING, [], {"deadline": 4.0}),
+    (Exited(EXIT_1, jitter=0.5), 3.0, State.BACKOFF, [], {"failures": 2, "deadline": 5.0}),
+    (Tick(), 4.5, State.BACKOFF, [], {}),
+    (Tick(), 5.0, State.STARTING, [Spawn("w")], {"restarts": 2}),
+    (Spawned(13, jitter=0.5), 5.0, State.STARTING, [], {"deadline": 7.0}),
+    (Exited(ExitStatus(signal=int(signal.SIGSEGV)), jitter=0.5), 6.0, State.BACKOFF, [],
+     {"failures": 3, "deadline": 10.0}),
+    (Tick(), 10.0, State.STARTING, [Spawn("w")], {"restarts": 3, "failures": 3}),
+    # this time it stays up: RUNNING ends the crash loop and arms both timers
+    (Spawned(14, jitter=0.25), 10.0, State.STARTING, [],
+     {"deadline": 12.0, "lifetime_at": 112.0, "watchdog_at": None}),
+    (Tick(), 12.0, State.RUNNING, [],
+     {"failures": 0, "watchdog_at": 42.0, "deadline": 42.0}),
+    (Notified("heartbeat"), 40.0, State.RUNNING, [], {"watchdog_at": 70.0, "deadline": 70.0}),
+    (Notified("heartbeat"), 68.0, State.RUNNING, [], {"watchdog_at": 98.0, "deadline": 98.0}),
+    (Notified("heartbeat"), 96.0, State.RUNNING, [], {"watchdog_at": 126.0, "deadline": 112.0}),
+    (Tick(), 111.0, State.RUNNING, [], {}),
+    # max_lifetime: a graceful recycle
+    (Tick(), 112.0, State.STOPPING, [Kill("w", 14, TERM)],
+     {"wanted": True, "last_recycle": "max_lifetime reached", "deadline": 122.0}),
+    (Exited(ExitStatus(signal=TERM)), 113.0, State.STARTING, [Spawn("w")],
+     {"restarts": 3, "failures": 0}),
+    (Spawned(15, jitter=0.0), 113.0, State.STARTING, [], {"lifetime_at": 213.0}),
+    (Tick(), 115.0, State.RUNNING, [], {"watchdog_at": 145.0, "deadline": 145.0}),
+    # it hangs: no heartbeat for 30s, killed at once and started again
+    (Tick(), 145.0, State.STOPPING, [Kill("w", 15, KILL)],
+     {"last_recycle": "watchdog", "restarts": 4, "killed": True, "deadline": None}),
+    (Exited(BY_KILL), 146.0, State.STARTING, [Spawn("w")], {"failures": 0}),
+    (Spawned(16), 146.0, State.STARTING, [], {}),
+    (Tick(), 148.0, State.RUNNING, [], {"watchdog_at": 178.0}),
+    # stopped by hand: it stays stopped whatever the clock does
+    (Stop(), 150.0, State.STOPPING, [Kill("w", 16, TERM)], {"wanted": False, "deadline": 160.0}),
+    (Exited(ExitStatus(signal=TERM)), 151.0, State.STOPPED, [],
+     {"pid": None, "deadline": None, "lifetime_at": None, "watchdog_at": None}),
+    (Tick(), 1000.0, State.STOPPED, [], {}),
+]
+
+
+def test_history_crash_loop_lifetime_watchdog_stop():
+    record = Record(HISTORY_SPEC)
+    errors = 0
+    for index, (event, now, state, actions, fields) in enumerate(HISTORY):
+        record, got = step(record, event, now)
+        assert (index, record.state, others(got)) == (index, state, actions), event
+        assert (index, {f: getattr(record, f) for f in fields}) == (index, fields), event
+        errors += sum(1 for log in logs(got) if log.level == logging.ERROR)
+    # three crashes and one watchdog kill; the recycle and the stop are no errors
+    assert errors == 4
+    assert (record.restarts, record.failures, record.last_recycle, record.wanted) == (
+        4, 0, "watchdog", False)

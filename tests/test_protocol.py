@@ -43,6 +43,7 @@ def test_commands_table():
         "stop": True,
         "restart": True,
         "reread": False,
+        "tail": True,
     }
 
 
@@ -238,7 +239,7 @@ def test_parse_request_accepts(line, expected):
     assert parse_request(line) == expected
 
 
-_KNOWN = "known commands: status, start, stop, restart, reread"
+_KNOWN = "known commands: status, start, stop, restart, reread, tail"
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import signal
+from dataclasses import replace
 
 import pytest
 
@@ -20,17 +21,25 @@ from gunicorn_companion.spec import (
     parse_companions,
     parse_defaults,
     suggest,
+    validate_bool,
+    validate_command,
     validate_cwd,
     validate_env,
     validate_name,
+    validate_optional_positive_seconds,
+    validate_processes,
     validate_seconds,
     validate_signal,
+    validate_size,
+    validate_startretries,
     validate_stderr,
     validate_stdout,
     validate_target,
 )
 
-TIMEOUT_KEYS = ("stop_timeout", "reload_timeout", "startsecs", "restart_delay")
+# Seconds that may be 0 and fall back to a companion_<key> global.
+TIMEOUT_KEYS = ("stop_timeout", "reload_timeout", "startsecs", "restart_delay",
+                "max_restart_delay")
 
 
 _DROP = object()  # entry(key=_DROP) leaves the key out
@@ -190,7 +199,8 @@ def test_known_keys():
         "name", "target", "command", "cwd", "env", "stop_signal", "stop_timeout",
         "reload_timeout", "startsecs", "restart_delay", "max_restart_delay", "startretries",
         "stdout", "stderr", "processes", "autostart", "singleton", "wait_ready", "max_lifetime",
-        "max_lifetime_jitter", "max_memory", "watchdog_timeout",
+        "max_lifetime_jitter", "max_memory", "watchdog_timeout", "stdout_maxbytes",
+        "stdout_backups", "stderr_maxbytes", "stderr_backups", "timestamps", "timestamp_format",
     }
 
 
@@ -627,7 +637,9 @@ def test_builtin_defaults():
     assert defaults == {
         "stop_signal": 15, "stop_timeout": 10.0, "reload_timeout": 10.0, "startsecs": 1.0,
         "restart_delay": 1.0, "max_restart_delay": 60.0, "startretries": None,
-        "stdout": "inherit", "stderr": "inherit",
+        "stdout": "inherit", "stderr": "inherit", "stdout_maxbytes": 0, "stdout_backups": 10,
+        "stderr_maxbytes": 0, "stderr_backups": 10, "timestamps": False,
+        "timestamp_format": "%Y-%m-%d %H:%M:%S",
     }
 
 
@@ -774,3 +786,448 @@ def test_config_error_single_problem_from_parse():
         "invalid companion configuration: companion 'w': unknown key 'stop_timout' "
         "(did you mean 'stop_timeout'?)"
     )
+
+
+# -- the newer keys: built-in values ---------------------------------------------------
+
+
+def test_newer_keys_builtin_values():
+    (spec,) = parse_companions([entry()])
+    assert (spec.command, spec.processes, spec.group, spec.instance, spec.group_name) == (
+        None, 1, "", 0, "w")
+    assert (spec.autostart, spec.singleton, spec.wait_ready) == (True, False, False)
+    assert (spec.max_lifetime, spec.max_lifetime_jitter, spec.max_memory,
+            spec.watchdog_timeout) == (None, 0.0, None, None)
+    assert (spec.startretries, spec.max_restart_delay) == (None, 60.0)
+
+
+# -- command ---------------------------------------------------------------------------
+
+
+def command_entry(command, **extra):
+    return entry(target=_DROP, command=command, **extra)
+
+
+@pytest.mark.parametrize(
+    "value, argv",
+    [
+        (["prog"], ("prog",)),
+        (("prog", "-x"), ("prog", "-x")),
+        (["prog", "-x", "a b", ""], ("prog", "-x", "a b", "")),  # empty later args are fine
+        ("prog", ("prog",)),
+        ("  prog   -v  ", ("prog", "-v")),
+        ("prog -x 'a b'", ("prog", "-x", "a b")),
+        ('python -c "print(1)"', ("python", "-c", "print(1)")),
+        ("run a\\ b", ("run", "a b")),
+        ("/usr/bin/env FOO=1 x", ("/usr/bin/env", "FOO=1", "x")),
+        ("prog '$HOME' $HOME", ("prog", "$HOME", "$HOME")),  # split, never expanded
+    ],
+)
+def test_command_accepted(value, argv):
+    assert validate_command(value) == argv
+    (spec,) = parse_companions([command_entry(value)])
+    assert (spec.command, spec.target) == (argv, None)
+    assert type(spec.command) is tuple
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ([], "must name a program to run, got []"),
+        ((), "must name a program to run, got ()"),
+        ("", "must name a program to run, got ''"),
+        ("   ", "must name a program to run, got '   '"),
+        ([""], "must name a program to run, got ['']"),
+        (["", "x"], "must name a program to run, got ['', 'x']"),
+        ("'' x", "must name a program to run, got \"'' x\""),
+        (["prog", 5], "arguments must be strings, got 5"),
+        (["prog", None], "arguments must be strings, got None"),
+        (["prog", b"x"], "arguments must be strings, got b'x'"),
+        (["prog", ["x"]], "arguments must be strings, got ['x']"),
+        ([1, 2], "arguments must be strings, got 1"),
+        (["prog", "a\0b"], "arguments must be strings, got 'a\\x00b'"),
+        ("prog 'a b", "\"prog 'a b\" cannot be split into arguments: No closing quotation"),
+        ('prog "a b', "'prog \"a b' cannot be split into arguments: No closing quotation"),
+        ("prog \\", "'prog \\\\' cannot be split into arguments: No escaped character"),
+        (5, "must be a list of arguments or a string, got 5"),
+        (None, "must be a list of arguments or a string, got None"),
+        ({"prog": "x"}, "must be a list of arguments or a string, got {'prog': 'x'}"),
+        (b"prog", "must be a list of arguments or a string, got b'prog'"),
+    ],
+)
+def test_command_rejected(value, message):
+    with pytest.raises(ValueError) as info:
+        validate_command(value)
+    assert str(info.value) == message
+    assert only_problem([command_entry(value)]) == f"companion 'w': command {message}"
+
+
+def test_command_string_with_nul_is_rejected_like_a_list():
+    with pytest.raises(ValueError):
+        validate_command("prog a\0b")
+
+
+def test_command_forms_make_equal_specs():
+    a = _one(command_entry("prog -x 'a b'"))
+    b = _one(command_entry(["prog", "-x", "a b"]))
+    assert a == b and hash(a) == hash(b)
+    assert a != _one(command_entry(["prog", "-x", "a", "b"]))
+
+
+# -- target xor command -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad, problems",
+    [
+        pytest.param(entry(target=_DROP),
+                     ["companion 'w': missing 'target' (a 'module:callable') or 'command' "
+                      "(a program to run)"], id="neither"),
+        pytest.param(entry(command="prog"),
+                     ["companion 'w': has both 'target' and 'command'; use one"], id="both"),
+        pytest.param(entry(command=[]),
+                     ["companion 'w': has both 'target' and 'command'; use one",
+                      "companion 'w': command must name a program to run, got []"],
+                     id="both-and-bad-command"),
+        pytest.param(entry(target="nope", command="prog"),
+                     ["companion 'w': has both 'target' and 'command'; use one",
+                      "companion 'w': 'target' 'nope' must look like 'module:callable'"],
+                     id="both-and-bad-target"),
+        pytest.param(entry(target=None, command=None),
+                     ["companion 'w': has both 'target' and 'command'; use one",
+                      "companion 'w': 'target' must be a non-empty string, got None",
+                      "companion 'w': command must be a list of arguments or a string, got None"],
+                     id="both-None"),
+        pytest.param({"command": "prog"}, ["companion_workers[0]: missing 'name'"],
+                     id="command-without-name"),
+    ],
+)
+def test_target_xor_command(bad, problems):
+    assert problems_of([bad]) == problems
+
+
+def test_target_and_command_companions_side_by_side():
+    a, b = parse_companions([entry(name="a"), command_entry("prog", name="b")])
+    assert (a.target, a.command, b.target, b.command) == ("pkg.mod:main", None, None, ("prog",))
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [2, 3, 10])
+def test_processes_expand_into_instances(count):
+    specs = parse_companions([entry(name="rq", processes=count, stop_timeout=3)])
+    assert [s.name for s in specs] == [f"rq:{i}" for i in range(count)]
+    assert [s.instance for s in specs] == list(range(count))
+    assert {(s.group, s.group_name, s.processes) for s in specs} == {("rq", "rq", count)}
+    # every instance is the same companion otherwise
+    assert {replace_identity(s) for s in specs} == {
+        CompanionSpec(name="rq", target="pkg.mod:main", stop_timeout=3.0, processes=count)
+    }
+
+
+def replace_identity(spec: CompanionSpec) -> CompanionSpec:
+    """The instance with its identity taken away: what every instance shares."""
+    return replace(spec, name=spec.group_name, group="", instance=0)
+
+
+def test_processes_one_keeps_the_plain_name():
+    (spec,) = parse_companions([entry(name="rq", processes=1)])
+    assert (spec.name, spec.group, spec.instance, spec.group_name, spec.processes) == (
+        "rq", "", 0, "rq", 1)
+    assert spec == _one(entry(name="rq"))
+
+
+def test_processes_keep_entry_order():
+    specs = parse_companions([entry(name="a", processes=2), entry(name="b"),
+                              entry(name="c", processes=2)])
+    assert [(s.name, s.group_name) for s in specs] == [
+        ("a:0", "a"), ("a:1", "a"), ("b", "b"), ("c:0", "c"), ("c:1", "c")]
+
+
+def test_processes_upper_bound():
+    specs = parse_companions([entry(processes=1000)])
+    assert (len(specs), specs[0].name, specs[-1].name, specs[-1].instance) == (
+        1000, "w:0", "w:999", 999)
+    assert len({s.name for s in specs}) == 1000
+
+
+def test_processes_duplicate_names_are_checked_by_configured_name():
+    assert problems_of([entry(name="rq", processes=2), entry(name="rq")]) == [
+        "companion_workers[1]: duplicate name 'rq' (companion_workers[0] has it too)"]
+
+
+@pytest.mark.parametrize("value", [0, -1, 1001, 10**6, True, False, 1.0, 2.5, "2", None, [2]])
+def test_processes_rejected(value):
+    message = f"must be a whole number from 1 to 1000, got {value!r}"
+    with pytest.raises(ValueError) as info:
+        validate_processes(value)
+    assert str(info.value) == message
+    assert only_problem([entry(processes=value)]) == f"companion 'w': processes {message}"
+
+
+# -- autostart, singleton, wait_ready ------------------------------------------------------
+
+BOOL_KEYS = ("autostart", "singleton", "wait_ready")
+
+
+@pytest.mark.parametrize("key", BOOL_KEYS)
+@pytest.mark.parametrize("value", [True, False])
+def test_bool_keys_accepted(key, value):
+    assert validate_bool(value) is value
+    assert getattr(_one(entry(**{key: value})), key) is value
+
+
+@pytest.mark.parametrize("key", BOOL_KEYS)
+@pytest.mark.parametrize("value", [1, 0, "yes", "true", "False", None, 1.0, []])
+def test_bool_keys_rejected(key, value):
+    assert only_problem([entry(**{key: value})]) == (
+        f"companion 'w': {key} must be True or False, got {value!r}")
+
+
+# -- max_lifetime and watchdog_timeout: positive seconds or None ---------------------------
+
+POSITIVE_KEYS = ("max_lifetime", "watchdog_timeout")
+
+
+@pytest.mark.parametrize("key", POSITIVE_KEYS)
+@pytest.mark.parametrize("value", [None, 1, 0.5, 3600, 1e-3, 10**6])
+def test_positive_seconds_accepted(key, value):
+    expected = None if value is None else float(value)
+    assert validate_optional_positive_seconds(value) == expected
+    got = getattr(_one(entry(**{key: value})), key)
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize("key", POSITIVE_KEYS)
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (0, "must be a positive number of seconds, got 0"),
+        (0.0, "must be a positive number of seconds, got 0.0"),
+        (-1, "must be a non-negative number of seconds, got -1"),
+        (math.inf, "must be a non-negative number of seconds, got inf"),
+        (math.nan, "must be a non-negative number of seconds, got nan"),
+        (True, "must be a number of seconds, got True"),
+        (False, "must be a number of seconds, got False"),
+        ("1h", "must be a number of seconds, got '1h'"),
+        ("60", "must be a number of seconds, got '60'"),
+    ],
+)
+def test_positive_seconds_rejected(key, value, message):
+    assert only_problem([entry(**{key: value})]) == f"companion 'w': {key} {message}"
+
+
+# -- max_lifetime_jitter: seconds >= 0 ---------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 2.5, 600])
+def test_max_lifetime_jitter_accepted(value):
+    got = _one(entry(max_lifetime=60, max_lifetime_jitter=value)).max_lifetime_jitter
+    assert got == float(value) and type(got) is float
+
+
+@pytest.mark.parametrize("value, message", BAD_SECONDS)
+def test_max_lifetime_jitter_rejected(value, message):
+    assert only_problem([entry(max_lifetime_jitter=value)]) == (
+        f"companion 'w': max_lifetime_jitter {message}")
+
+
+def test_max_lifetime_jitter_has_no_global():
+    # not a defaultable key: a companion_max_lifetime_jitter value is just unrelated
+    assert "max_lifetime_jitter" not in DEFAULTABLE_KEYS
+    assert _one(entry(), {"companion_max_lifetime_jitter": 5}).max_lifetime_jitter == 0.0
+
+
+# -- max_memory: validate_size ----------------------------------------------------------------
+
+KiB, MiB, GiB, TiB = 1024, 1024**2, 1024**3, 1024**4
+
+
+@pytest.mark.parametrize(
+    "value, size",
+    [
+        (None, None),
+        (1, 1),
+        (4096, 4096),
+        (2 * GiB, 2 * GiB),
+        ("1", 1),
+        ("100b", 100),
+        ("100B", 100),
+        ("800k", 800 * KiB),
+        ("800K", 800 * KiB),
+        ("800kb", 800 * KiB),
+        ("800KiB", 800 * KiB),
+        ("512MB", 512 * MiB),
+        ("512mb", 512 * MiB),
+        ("512Mb", 512 * MiB),
+        ("512M", 512 * MiB),
+        ("512 MB", 512 * MiB),
+        ("  512MB  ", 512 * MiB),
+        ("512MiB", 512 * MiB),
+        ("1.5G", int(1.5 * GiB)),
+        ("1.5g", int(1.5 * GiB)),
+        ("2GiB", 2 * GiB),
+        ("2gib", 2 * GiB),
+        ("2GIB", 2 * GiB),
+        ("0.5G", 512 * MiB),
+        ("1.1k", 1126),  # whole bytes, rounded down
+        ("1T", TiB),
+        ("3tb", 3 * TiB),
+    ],
+)
+def test_size_accepted(value, size):
+    assert validate_size(value) == size
+    got = _one(entry(max_memory=value)).max_memory
+    assert got == size and (got is None or type(got) is int)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (0, "must be more than 0 bytes, got 0"),
+        (-1, "must be more than 0 bytes, got -1"),
+        ("0", "must be more than 0 bytes, got '0'"),
+        ("0MB", "must be more than 0 bytes, got '0MB'"),
+        ("0.0001k", "must be more than 0 bytes, got '0.0001k'"),  # rounds down to 0 bytes
+        (True, "must be a size like '512MB' or a number of bytes, got True"),
+        (False, "must be a size like '512MB' or a number of bytes, got False"),
+        (1.5, "must be a size like '512MB' or a number of bytes, got 1.5"),
+        (1e9, "must be a size like '512MB' or a number of bytes, got 1000000000.0"),
+        ("12XB", "must be a size like '512MB' or a number of bytes, got '12XB'"),
+        ("", "must be a size like '512MB' or a number of bytes, got ''"),
+        ("   ", "must be a size like '512MB' or a number of bytes, got '   '"),
+        ("MB", "must be a size like '512MB' or a number of bytes, got 'MB'"),
+        ("-5MB", "must be a size like '512MB' or a number of bytes, got '-5MB'"),
+        ("5PB", "must be a size like '512MB' or a number of bytes, got '5PB'"),
+        ("1,5G", "must be a size like '512MB' or a number of bytes, got '1,5G'"),
+        ("1e9", "must be a size like '512MB' or a number of bytes, got '1e9'"),
+        ("5 M B", "must be a size like '512MB' or a number of bytes, got '5 M B'"),
+        (".5G", "must be a size like '512MB' or a number of bytes, got '.5G'"),
+        ("512MBs", "must be a size like '512MB' or a number of bytes, got '512MBs'"),
+        ([512], "must be a size like '512MB' or a number of bytes, got [512]"),
+    ],
+)
+def test_size_rejected(value, message):
+    with pytest.raises(ValueError) as info:
+        validate_size(value)
+    assert str(info.value) == message
+    assert only_problem([entry(max_memory=value)]) == f"companion 'w': max_memory {message}"
+
+
+def test_size_forms_make_equal_specs():
+    assert _one(entry(max_memory="512MB")) == _one(entry(max_memory=512 * MiB)) == _one(
+        entry(max_memory="0.5g"))
+
+
+# -- startretries and max_restart_delay: defaultable ---------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, 0, 1, 3, 1000])
+def test_startretries_accepted(value):
+    assert validate_startretries(value) == value
+    assert _one(entry(startretries=value)).startretries == value
+
+
+@pytest.mark.parametrize("value", [True, False, 1.0, 2.5, -1, "3", [3]])
+def test_startretries_rejected(value):
+    message = f"must be a whole number >= 0 (or None for no limit), got {value!r}"
+    with pytest.raises(ValueError) as info:
+        validate_startretries(value)
+    assert str(info.value) == message
+    assert only_problem([entry(startretries=value)]) == f"companion 'w': startretries {message}"
+    assert only_problem([entry()], {"companion_startretries": value}) == (
+        f"companion_startretries: {message}")
+
+
+def test_defaultable_keys_include_the_crash_loop_knobs():
+    assert set(DEFAULTABLE_KEYS) >= {"startretries", "max_restart_delay"}
+    assert DEFAULTABLE_KEYS["startretries"][1] is None
+    assert DEFAULTABLE_KEYS["max_restart_delay"][1] == 60.0
+
+
+@pytest.mark.parametrize(
+    "values, own, startretries, max_restart_delay",
+    [
+        ({}, {}, None, 60.0),
+        ({"companion_startretries": 3}, {}, 3, 60.0),
+        ({"companion_startretries": 0}, {}, 0, 60.0),
+        ({"companion_max_restart_delay": 120}, {}, None, 120.0),
+        ({"companion_startretries": None, "companion_max_restart_delay": None}, {}, None, 60.0),
+        ({"companion_startretries": 3}, {"startretries": 5}, 5, 60.0),
+        # an own None means "no limit" even when the global sets one
+        ({"companion_startretries": 3}, {"startretries": None}, None, 60.0),
+        ({"companion_max_restart_delay": 120}, {"max_restart_delay": 0}, None, 0.0),
+    ],
+)
+def test_crash_loop_globals(values, own, startretries, max_restart_delay):
+    spec = _one(entry(**own), values)
+    assert (spec.startretries, spec.max_restart_delay) == (startretries, max_restart_delay)
+    assert type(spec.max_restart_delay) is float
+
+
+def test_crash_loop_global_applies_to_every_instance():
+    specs = parse_companions([entry(processes=3)], {"companion_startretries": 2})
+    assert [s.startretries for s in specs] == [2, 2, 2]
+
+
+# -- every problem of the newer keys at once ----------------------------------------------
+
+
+def test_every_newer_key_fault_is_reported_in_key_order():
+    bad = {
+        "name": "w",
+        "target": "pkg.mod:main",
+        "command": "prog 'x",
+        "processes": 0,
+        "autostart": "yes",
+        "singleton": 1,
+        "wait_ready": None,
+        "max_lifetime": 0,
+        "max_lifetime_jitter": -1,
+        "max_memory": "12XB",
+        "watchdog_timeout": True,
+        "max_restart_delay": -5,
+        "startretries": 1.5,
+        "processess": 2,
+    }
+    assert problems_of([bad], {"companion_max_restart_delay": "1m"}) == [
+        "companion_max_restart_delay: must be a number of seconds, got '1m'",
+        "companion 'w': unknown key 'processess' (did you mean 'processes'?)",
+        "companion 'w': has both 'target' and 'command'; use one",
+        "companion 'w': command \"prog 'x\" cannot be split into arguments: No closing quotation",
+        "companion 'w': processes must be a whole number from 1 to 1000, got 0",
+        "companion 'w': autostart must be True or False, got 'yes'",
+        "companion 'w': singleton must be True or False, got 1",
+        "companion 'w': wait_ready must be True or False, got None",
+        "companion 'w': max_lifetime must be a positive number of seconds, got 0",
+        "companion 'w': max_lifetime_jitter must be a non-negative number of seconds, got -1",
+        "companion 'w': max_memory must be a size like '512MB' or a number of bytes, got '12XB'",
+        "companion 'w': watchdog_timeout must be a number of seconds, got True",
+        "companion 'w': max_restart_delay must be a non-negative number of seconds, got -5",
+        "companion 'w': startretries must be a whole number >= 0 (or None for no limit), "
+        "got 1.5",
+    ]
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        pytest.param(entry(), command_entry("prog"), id="target-vs-command"),
+        pytest.param(command_entry("prog a"), command_entry("prog b"), id="command"),
+        pytest.param(entry(), entry(processes=2), id="processes"),
+        pytest.param(entry(), entry(autostart=False), id="autostart"),
+        pytest.param(entry(), entry(singleton=True), id="singleton"),
+        pytest.param(entry(), entry(wait_ready=True), id="wait_ready"),
+        pytest.param(entry(), entry(max_lifetime=60), id="max_lifetime"),
+        pytest.param(entry(), entry(max_lifetime_jitter=5), id="max_lifetime_jitter"),
+        pytest.param(entry(), entry(max_memory="1G"), id="max_memory"),
+        pytest.param(entry(), entry(watchdog_timeout=5), id="watchdog_timeout"),
+        pytest.param(entry(), entry(startretries=3), id="startretries"),
+        pytest.param(entry(), entry(max_restart_delay=5), id="max_restart_delay"),
+    ],
+)
+def test_newer_keys_make_specs_differ(a, b):
+    # a reread must notice any of them changed
+    (sa,), specs_b = parse_companions([a]), parse_companions([b])
+    assert sa != specs_b[0]

@@ -7,7 +7,15 @@ import time
 
 import pytest
 
-from support import Control, alive, children, cmdline, short_socket_path, wait_until
+from support import (
+    Control,
+    alive,
+    children,
+    cmdline,
+    running_code,
+    short_socket_path,
+    wait_until,
+)
 
 
 def control_config(sock, companions, extra=""):
@@ -245,8 +253,12 @@ def test_watchdog_kills_and_restarts_a_companion_that_stops_heartbeating(server,
 
 
 def _live_running(srv, name):
-    """Instances of a companion whose target is running (past its lock)."""
-    return [p for p in srv.starts(name) if alive(p)]
+    """Instances of a companion whose target is running (past its lock, and
+    not yet in exit(), where the kernel has already released the lock)."""
+    # Newest first: an older instance still running when looked at after a
+    # newer one was seen running overlapped it for real, so a sample taken
+    # while one hands over to the other can never count two by accident.
+    return [p for p in reversed(srv.starts(name)) if running_code(p)]
 
 
 def test_two_hot_upgrades_never_run_a_singleton_twice(server, sock_path, tmp_path):

@@ -308,6 +308,11 @@ class CompanionArbiter(Arbiter):
             # The manager rereads and restarts only what changed.
             self.manager.kill(signal.SIGHUP)
 
+    def handle_usr1(self):
+        super().handle_usr1()
+        # logrotate's move-and-signal: the manager writes the companion logs
+        self.manager.kill(signal.SIGUSR1)
+
     def stop(self, graceful=True):
         manager = self.manager
         deadline = time.monotonic() + manager.stop_timeout()

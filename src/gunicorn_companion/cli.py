@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
 
         serve(argv[1:])
         return 0
+    if argv[:1] == ["import-supervisor"]:
+        from .supervisor_import import main as import_main
+
+        return import_main(argv[1:])
     from .ctl import main as control_main
 
     return control_main(argv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from . import protocol
+from .output import TAIL_LINES
 from .spec import suggest
 from .states import PROCESS_STATES, QUIESCENT_STATES, State
 
@@ -148,12 +149,31 @@ def cmd_reread(manager, request, respond: Respond) -> None:
     respond(protocol.ok(message=message, **changes))
 
 
+def cmd_tail(manager, request, respond) -> None:
+    names = resolve(manager, request.name)
+    if not names:
+        return respond(_unknown(manager, request.name))
+    count = request.raw.get("lines", 10)
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= TAIL_LINES:
+        return respond(protocol.error(
+            f'"lines" must be a whole number from 0 to {TAIL_LINES}, got {count!r}'))
+    follow = request.raw.get("follow", False)
+    if not isinstance(follow, bool):
+        return respond(protocol.error(f'"follow" must be true or false, got {follow!r}'))
+    lines = manager.output.tail(names, count)
+    if not follow:
+        return respond(protocol.ok(lines=lines))
+    respond.push(protocol.ok(lines=lines))
+    manager.follow(names, respond)
+
+
 COMMANDS: dict[str, Callable[..., None]] = {
     "status": cmd_status,
     "start": cmd_start,
     "stop": cmd_stop,
     "restart": cmd_restart,
     "reread": cmd_reread,
+    "tail": cmd_tail,
 }
 assert set(COMMANDS) == set(protocol.COMMANDS), "every protocol command needs a handler"
 

@@ -32,6 +32,14 @@ _HELP = {
     "stop": "stop a companion; it stays down until started",
     "restart": "stop a companion, then start it again",
     "reread": "re-read the companion configuration",
+    "tail": "print a companion's latest output lines (-f: keep following)",
+}
+
+# Subcommands that cli.main runs before this parser ever sees them; listed
+# here so that `gunicorn-companion --help` shows them.
+_OTHER_COMMANDS = {
+    "serve": "run Gunicorn with companions (everything after it means what it means to gunicorn)",
+    "import-supervisor": "print companion_workers for the programs of a supervisord.conf",
 }
 
 _STATUS_HEADER = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "MEMORY", "NOTE")
@@ -59,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     request: dict[str, Any] = {"cmd": args.command}
     if COMMANDS[args.command]:
         request["name"] = args.name
+    if args.command == "tail":
+        request["lines"] = args.lines
+        if args.follow:
+            request["follow"] = True
+            return _follow(path, request, args.json)
     try:
         reply = client.call(path, request, timeout=args.timeout)
     except client.ClientError as exc:
@@ -74,9 +87,36 @@ def main(argv: list[str] | None = None) -> int:
         _complain(str(reply.get("error") or "the manager refused the request without a reason"))
         return EXIT_REFUSED
     if not args.json:
-        text = format_status(reply) if args.command == "status" else _message(reply)
+        if args.command == "status":
+            text = format_status(reply)
+        elif args.command == "tail":
+            text = "\n".join(str(line) for line in reply.get("lines") or [])
+        else:
+            text = _message(reply)
         if text:
             print(text)
+    return EXIT_OK
+
+
+def _follow(path: str, request: dict, as_json: bool) -> int:
+    """tail -f: print lines as the manager sends them, until Ctrl-C."""
+    try:
+        for reply in client.stream(path, request):
+            if reply.get("ok") is not True:
+                _complain(str(reply.get("error") or "the manager refused the request"))
+                return EXIT_REFUSED
+            if as_json:
+                print(json.dumps(reply, sort_keys=True), flush=True)
+            else:
+                for line in reply.get("lines") or []:
+                    print(line, flush=True)
+    except client.ClientError as exc:
+        _complain(" ".join(str(exc).split("\n")))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK  # the way to stop following
+    except BrokenPipeError:
+        return EXIT_OK  # piped into head: the reader has had enough
     return EXIT_OK
 
 
@@ -100,7 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
             cmd, parents=[after], help=_HELP.get(cmd), description=_HELP.get(cmd), epilog=_EPILOG
         )
         if needs_name:
-            sub.add_argument("name", metavar="NAME", help="the companion's name")
+            sub.add_argument("name", metavar="NAME",
+                             help="a companion's name, or the name of a group of instances")
+        if cmd == "tail":
+            sub.add_argument("-n", "--lines", type=int, default=10, metavar="LINES",
+                             help="how many of the latest lines (default: 10)")
+            sub.add_argument("-f", "--follow", action="store_true",
+                             help="keep printing new lines until interrupted")
+    for cmd, text in _OTHER_COMMANDS.items():
+        commands.add_parser(cmd, help=text, description=text, add_help=False)
     return parser
 
 

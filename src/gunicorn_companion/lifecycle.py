@@ -275,7 +275,7 @@ def _reconfigure(record: Record, event: Reconfigure, now: float):
         # STARTING/RUNNING -> STOPPING: the old process stops as the old spec
         # says (its stop signal, its reload_timeout); `_exited` starts the new
         stopping, actions = _ask_to_stop(record, now, record.spec.reload_timeout, quick=False)
-        return replace(stopping, next_spec=event.spec, wanted=True), actions
+        return replace(stopping, next_spec=event.spec, wanted=True, failures=0), actions
     if record.state == State.STOPPING:
         return replace(record, next_spec=event.spec), []  # `_exited` swaps it in
     record = replace(record, spec=event.spec, next_spec=None)

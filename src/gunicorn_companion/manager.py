@@ -30,6 +30,7 @@ from typing import Callable
 from . import lifecycle as lc
 from .loading import CompanionConfig, ConfigSources, load_companion_config
 from . import procfs
+from .output import Capture, OutputRouter
 from .spawn import spawn_companion
 from .spec import CompanionSpec, ConfigError
 from .states import PROCESS_STATES, QUIESCENT_STATES, State
@@ -71,6 +72,10 @@ class Manager:
         self.memory_check_interval = memory_check_interval
         self.next_memory_check: float | None = None
         self.memory: dict[str, int] = {}  # unshared bytes at the last check, by name
+        self.output = OutputRouter()
+        self.captures: dict[int, list[Capture]] = {}  # by pid: its output pipes
+        # tail -f clients: [names, newest line sequence sent, responder]
+        self.followers: list[list] = []
         self.sources = sources
         self.title = title
         self.clock = clock
@@ -118,6 +123,10 @@ class Manager:
         self._wakeup_r.close()
         self._wakeup_w.close()
         self._notify_r.close()  # the sending end stays: it is the companion's channel
+        for captures in self.captures.values():
+            for capture in captures:
+                if not capture.closed:
+                    os.close(capture.fd)
         for close in self.extra_fds_to_close:
             close()
 
@@ -203,6 +212,11 @@ class Manager:
             self.shutdown(quick=True)
         elif signum == signal.SIGHUP:
             self.reread()
+        elif signum == signal.SIGUSR1:
+            # Gunicorn's "reopen log files", forwarded by the master: for
+            # logrotate's move-and-signal
+            self.output.reopen()
+            self.log.info("Companion log files reopened")
         # USR1/USR2/TTIN/TTOU/WINCH are the master's business: we only make
         # sure their default action (some terminate) cannot kill the manager.
 
@@ -273,7 +287,12 @@ class Manager:
             # objects created since the last fork join the permanent generation:
             # collections in the companion then leave their pages shared
             gc.freeze()
+        pipes = []
         try:
+            pipes = self.output.pipes_for(spec)
+            # the child must not keep the read ends: close_in_child closes them
+            self.captures[-1] = [Capture(name, stream, read_fd, dest, self.output.ring(name), None)
+                                 for stream, read_fd, _, dest in pipes]
             pid = spawn_companion(
                 spec,
                 self.targets.get(name),
@@ -282,11 +301,26 @@ class Manager:
                 title=self.title,
                 notify_fd=self.notify_w.fileno(),
                 lock_path=self.lock_path(spec),
+                stdout_fd=pipes[0][2],
+                stderr_fd=pipes[1][2] if len(pipes) > 1 else None,
             )
         except OSError as exc:
+            for capture in self.captures.pop(-1, []):
+                capture.finish()
+                self.output.release(capture.destination)
+            for _, _, write_fd, _ in pipes:
+                os.close(write_fd)
             self.apply(name, lc.SpawnFailed(f"{exc.strerror or exc}"
                                             + (f": {exc.filename!r}" if exc.filename else "")))
             return
+        captures = self.captures.pop(-1)
+        for (_, _, write_fd, _), capture in zip(pipes, captures):
+            os.close(write_fd)  # only the companion writes: EOF when it is gone
+            if spec.timestamps:
+                capture.timestamp_format = spec.timestamp_format
+            self.selector.register(capture.fd, selectors.EVENT_READ,
+                                   lambda key, mask, c=capture, p=pid: self._on_output(c, p))
+        self.captures[pid] = captures
         self.pids[pid] = name
         self.apply(name, lc.Spawned(pid, jitter=random.random()))
 
@@ -302,6 +336,45 @@ class Manager:
                 pass  # already exited; its SIGCHLD is on the way
         except PermissionError as exc:
             self.log.error("Cannot signal companion %r (pid %s): %s", action.name, action.pid, exc)
+
+    def _on_output(self, capture: Capture, pid: int) -> None:
+        # An event from this select() batch may be for a pipe an earlier
+        # callback of the same batch has already closed (the reap drains).
+        if capture.closed:
+            return
+        if not capture.read():
+            self._close_capture(capture, pid)
+        self._feed_followers()
+
+    def follow(self, names: list[str], responder) -> None:
+        """Send these companions' new lines to a tail -f client until it leaves."""
+        _, newest = self.output.since(names, -1)
+        self.followers.append([names, newest, responder])
+
+    def _feed_followers(self) -> None:
+        if not self.followers:
+            return
+        still = []
+        for follower in self.followers:
+            names, after, responder = follower
+            if responder.closed:
+                continue
+            lines, follower[1] = self.output.since(names, after)
+            if lines:
+                responder.push({"ok": True, "lines": lines})
+            still.append(follower)
+        self.followers = still
+
+    def _close_capture(self, capture: Capture, pid: int) -> None:
+        """EOF: every writer is gone. Flush a last partial line and let go."""
+        self.selector.unregister(capture.fd)  # before the fd is closed and reused
+        capture.finish()
+        self.output.release(capture.destination)
+        remaining = [c for c in self.captures.get(pid, []) if c is not capture]
+        if remaining:
+            self.captures[pid] = remaining
+        else:
+            self.captures.pop(pid, None)
 
     def reap(self) -> None:
         while True:
@@ -323,6 +396,12 @@ class Manager:
             except (ProcessLookupError, PermissionError):
                 pass
             self.memory.pop(name, None)
+            # its last words reach the file before the exit is handled (and
+            # before a restart could interleave a new process's lines)
+            for capture in list(self.captures.get(pid, [])):
+                if not capture.drain():
+                    self._close_capture(capture, pid)
+            self._feed_followers()
             self.apply(name, lc.Exited(lc.ExitStatus.from_wait_status(status),
                                        jitter=random.random()))
             self._kill_strays()

@@ -28,6 +28,7 @@ COMMANDS: dict[str, bool] = {
     "stop": True,
     "restart": True,
     "reread": False,
+    "tail": True,
 }
 
 # Error messages quote values the peer sent; a 64 KiB name must not turn into a

@@ -136,25 +136,13 @@ class Connection:
             self.send(protocol.error(request.message))
             return
         self.busy = True
-        answered = False
-
-        def respond(reply: dict) -> None:
-            nonlocal answered
-            if answered:
-                return
-            answered, self.busy = True, False
-            self.send(reply)
-            if not in_handler:  # answered later, from the loop: go on with the rest
-                self._pump()
-                self._settle()
-
-        in_handler = True
+        respond = Responder(self)
         try:
             self.server.handle(request, respond)
         except Exception as exc:  # a bug in a handler must not take the manager down
             self.server.log.exception("Control command %r failed", request.cmd)
             respond(protocol.error(f"internal error in {request.cmd!r}: {exc}"))
-        in_handler = False
+        respond.in_handler = False
 
     def send(self, reply: dict) -> None:
         if not self.closed:
@@ -178,6 +166,38 @@ class Connection:
             self.server.selector.unregister(self.sock)
         self.sock.close()
         self.server.connections.discard(self)
+
+
+class Responder:
+    """How a handler answers: ``respond(reply)`` once, at once or later from
+    the loop; ``respond.push(reply)`` for each reply of a stream (tail -f),
+    which ends only when the client goes away (``respond.closed``)."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.answered = False
+        self.in_handler = True
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+    def __call__(self, reply: dict) -> None:
+        if self.answered:
+            return
+        self.answered = True
+        self.conn.busy = False
+        self.conn.send(reply)
+        if not self.in_handler:  # answered later, from the loop: go on with the rest
+            self.conn._pump()
+            self.conn._settle()
+
+    def push(self, reply: dict) -> None:
+        if self.answered or self.conn.closed:
+            return
+        self.conn.send(reply)
+        if not self.in_handler:
+            self.conn._settle()
 
 
 class ControlServer:

@@ -41,6 +41,19 @@ def _int_from_cli(value: Any) -> Any:
     return value
 
 
+def _size_from_cli(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return value
+
+
+def _bool_from_cli(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes",
+                                                             "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    return value
+
+
 def validate_workers(value: Any) -> list:
     # Shape only: the full per-entry check needs the defaults, and collects
     # every problem at once (spec.parse_companions), which Gunicorn's
@@ -128,6 +141,15 @@ _DEFAULT_DOCS = {
                        "mode) or 'inherit' to share the master's."),
     "stderr": ("PATH", "Where a companion's standard error goes: a file path, 'stdout' to merge "
                        "it with standard output, or 'inherit' to share the master's."),
+    "stdout_maxbytes": ("BYTES", "Rotate a companion's stdout file when it would grow past this "
+                                 "size (bytes, or like '50MB'; 0: never)."),
+    "stdout_backups": ("N", "How many rotated stdout files to keep (file.1 ... file.N)."),
+    "stderr_maxbytes": ("BYTES", "Rotate a companion's stderr file when it would grow past this "
+                                 "size (bytes, or like '50MB'; 0: never)."),
+    "stderr_backups": ("N", "How many rotated stderr files to keep (file.1 ... file.N)."),
+    "timestamps": ("BOOL", "Prefix each line a companion writes with the time the manager read "
+                           "it."),
+    "timestamp_format": ("FORMAT", "The strftime format of those timestamps."),
 }
 
 
@@ -146,7 +168,8 @@ def _checked_as_written(check, convert):
 def _defaultable_setting(key: str):
     validator, builtin = spec.DEFAULTABLE_KEYS[key]
     meta, text = _DEFAULT_DOCS[key]
-    convert = {"SECONDS": _from_cli, "N": _int_from_cli}.get(meta, lambda v: v)
+    convert = {"SECONDS": _from_cli, "N": _int_from_cli, "BYTES": _size_from_cli,
+               "BOOL": _bool_from_cli}.get(meta, lambda v: v)
     attrs = {
         "name": f"companion_{key}",
         "section": SECTION,

@@ -16,8 +16,7 @@ from typing import Callable, Iterable
 
 from . import notify
 from .notify import NOTIFY_FD_ENV, WATCHDOG_ENV
-from .spec import INHERIT, MERGE_WITH_STDOUT, CompanionSpec
-from .targets import output_path
+from .spec import CompanionSpec
 
 # Exit status of a companion whose parent was already gone when it checked.
 EXIT_ORPHANED = 70
@@ -106,23 +105,6 @@ def unblock_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
-def open_output(spec: CompanionSpec) -> tuple[int | None, int | None]:
-    """Open the companion's output files in the manager (append mode), so a
-    missing directory or a permission error is reported as a failed start
-    instead of a silent crash. Returns fds for stdout and stderr (None = inherit)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-    out = err = None
-    try:
-        if spec.stdout != INHERIT:
-            out = os.open(output_path(spec, spec.stdout), flags, 0o644)
-        if spec.stderr not in (INHERIT, MERGE_WITH_STDOUT):
-            err = os.open(output_path(spec, spec.stderr), flags, 0o644)
-    except OSError:
-        close_fds(out, err)
-        raise
-    return out, err
-
-
 def close_fds(*fds: int | None) -> None:
     for fd in fds:
         if fd is not None:
@@ -141,17 +123,17 @@ def spawn_companion(
     title: Callable[[str], None],
     notify_fd: int | None = None,
     lock_path: str | None = None,
+    stdout_fd: int | None = None,
+    stderr_fd: int | None = None,
 ) -> int:
-    """Fork one companion; return its pid. The child never returns."""
-    out, err = open_output(spec)
+    """Fork one companion; return its pid. The child never returns.
+
+    ``stdout_fd``/``stderr_fd`` are the write ends of the manager's capture
+    pipes (None: stderr goes where stdout goes)."""
+    out, err = stdout_fd, stderr_fd
     manager_pid = os.getpid()
-    try:
-        pid = fork_blocking_signals()
-    except BaseException:
-        close_fds(out, err)
-        raise
+    pid = fork_blocking_signals()
     if pid:
-        close_fds(out, err)
         # Also set the group from the parent: whichever of the two calls runs
         # first wins, so a stop signal sent to the group right after fork
         # cannot miss the child (the classic shell job-control race).
@@ -208,9 +190,9 @@ def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, t
             os.dup2(out, 1)
         if err is not None:
             os.dup2(err, 2)
-        elif spec.stderr == MERGE_WITH_STDOUT:
-            os.dup2(1, 2)
-        close_fds(out, err)
+        elif out is not None:
+            os.dup2(1, 2)  # one pipe for both: their lines stay in order
+        close_fds(*(fd for fd in (out, err) if fd not in (1, 2)))
         if spec.cwd:
             os.chdir(spec.cwd)
         os.environ.update(dict(spec.env))

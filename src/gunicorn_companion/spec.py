@@ -11,6 +11,7 @@ import math
 import re
 import shlex
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -176,11 +177,13 @@ def validate_command(value: Any) -> tuple[str, ...]:
         raise ValueError(f"must be a list of arguments or a string, got {value!r}")
     if not argv or not argv[0]:
         raise ValueError(f"must name a program to run, got {value!r}")
+    if any("\0" in a for a in argv):
+        raise ValueError(f"arguments must not contain NUL bytes, got {value!r}")
     return tuple(argv)
 
 
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.IGNORECASE)
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?|b)?\s*", re.IGNORECASE)
 
 
 def validate_size(value: Any) -> int | None:
@@ -192,12 +195,35 @@ def validate_size(value: Any) -> int | None:
     if isinstance(value, int):
         size = value
     elif isinstance(value, str) and (match := _SIZE_RE.fullmatch(value)):
-        size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+        size = int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
     else:
         raise ValueError(f"must be a size like '512MB' or a number of bytes, got {value!r}")
     if size <= 0:
         raise ValueError(f"must be more than 0 bytes, got {value!r}")
     return size
+
+
+def validate_maxbytes(value: Any) -> int:
+    """0 (never rotate) or a size like validate_size takes."""
+    if value == 0 and not isinstance(value, bool):
+        return 0
+    return validate_size(value)
+
+
+def validate_backups(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def validate_timestamp_format(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a strftime format like '%Y-%m-%d %H:%M:%S', got {value!r}")
+    try:
+        time.strftime(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid strftime format: {exc}") from None
+    return value
 
 
 # Keys that fall back to a global ``companion_<key>`` setting, with their
@@ -213,6 +239,12 @@ DEFAULTABLE_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "startretries": (validate_startretries, None),
     "stdout": (validate_stdout, INHERIT),
     "stderr": (validate_stderr, INHERIT),
+    "stdout_maxbytes": (validate_maxbytes, 0),
+    "stdout_backups": (validate_backups, 10),
+    "stderr_maxbytes": (validate_maxbytes, 0),
+    "stderr_backups": (validate_backups, 10),
+    "timestamps": (validate_bool, False),
+    "timestamp_format": (validate_timestamp_format, "%Y-%m-%d %H:%M:%S"),
 }
 
 OWN_KEYS: dict[str, Callable[[Any], Any]] = {
@@ -254,6 +286,12 @@ class CompanionSpec:
     startretries: int | None = None
     stdout: str = INHERIT
     stderr: str = INHERIT
+    stdout_maxbytes: int = 0
+    stdout_backups: int = 10
+    stderr_maxbytes: int = 0
+    stderr_backups: int = 10
+    timestamps: bool = False
+    timestamp_format: str = "%Y-%m-%d %H:%M:%S"
     group: str = ""  # the configured name; "" means the same as name
     instance: int = 0
     processes: int = 1

@@ -141,3 +141,39 @@ def grower():
     hog[::4096] = b"\x01" * len(hog[::4096])
     while True:
         signal.pause()
+
+
+def burster():
+    """Writes BURST_LINES numbered lines as fast as it can, to both streams."""
+    _record_start()
+    count = int(os.environ.get("BURST_LINES", "20000"))
+    pad = "x" * 80
+    out = sys.stdout
+    for i in range(count):
+        out.write(f"line {i:07d} {pad}\n")
+        if i % 1000 == 0:
+            print(f"err {i:07d}", file=sys.stderr)
+    out.flush()
+    sys.stderr.flush()
+    _note(f"{os.environ['GUNICORN_COMPANION_NAME']}.done", os.getpid())
+    while True:
+        signal.pause()
+
+
+def last_words():
+    """Says hello and goodbye, then crashes; the goodbye must precede the next hello."""
+    _record_start()
+    print(f"hello {os.getpid()}", flush=True)
+    time.sleep(0.05)
+    print(f"bye {os.getpid()}", end="", flush=True)  # no newline: the manager adds it
+    os._exit(3)
+
+
+def talker():
+    """Prints a numbered line every 50 ms."""
+    _record_start()
+    i = 0
+    while True:
+        print(f"talk {i}", flush=True)
+        i += 1
+        time.sleep(0.05)
