@@ -4,7 +4,6 @@ import subprocess
 import textwrap
 
 import pytest
-
 from support import Server
 
 GOOD = '{"name": "ok", "target": "compapp:sleeper"}'

@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 import pytest
-
-from support import Control, Server, alive, session_members, short_socket_path, wait_until
+from support import Control, Server, alive, short_socket_path, wait_until
 
 CLI = [sys.executable, "-m", "gunicorn_companion"]
 
@@ -122,7 +121,8 @@ def test_restart_replaces_the_process(ctl):
 def test_restart_kills_a_companion_that_outlives_reload_timeout(server, sock_path):
     srv = server(config(sock_path, companions="""[
         {"name": "stubborn", "target": "compapp:stubborn", "startsecs": 0,
-         "reload_timeout": 0.3, "stop_timeout": 60}]""", extra="companion_manager_stop_timeout = 1"))
+         "reload_timeout": 0.3, "stop_timeout": 60}]""",
+        extra="companion_manager_stop_timeout = 1"))
     old, = srv.wait_starts("stubborn")
     conn = Control(sock_path)
     reply = conn.request({"cmd": "restart", "name": "stubborn"})

@@ -6,7 +6,6 @@ import signal
 import time
 
 import pytest
-
 from support import alive, children, cmdline, smaps_rollup, wait_until
 
 SLEEPERS = """
@@ -28,7 +27,7 @@ def test_boot_forks_one_manager_that_forks_each_companion(server):
     assert sorted(children(manager)) == sorted([alpha, beta])
     assert manager in children(srv.pid)
     assert "companion alpha [" in cmdline(alpha)
-    srv.wait_log("companion 'alpha' (pid %d) is RUNNING" % alpha)
+    srv.wait_log(f"companion 'alpha' (pid {alpha}) is RUNNING")
     assert b"hello from the web" in srv.http_get()
     srv.signal(signal.SIGTERM)
     assert srv.wait_exit() == 0

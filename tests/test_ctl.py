@@ -129,7 +129,8 @@ def test_format_status_aligns_columns():
         "scheduler  RUNNING   4242  3m12s   0         -          -\n"
         "q          BACKOFF   -     -       12        exit 1     -\n"
         "socketio   STOPPED   -     -       3         SIGKILL    -\n"
-        "beat       STARTING  77    2s      0         -          5.5M    waiting for singleton lock\n"
+        "beat       STARTING  77    2s      0         -          5.5M    "
+        "waiting for singleton lock\n"
         "rq:0       RUNNING   78    2s      1         SIGTERM    812K    "
         "last restart: max_lifetime reached"
     )

@@ -7,7 +7,6 @@ import textwrap
 
 import gunicorn
 import pytest
-
 from support import SERVE, Server, children, cmdline, wait_until
 
 GUNICORN_MAJOR = int(gunicorn.__version__.split(".")[0])

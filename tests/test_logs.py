@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from support import Control, short_socket_path, wait_until
 
 CLI = [sys.executable, "-m", "gunicorn_companion"]
@@ -62,7 +61,7 @@ def test_a_crashing_companions_last_words_come_before_its_restart(server, sock_p
     pids = srv.wait_starts("w", 4)
     wait_until(lambda: f"bye {pids[2]}" in out.read_text())
     lines = out.read_text().splitlines()
-    for first, second in zip(pids, pids[1:3]):
+    for first, second in zip(pids[:2], pids[1:3], strict=True):
         assert lines.index(f"bye {first}") < lines.index(f"hello {second}")
         assert lines.index(f"hello {first}") < lines.index(f"bye {first}")
 

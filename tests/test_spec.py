@@ -37,6 +37,8 @@ from gunicorn_companion.spec import (
     validate_target,
 )
 
+MISSING_TARGET = "missing 'target' (a 'module:callable') or 'command' (a program to run)"
+
 # Seconds that may be 0 and fall back to a companion_<key> global.
 TIMEOUT_KEYS = ("stop_timeout", "reload_timeout", "startsecs", "restart_delay",
                 "max_restart_delay")
@@ -211,12 +213,10 @@ def test_known_keys():
     "bad, problems",
     [
         pytest.param(entry(name=_DROP), ["companion_workers[0]: missing 'name'"], id="no-name"),
-        pytest.param(entry(target=_DROP), ["companion 'w': missing 'target' (a 'module:callable') or 'command' "
-        "(a program to run)"], id="no-target"),
+        pytest.param(entry(target=_DROP), ["companion 'w': " + MISSING_TARGET], id="no-target"),
         pytest.param(
             {},
-            ["companion_workers[0]: missing 'name'", "companion_workers[0]: missing 'target' (a 'module:callable') or 'command' "
-        "(a program to run)"],
+            ["companion_workers[0]: missing 'name'", "companion_workers[0]: " + MISSING_TARGET],
             id="empty-dict",
         ),
         pytest.param(
@@ -741,7 +741,7 @@ def test_global_change_affects_only_companions_that_use_it():
     entries = [entry(name="uses"), entry(name="own", restart_delay=2)]
     before = parse_companions(entries, {"companion_restart_delay": 1})
     after = parse_companions(entries, {"companion_restart_delay": 4})
-    assert [b == a for b, a in zip(before, after)] == [False, True]
+    assert [b == a for b, a in zip(before, after, strict=True)] == [False, True]
 
 
 # -- ConfigError -------------------------------------------------------------------

@@ -6,7 +6,6 @@ import signal
 import time
 
 import pytest
-
 from support import (
     Control,
     alive,
@@ -133,7 +132,8 @@ def test_exec_companion_runs_a_program_with_the_usual_setup(server, sock_path, t
         {{"name": "sh", "command": ["sh", "-c",
           "echo $$ >> $COMPANION_STATE/sh.starts; echo name=$GUNICORN_COMPANION_NAME x=$X; "
           "exec sleep 1000"], "env": {{"X": "1"}}, "stdout": {str(out)!r}}},
-        {{"name": "str", "command": "sh -c 'echo $$ >> $COMPANION_STATE/str.starts; exec sleep 999'"}},
+        {{"name": "str",
+          "command": "sh -c 'echo $$ >> $COMPANION_STATE/str.starts; exec sleep 999'"}},
     ]"""))
     pid, = srv.wait_starts("sh")
     srv.wait_starts("str")
@@ -275,7 +275,7 @@ def test_two_hot_upgrades_never_run_a_singleton_twice(server, sock_path, tmp_pat
         beats_before = len(srv.starts("beat"))
         os.kill(master, signal.SIGUSR2)
         new_master = srv.until(
-            lambda: next((p for p in children(master) if "master" in cmdline(p)
+            lambda master=master: next((p for p in children(master) if "master" in cmdline(p)
                           and p not in (srv.pid,)), None), message="the new master")
         # the new master's non-singleton starts at once; its singleton waits
         srv.wait_starts("web2", round_ + 1)
@@ -293,7 +293,7 @@ def test_two_hot_upgrades_never_run_a_singleton_twice(server, sock_path, tmp_pat
         started_at = time.monotonic()
         most = max(most, len(_live_running(srv, "beat")))
         handoffs.append(started_at - (died_at or started_at))
-        wait_until(lambda: not alive(master), message="the old master to exit")
+        wait_until(lambda master=master: not alive(master), message="the old master to exit")
         master = new_master
         # Gunicorn refuses USR2 until the new master has noticed its promotion
         srv.wait_log("Master has been promoted.", count=round_)

@@ -172,4 +172,4 @@ def serve(argv: list[str]) -> None:
     # Keep `serve` in sys.argv so Gunicorn's USR2 re-exec runs this command again.
     if sys.argv[1:2] != ["serve"] or sys.argv[2:] != argv:
         sys.argv = [sys.argv[0], "serve", *argv]
-    CompanionWSGIApplication(f"%(prog)s [OPTIONS] [APP_MODULE]", prog=SERVE_PROG).run()
+    CompanionWSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]", prog=SERVE_PROG).run()

@@ -24,11 +24,11 @@ from gunicorn import util
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 
-from .loading import CompanionConfig, ConfigSources, load_companion_config
+from . import procfs
 from .commands import dispatch
+from .loading import CompanionConfig, ConfigSources, load_companion_config
 from .manager import Manager
 from .server import ControlServer, ControlSocketError
-from . import procfs
 from .spawn import (
     become_subreaper,
     fork_blocking_signals,

@@ -7,7 +7,7 @@ companion has stopped). It never blocks.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from . import protocol
 from .output import TAIL_LINES

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable, Union
 
 from .spec import CompanionSpec
 from .states import PROCESS_STATES, STARTABLE_STATES, State
@@ -122,8 +122,8 @@ class Tick:
     """The record's deadline has passed."""
 
 
-Event = Union[Start, Stop, Restart, Reconfigure, Spawned, SpawnFailed, Exited, Tick, Notified,
-              Recycle]
+Event = (Start | Stop | Restart | Reconfigure | Spawned | SpawnFailed | Exited | Tick | Notified
+         | Recycle)
 
 
 # -- actions -----------------------------------------------------------------
@@ -147,7 +147,7 @@ class Log:
     message: str
 
 
-Action = Union[Spawn, Kill, Log]
+Action = Spawn | Kill | Log
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,9 @@ def _rearm(record: Record) -> Record:
     return replace(record, deadline=min(times) if times else None)
 
 
-def _ask_to_stop(record: Record, now: float, timeout: float, quick: bool) -> tuple[Record, list[Action]]:
+def _ask_to_stop(
+    record: Record, now: float, timeout: float, quick: bool
+) -> tuple[Record, list[Action]]:
     # STARTING/RUNNING -> STOPPING
     assert record.state in PROCESS_STATES and record.pid is not None, record
     record = replace(record, lifetime_at=None, watchdog_at=None, waiting=None)

@@ -12,8 +12,9 @@ import importlib
 import os
 import runpy
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .spec import DEFAULTABLE_KEYS, CompanionSpec, ConfigError, parse_companions, suggest
 

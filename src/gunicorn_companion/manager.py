@@ -25,11 +25,11 @@ import selectors
 import signal
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from . import lifecycle as lc
-from .loading import CompanionConfig, ConfigSources, load_companion_config
 from . import procfs
+from .loading import CompanionConfig, ConfigSources, load_companion_config
 from .output import Capture, OutputRouter
 from .spawn import spawn_companion
 from .spec import CompanionSpec, ConfigError
@@ -42,7 +42,7 @@ HANDLED_SIGNALS = (
 )
 
 
-def _record_only(signum, frame):  # noqa: ARG001
+def _record_only(signum, frame):
     """The C handler already wrote ``signum`` to the wakeup socket: nothing to do."""
 
 
@@ -314,7 +314,7 @@ class Manager:
                                             + (f": {exc.filename!r}" if exc.filename else "")))
             return
         captures = self.captures.pop(-1)
-        for (_, _, write_fd, _), capture in zip(pipes, captures):
+        for (_, _, write_fd, _), capture in zip(pipes, captures, strict=True):
             os.close(write_fd)  # only the companion writes: EOF when it is gone
             if spec.timestamps:
                 capture.timestamp_format = spec.timestamp_format

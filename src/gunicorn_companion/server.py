@@ -16,7 +16,7 @@ import selectors
 import socket
 import stat
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from . import protocol
 

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from . import notify
 from .notify import NOTIFY_FD_ENV, WATCHDOG_ENV

@@ -12,8 +12,9 @@ import re
 import shlex
 import signal
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 INHERIT = "inherit"
 MERGE_WITH_STDOUT = "stdout"

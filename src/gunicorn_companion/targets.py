@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
-from typing import Callable
+from collections.abc import Callable
 
 from .spec import INHERIT, MERGE_WITH_STDOUT, CompanionSpec, ConfigError
 
