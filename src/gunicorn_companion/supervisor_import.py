@@ -1,0 +1,905 @@
+"""``gunicorn-companion import-supervisor``: supervisord config to companions.
+
+Reads a supervisord configuration (following ``[include]``) and writes a
+``companion_workers = [...]`` block for gunicorn.conf.py, one dict per
+``[program:x]`` section. Whatever has no equivalent here is written next to
+the companion it belongs to (or at the top, for file-level sections) as a
+``#`` comment: nothing is dropped silently.
+
+Pure apart from reading the files: ``convert()`` returns the text, ``main()``
+prints it. The file is read the way supervisord reads it: an INI file whose
+keys are case-insensitive, where ``;`` and ``#`` start a comment at the start
+of a line or after whitespace, and whose values may use ``%(name)s``
+expansions (``%(ENV_X)s``, ``%(here)s``, ``%(program_name)s``,
+``%(process_num)02d``...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import difflib
+import glob
+import os
+import re
+import shlex
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PROG = "gunicorn-companion import-supervisor"
+
+# The keys a converted companion may have, in the order they are written.
+OUTPUT_KEYS = (
+    "name",
+    "command",
+    "cwd",
+    "env",
+    "processes",
+    "autostart",
+    "startsecs",
+    "startretries",
+    "stop_signal",
+    "stop_timeout",
+    "stdout",
+    "stdout_maxbytes",
+    "stdout_backups",
+    "stderr",
+    "stderr_maxbytes",
+    "stderr_backups",
+)
+
+# [program:x] keys that have no equivalent, with the reason given in the comment.
+NOT_CARRIED_OVER = {
+    "user": "companions run as the user Gunicorn runs as",
+    "umask": "companions inherit Gunicorn's umask",
+    "priority": "companions start in the order they are listed",
+    "exitcodes": "companions have no expected exit codes: one that exits is restarted",
+    "stopasgroup": "companions always stop as a group",
+    "killasgroup": "companions always stop as a group",
+    "serverurl": "there is no supervisord XML-RPC server for the program to call",
+    "stdout_capture_maxbytes": "there is no capture mode or event listener",
+    "stderr_capture_maxbytes": "there is no capture mode or event listener",
+    "stdout_events_enabled": "there are no log events or event listeners",
+    "stderr_events_enabled": "there are no log events or event listeners",
+    "stdout_syslog": "output cannot go to syslog yet",
+    "stderr_syslog": "output cannot go to syslog yet",
+}
+
+# [program:x] keys this converter reads (or explains) itself.
+HANDLED_KEYS = (
+    "command",
+    "process_name",
+    "numprocs",
+    "numprocs_start",
+    "directory",
+    "environment",
+    "autostart",
+    "autorestart",
+    "startsecs",
+    "startretries",
+    "stopsignal",
+    "stopwaitsecs",
+    "redirect_stderr",
+    "stdout_logfile",
+    "stdout_logfile_maxbytes",
+    "stdout_logfile_backups",
+    "stderr_logfile",
+    "stderr_logfile_maxbytes",
+    "stderr_logfile_backups",
+)
+
+PROGRAM_KEYS = HANDLED_KEYS + tuple(NOT_CARRIED_OVER)
+
+# File-level sections: what becomes of them, for the comments at the top.
+SERVER_SECTIONS = {
+    "supervisord": "settings of supervisord itself",
+    "unix_http_server": "supervisord's control server; see companion_control_socket",
+    "inet_http_server": "supervisord's control server; see companion_control_socket",
+    "supervisorctl": "settings of supervisorctl; use `gunicorn-companion -s SOCKET status`",
+}
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+_SIZE_SUFFIXES = {"kb": 1024, "mb": 1024**2, "gb": 1024**3}
+
+# %% or %(name)<printf spec>; a lone '%' matches the empty alternative.
+_EXPANSION_RE = re.compile(
+    r"%(?:%|\((?P<name>[^()]*)\)(?P<spec>[#0 +-]*\d*(?:\.\d+)?[diouxXeEfFgGcrsa])?|)"
+)
+_NAME_CHAR_RE = re.compile(r"[^A-Za-z0-9_.@-]")
+_NAME_MAX = 64
+
+
+class SupervisorConfigError(Exception):
+    """A file could not be read or parsed; the message is one line naming it."""
+
+    def __init__(self, message: str):
+        super().__init__(_one_line(message))
+
+
+# -- small parsers, each pinned by table tests -----------------------------------
+
+
+def parse_bool(value: str) -> bool:
+    """supervisord's booleans: true/false, yes/no, on/off, 1/0 (any case)."""
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{value!r} is not a boolean (true/false, yes/no, on/off, 1/0)")
+
+
+def parse_size(value: str) -> int:
+    """supervisord's byte sizes: "1024", "1KB", "50MB", "1GB" (units of 1024)."""
+    text = value.strip().lower()
+    multiplier = 1
+    if text[-2:] in _SIZE_SUFFIXES:
+        multiplier = _SIZE_SUFFIXES[text[-2:]]
+        text = text[:-2].strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"{value!r} is not a size (a number of bytes, or like '50MB', '1KB')")
+    return int(text) * multiplier
+
+
+def parse_count(value: str) -> int:
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"{value!r} is not a whole number >= 0")
+    return int(text)
+
+
+def parse_seconds(value: str) -> int | float:
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return int(text)
+    try:
+        number = float(text)
+    except ValueError:
+        number = -1.0
+    if not (0 <= number < float("inf")):
+        raise ValueError(f"{value!r} is not a number of seconds")
+    return number
+
+
+def parse_signal(value: str) -> str:
+    """"TERM", "SIGTERM", "term" or "15" -> "SIGTERM"."""
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        try:
+            return signal.Signals(int(text)).name
+        except ValueError:
+            raise ValueError(f"{value!r} is not a signal number on this system") from None
+    name = text.upper().removeprefix("SIG")
+    if not name or not isinstance(getattr(signal.Signals, "SIG" + name, None), signal.Signals):
+        raise ValueError(f"{value!r} is not a signal name")
+    return "SIG" + name
+
+
+def parse_environment(value: str) -> dict[str, str]:
+    """supervisord's ``environment=``: ``KEY="value",KEY2='v,2',KEY3=plain``.
+
+    Pairs are separated by commas outside quotes. Double quotes allow ``\\"``
+    and ``\\\\`` escapes, single quotes none, and a backslash outside quotes
+    escapes the next character (POSIX shell rules). Whitespace around an
+    unquoted key or value is dropped.
+    """
+    pairs: dict[str, str] = {}
+    pos, end = 0, len(value)
+    while pos < end:
+        while pos < end and (value[pos].isspace() or value[pos] == ","):
+            pos += 1
+        if pos >= end:
+            break
+        key, pos, stop = _env_word(value, pos, "=,")
+        if stop != "=":
+            raise ValueError(f"expected KEY=VALUE, got {key!r}")
+        if not key or any(c.isspace() for c in key):
+            raise ValueError(f"{key!r} is not a variable name")
+        val, pos, _ = _env_word(value, pos + 1, ",")
+        pairs[key] = val
+    return pairs
+
+
+def _env_word(text: str, pos: int, stops: str) -> tuple[str, int, str]:
+    """Read from ``pos`` up to an unquoted character of ``stops`` (or the end).
+
+    Returns (the word, the stop's position, the stop or ""), trimming the
+    unquoted whitespace at both ends.
+    """
+    chars: list[tuple[str, bool]] = []  # (character, quoted)
+    end = len(text)
+    while pos < end:
+        c = text[pos]
+        if c in stops:
+            break
+        if c in "\"'":
+            close = pos + 1
+            while close < end and text[close] != c:
+                escaped = close + 1 < end and text[close + 1] in '"\\'
+                if c == '"' and text[close] == "\\" and escaped:
+                    close += 1
+                chars.append((text[close], True))
+                close += 1
+            if close >= end:
+                raise ValueError(f"no closing quotation ({c}) in {text!r}")
+            pos = close + 1
+            continue
+        if c == "\\" and pos + 1 < end:
+            chars.append((text[pos + 1], True))
+            pos += 2
+            continue
+        chars.append((c, False))
+        pos += 1
+    while chars and not chars[0][1] and chars[0][0].isspace():
+        chars.pop(0)
+    while chars and not chars[-1][1] and chars[-1][0].isspace():
+        chars.pop()
+    stop = text[pos] if pos < end else ""
+    return "".join(c for c, _ in chars), pos, stop
+
+
+def sanitize_name(name: str) -> str:
+    """A program name to a valid companion name: letters, digits and '_.@-',
+    starting with a letter or digit, at most 64 characters."""
+    cleaned = _NAME_CHAR_RE.sub("_", name).lstrip("_.@-")[:_NAME_MAX]
+    return cleaned or "program"
+
+
+# -- %(name)s expansions -----------------------------------------------------------
+
+
+@dataclass
+class Expander:
+    """Expands supervisord's ``%(name)s`` strings, keeping whatever it cannot
+    resolve as literal text and remembering it for a comment."""
+
+    names: dict[str, Any]
+    env: Mapping[str, str]
+    per_instance: dict[str, Any] = field(default_factory=dict)
+    unresolved: list[tuple[str, str, str]] = field(default_factory=list)  # key, text, why
+    instance_keys: list[str] = field(default_factory=list)
+    env_used: list[str] = field(default_factory=list)
+
+    def expand(self, text: str, key: str) -> str:
+        return _EXPANSION_RE.sub(lambda match: self._one(match, key), text)
+
+    def _one(self, match: re.Match[str], key: str) -> str:
+        text = match.group(0)
+        if text == "%%":
+            return "%"
+        name, spec = match.group("name"), match.group("spec")
+        if name is None or spec is None:
+            self._keep(key, text, "is not a complete %(name)s expansion")
+            return text
+        if name in self.per_instance:
+            if key not in self.instance_keys:
+                self.instance_keys.append(key)
+            return text
+        if name.startswith("ENV_"):
+            variable = name[4:]
+            if variable not in self.env:
+                self._keep(key, text, f"{variable} is not set in the environment")
+                return text
+            value: Any = self.env[variable]
+            if variable not in self.env_used:
+                self.env_used.append(variable)
+        elif name in self.names:
+            value = self.names[name]
+        else:
+            self._keep(key, text, "names nothing supervisord can expand here")
+            return text
+        try:
+            return ("%" + spec) % (value,)
+        except (TypeError, ValueError):
+            self._keep(key, text, f"cannot format {value!r} that way")
+            return text
+
+    def _keep(self, key: str, text: str, why: str) -> None:
+        entry = (key, text, why)
+        if entry not in self.unresolved:
+            self.unresolved.append(entry)
+
+
+# -- reading the files ---------------------------------------------------------------
+
+
+@dataclass
+class Section:
+    header: str
+    file: str  # absolute path of the file that defined it (last one, if merged)
+    shown: str  # that file as the header comment names it
+    values: dict[str, str]
+    also_in: list[str] = field(default_factory=list)  # display names of other files
+
+
+@dataclass
+class Config:
+    sections: dict[str, Section]
+    files: list[str]  # display names, in the order read
+    notes: list[str]  # file-level comments
+
+
+class _Reader:
+    def __init__(self, path: str, environ: Mapping[str, str]):
+        self.given = path
+        self.environ = environ
+        self.sections: dict[str, Section] = {}
+        self.files: list[str] = []
+        self.notes: list[str] = []
+        self.read: set[str] = set()
+
+    def display(self, absolute: str) -> str:
+        if os.path.isabs(self.given):
+            return absolute
+        return os.path.relpath(absolute)
+
+    def run(self) -> Config:
+        absolute = os.path.abspath(self.given)
+        self.read_file(absolute, self.given, [])
+        return Config(self.sections, self.files, self.notes)
+
+    def read_file(self, absolute: str, shown: str, stack: list[str]) -> None:
+        real = os.path.realpath(absolute)
+        self.read.add(real)
+        self.files.append(shown)
+        parser = _parse(absolute, shown)
+        for header in parser.sections():
+            values = dict(parser.items(header, raw=True))
+            if header in self.sections:
+                section = self.sections[header]
+                section.also_in.append(shown)
+                section.values.update(values)
+                section.file = absolute
+                section.shown = shown
+            else:
+                self.sections[header] = Section(header, absolute, shown, values)
+        if parser.has_section("include"):
+            self.follow_includes(parser, absolute, shown, stack + [real])
+
+    def follow_includes(
+        self, parser: configparser.RawConfigParser, absolute: str, shown: str, stack: list[str]
+    ) -> None:
+        if not parser.has_option("include", "files"):
+            self.notes.append(f"[include] in {shown} has no files= setting; nothing included")
+            return
+        here = os.path.dirname(absolute)
+        expander = Expander({"here": here}, self.environ)
+        patterns = expander.expand(parser.get("include", "files", raw=True), "files").split()
+        for _key, text, why in expander.unresolved:
+            self.notes.append(f"[include] in {shown}: {text} left as is ({why})")
+        for pattern in patterns:
+            matches = sorted(glob.glob(os.path.join(here, pattern)))
+            if not matches:
+                self.notes.append(f"[include] in {shown}: {pattern!r} matches no file")
+            for match in matches:
+                match = os.path.abspath(match)
+                real = os.path.realpath(match)
+                if real in stack:
+                    self.notes.append(
+                        f"[include] in {shown}: include loop: {self.display(match)} "
+                        "is already being read; not read again"
+                    )
+                elif real in self.read:
+                    self.notes.append(
+                        f"[include] in {shown}: {self.display(match)} was already read; "
+                        "not read again"
+                    )
+                elif os.path.isdir(match):
+                    self.notes.append(
+                        f"[include] in {shown}: {self.display(match)} is a directory; skipped"
+                    )
+                else:
+                    self.read_file(match, self.display(match), stack)
+
+
+def _parse(absolute: str, shown: str) -> configparser.RawConfigParser:
+    try:
+        with open(absolute, encoding="utf-8") as fp:
+            text = fp.read()
+    except FileNotFoundError:
+        raise SupervisorConfigError(f"{shown}: no such file") from None
+    except IsADirectoryError:
+        raise SupervisorConfigError(f"{shown}: is a directory, not a file") from None
+    except PermissionError:
+        raise SupervisorConfigError(f"{shown}: permission denied") from None
+    except UnicodeDecodeError as exc:
+        raise SupervisorConfigError(f"{shown}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise SupervisorConfigError(f"{shown}: cannot read: {exc.strerror or exc}") from None
+    _check_section_headers(text, shown)
+    # Like supervisord's own parser: no interpolation (it expands %(...)s
+    # itself), inline comments after whitespace, repeated sections merged.
+    parser = configparser.RawConfigParser(
+        inline_comment_prefixes=(";", "#"), strict=False, default_section="DEFAULT"
+    )
+    try:
+        parser.read_string(text, source=shown)
+    except configparser.MissingSectionHeaderError as exc:
+        raise SupervisorConfigError(
+            f"{shown}, line {exc.lineno}: text before the first [section] header: "
+            f"{_one_line(exc.line.strip())}"
+        ) from None
+    except configparser.ParsingError as exc:
+        lineno, line = exc.errors[0]
+        more = f" (and {len(exc.errors) - 1} more bad lines)" if len(exc.errors) > 1 else ""
+        raise SupervisorConfigError(
+            f"{shown}, line {lineno}: not a 'key = value' line: {_one_line(line)}{more}"
+        ) from None
+    except configparser.Error as exc:
+        raise SupervisorConfigError(f"{shown}: {_one_line(str(exc))}") from None
+    return parser
+
+
+def _check_section_headers(text: str, shown: str) -> None:
+    """Reject a malformed ``[section`` line that configparser would otherwise
+    take for a key; the header is then read the way configparser reads it."""
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.startswith("["):
+            continue
+        content = re.split(r"\s[;#]", line, maxsplit=1)[0].strip()
+        match = configparser.RawConfigParser.SECTCRE.match(content)
+        if match is None:
+            raise SupervisorConfigError(
+                f"{shown}, line {lineno}: bad section header: {_one_line(line.strip())}"
+            )
+        kind, colon, name = match.group("header").partition(":")
+        if colon and not name.strip():
+            raise SupervisorConfigError(
+                f"{shown}, line {lineno}: section [{kind}:] has no name"
+            )
+
+
+# -- one program to one companion -----------------------------------------------------
+
+
+@dataclass
+class Companion:
+    header: str
+    origin: str  # the file it came from, as shown
+    fields: dict[str, Any]
+    notes: list[str]
+
+
+def _program_companion(
+    section: Section,
+    program: str,
+    name: str,
+    group: str | None,
+    base_env: Mapping[str, str],
+    global_env: Mapping[str, str],
+) -> Companion:
+    values = section.values
+    fields: dict[str, Any] = {"name": name}
+    notes: list[str] = []
+    if name != program:
+        notes.append(f"name: {program!r} is not a valid companion name; renamed to {name!r}")
+    if group:
+        notes.append(
+            f"was in supervisord's [group:{group}]; companions have no groups: "
+            "control it by its own name"
+        )
+
+    here = os.path.dirname(section.file)
+    names: dict[str, Any] = {
+        "program_name": program,
+        "group_name": group or program,
+        "here": here,
+        "host_node_name": socket.gethostname(),
+    }
+    expander = Expander(names, dict(base_env))
+
+    def raw(key: str) -> str | None:
+        return values.get(key)
+
+    def expanded(key: str) -> str | None:
+        value = values.get(key)
+        return None if value is None else expander.expand(value, key)
+
+    def parsed(key: str, parse: Any) -> Any:
+        value = expanded(key)
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as exc:
+            notes.append(f"{key}={_one_line(value)}: {exc}; not carried over")
+            return None
+
+    # numprocs first: it decides whether %(process_num)d can be resolved.
+    numprocs = parsed("numprocs", parse_count)
+    if numprocs == 0:
+        notes.append("numprocs=0: supervisord needs at least 1; taken as 1")
+    numprocs = numprocs or 1
+    start = parsed("numprocs_start", parse_count) or 0
+    if numprocs > 1:
+        expander.per_instance["process_num"] = None
+    else:
+        names["process_num"] = start
+    names["numprocs"] = numprocs
+
+    # environment= is expanded with supervisord's environment only; the
+    # program's own variables then join the ENV_ expansions of its other keys
+    # (as supervisord 4.2 does).
+    env = dict(global_env)
+    env_text = expanded("environment")
+    if env_text is not None:
+        try:
+            env.update(parse_environment(env_text))
+        except ValueError as exc:
+            notes.append(f"environment={_one_line(env_text)}: {exc}; not carried over")
+    expander.env = {**base_env, **env}
+
+    command = expanded("command")
+    if command is None:
+        notes.append("no command= in this section: supervisord would refuse it; add one")
+    else:
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            argv = []
+            notes.append(f"command={_one_line(command)} cannot be split: {exc}; fix it by hand")
+        else:
+            if not argv:
+                notes.append("command= is empty; add one")
+        if argv:
+            fields["command"] = argv
+            if _runs_gunicorn(argv):
+                notes.append(
+                    "this program runs Gunicorn itself: if it is the Gunicorn these companions "
+                    "will run under, leave this entry out"
+                )
+
+    directory = expanded("directory")
+    if directory is not None:
+        if directory:
+            fields["cwd"] = directory
+        else:
+            notes.append("directory= is empty; not carried over")
+    if env:
+        fields["env"] = env
+
+    if numprocs > 1:
+        fields["processes"] = numprocs
+        if start:
+            notes.append(
+                f"numprocs_start={start}: instance numbers (GUNICORN_COMPANION_INSTANCE) "
+                "start at 0 here"
+            )
+    elif raw("numprocs_start") is not None and start:
+        notes.append(f"numprocs_start={start}: %(process_num)d was taken as {start}")
+    process_name = raw("process_name")
+    if process_name is not None and process_name.strip() != "%(program_name)s":
+        if numprocs > 1:
+            instances = f"{name}:0 to {name}:{numprocs - 1}"
+            notes.append(
+                f"process_name={_one_line(process_name)}: not carried over; "
+                f"the instances are named {instances}"
+            )
+        else:
+            notes.append(
+                f"process_name={_one_line(process_name)}: not carried over; "
+                f"the companion is named {name!r}"
+            )
+
+    autostart = parsed("autostart", parse_bool)
+    if autostart is not None:
+        fields["autostart"] = autostart
+    startsecs = parsed("startsecs", parse_seconds)
+    if startsecs is not None:
+        fields["startsecs"] = startsecs
+    startretries = parsed("startretries", parse_count)
+    if startretries is not None:
+        fields["startretries"] = startretries
+    stop_signal = parsed("stopsignal", parse_signal)
+    if stop_signal is not None:
+        fields["stop_signal"] = stop_signal
+    stop_timeout = parsed("stopwaitsecs", parse_seconds)
+    if stop_timeout is not None:
+        fields["stop_timeout"] = stop_timeout
+
+    autorestart = expanded("autorestart")
+    if autorestart is not None:
+        text = autorestart.strip().lower()
+        if text == "unexpected" or (text in _TRUE):
+            pass  # companions are restarted whenever they exit
+        elif text in _FALSE:
+            notes.append(
+                f"autorestart={_one_line(autorestart)}: not carried over; "
+                "companions are always restarted when they exit"
+            )
+        else:
+            notes.append(
+                f"autorestart={_one_line(autorestart)}: not true, false or unexpected; "
+                "not carried over (companions are always restarted when they exit)"
+            )
+
+    redirect = parsed("redirect_stderr", parse_bool)
+    for stream in ("stdout", "stderr"):
+        if stream == "stderr" and redirect:
+            fields["stderr"] = "stdout"
+            for key in ("stderr_logfile", "stderr_logfile_maxbytes", "stderr_logfile_backups"):
+                if key in values:
+                    notes.append(
+                        f"{key}={_one_line(values[key])}: ignored, as supervisord does, "
+                        "because redirect_stderr is true"
+                    )
+            continue
+        _logfile(stream, values, fields, notes, expanded, parsed)
+
+    for key, value in values.items():
+        if key in NOT_CARRIED_OVER:
+            notes.append(f"{key}={_one_line(value)}: not carried over; {NOT_CARRIED_OVER[key]}")
+        elif key not in HANDLED_KEYS:
+            hint = difflib.get_close_matches(key, PROGRAM_KEYS, n=1, cutoff=0.7)
+            did_you_mean = f" (did you mean {hint[0]}?)" if hint else ""
+            notes.append(
+                f"{key}={_one_line(value)}: not a supervisord program option{did_you_mean}; "
+                "not carried over"
+            )
+
+    if expander.instance_keys:
+        keys = ", ".join(expander.instance_keys)
+        notes.append(
+            f"%(process_num)d in {keys} is different for each of the {numprocs} instances "
+            "and is left as is: each instance now gets GUNICORN_COMPANION_INSTANCE (0 to "
+            f"{numprocs - 1}) in its environment instead"
+        )
+        shared = [k for k in expander.instance_keys if k.endswith("_logfile")]
+        if shared:
+            notes.append(
+                f"the {numprocs} instances now write to one file for {', '.join(shared)}: "
+                "edit the path"
+            )
+    for key, text, why in expander.unresolved:
+        notes.append(f"unresolved: {text} in {key} left as is ({why})")
+    baked = [v for v in expander.env_used if v not in env]  # not from the config itself
+    if baked:
+        used = ", ".join(baked)
+        notes.append(f"%(ENV_...)s resolved from the environment at conversion time: {used}")
+    if section.also_in:
+        notes.append(
+            f"[{section.header}] is defined in more than one file; values merged, "
+            "the last file read wins"
+        )
+    return Companion(section.header, section.shown, fields, notes)
+
+
+def _logfile(
+    stream: str,
+    values: Mapping[str, str],
+    fields: dict[str, Any],
+    notes: list[str],
+    expanded: Any,
+    parsed: Any,
+) -> None:
+    key = f"{stream}_logfile"
+    path = expanded(key)
+    has_file = False
+    if path is not None:
+        special = path.strip()
+        if special.upper() == "NONE" or special == "/dev/null":
+            notes.append(
+                f"{key}={_one_line(path)}: discarding output has no equivalent yet; "
+                f"left out ({stream} goes where Gunicorn's goes)"
+            )
+        elif special.upper() == "AUTO":
+            notes.append(
+                f"{key}=AUTO: supervisord's automatic log files have no equivalent; "
+                f"left out ({stream} goes where Gunicorn's goes)"
+            )
+        elif special.lower() == "syslog":
+            notes.append(f"{key}=syslog: output cannot go to syslog yet; left out")
+        elif not special:
+            notes.append(f"{key}= is empty; left out")
+        else:
+            fields[stream] = path
+            has_file = True
+            if not os.path.isabs(path):
+                notes.append(
+                    f"{key}={_one_line(path)} is relative: supervisord took it from its own "
+                    "working directory, companions take it from their cwd"
+                )
+    for suffix, out_key, parse in (
+        ("maxbytes", f"{stream}_maxbytes", parse_size),
+        ("backups", f"{stream}_backups", parse_count),
+    ):
+        option = f"{key}_{suffix}"
+        if option not in values:
+            continue
+        value = parsed(option, parse)
+        if value is None:
+            continue
+        if not has_file:
+            notes.append(
+                f"{option}={_one_line(values[option])}: ignored, there is no {stream} file"
+            )
+            continue
+        fields[out_key] = value
+
+
+def _runs_gunicorn(argv: list[str]) -> bool:
+    program = os.path.basename(argv[0])
+    if program == "gunicorn":
+        return True
+    return "-m" in argv[:-1] and argv[argv.index("-m") + 1] == "gunicorn"
+
+
+# -- the whole file ---------------------------------------------------------------
+
+
+def convert(path: str, environ: Mapping[str, str] | None = None) -> str:
+    """The ``companion_workers = [...]`` text for the supervisord config at ``path``.
+
+    Raises SupervisorConfigError (a one-line message naming the file) when a
+    file cannot be read or parsed.
+    """
+    environ = os.environ if environ is None else environ
+    config = _Reader(path, environ).run()
+    notes = list(config.notes)
+
+    # [supervisord] environment= reaches every program, and its variables
+    # join the %(ENV_X)s expansions (supervisord 4.2 and later).
+    global_env: dict[str, str] = {}
+    daemon = config.sections.get("supervisord")
+    if daemon is not None and "environment" in daemon.values:
+        expander = Expander({"here": os.path.dirname(daemon.file)}, dict(environ))
+        text = expander.expand(daemon.values["environment"], "environment")
+        try:
+            global_env = parse_environment(text)
+        except ValueError as exc:
+            notes.append(f"[supervisord] environment={_one_line(text)}: {exc}; not carried over")
+        for _key, literal, why in expander.unresolved:
+            notes.append(f"[supervisord] environment: {literal} left as is ({why})")
+        if global_env:
+            notes.append(
+                "[supervisord] environment= is copied into every companion's env: "
+                + ", ".join(global_env)
+            )
+    base_env = {**environ, **global_env}
+
+    groups: dict[str, str] = {}  # program -> group
+    programs = [h[len("program:"):] for h in config.sections if h.startswith("program:")]
+    for header, section in config.sections.items():
+        kind, _, rest = header.partition(":")
+        if header in SERVER_SECTIONS:
+            keys = ", ".join(k for k in section.values if k != "environment")
+            if keys:
+                notes.append(f"[{header}] {keys}: not carried over ({SERVER_SECTIONS[header]})")
+        elif header == "include":
+            pass  # followed while reading
+        elif kind == "group" and rest:
+            members = [p.strip() for p in section.values.get("programs", "").split(",")]
+            members = [p for p in members if p]
+            for member in members:
+                groups.setdefault(member, rest)
+            missing = [m for m in members if m not in programs]
+            extra = [k for k in section.values if k != "programs"]
+            settings = "".join(f", {k}={section.values[k]}" for k in extra)
+            text = (
+                f"[{header}] programs={','.join(members)}{settings}: not carried over "
+                "(companions have no groups; its programs are converted one by one)"
+            )
+            if missing:
+                text += f"; no [program:x] section for {', '.join(missing)}"
+            notes.append(_one_line(text))
+        elif kind == "program" and rest:
+            pass
+        elif kind == "eventlistener" and rest:
+            notes.append(
+                f"[{header}] command={_one_line(section.values.get('command', ''))}: "
+                "event listeners have no equivalent; not carried over"
+            )
+        elif kind == "fcgi-program" and rest:
+            notes.append(
+                f"[{header}] command={_one_line(section.values.get('command', ''))}: "
+                "FastCGI programs (a socket shared by supervisord) have no equivalent; "
+                "not carried over"
+            )
+        elif kind == "rpcinterface" and rest:
+            notes.append(f"[{header}]: supervisord's RPC interface; not carried over")
+        else:
+            notes.append(f"[{header}]: not a supervisord section; not carried over")
+
+    companions: list[Companion] = []
+    taken: set[str] = set()
+    for header, section in config.sections.items():
+        if not header.startswith("program:"):
+            continue
+        program = header[len("program:"):]
+        name = sanitize_name(program)
+        if name in taken:
+            number = 2
+            while f"{name[: _NAME_MAX - 4]}-{number}" in taken:
+                number += 1
+            name = f"{name[: _NAME_MAX - 4]}-{number}"
+        taken.add(name)
+        companions.append(
+            _program_companion(section, program, name, groups.get(program), base_env, global_env)
+        )
+    if any(_default_rotation(c.fields) for c in companions):
+        notes.append(
+            "supervisord rotates a log file at 50MB keeping 10 backups unless told otherwise; "
+            "that default is not written out below: add stdout_maxbytes/stderr_maxbytes "
+            "(and _backups) to keep it"
+        )
+    return _render(config.files, notes, companions)
+
+
+def _default_rotation(fields: Mapping[str, Any]) -> bool:
+    """Has a log file whose rotation supervisord would have chosen by default."""
+    stdout = "stdout" in fields and "stdout_maxbytes" not in fields
+    stderr = fields.get("stderr", "stdout") != "stdout" and "stderr_maxbytes" not in fields
+    return stdout or stderr
+
+
+def _render(files: list[str], notes: list[str], companions: list[Companion]) -> str:
+    lines = [f"# Converted by `{PROG}` from {_one_line(files[0])}"]
+    for included in files[1:]:
+        lines.append(f"#   including {_one_line(included)}")
+    lines.append("# Review every note below before using this in gunicorn.conf.py.")
+    for note in notes:
+        lines.append(f"# {_one_line(note)}")
+    if not companions:
+        lines.append("# No [program:x] sections found.")
+    lines.append("companion_workers = [")
+    for companion in companions:
+        lines.append(f"    # [{_one_line(companion.header)}] from {_one_line(companion.origin)}")
+        for note in companion.notes:
+            lines.append(f"    # {_one_line(note)}")
+        lines.append("    {")
+        for key in OUTPUT_KEYS:
+            if key in companion.fields:
+                lines.append(f"        {key!r}: {_format(companion.fields[key])},")
+        lines.append("    },")
+    lines.append("]")
+    return "\n".join(lines) + "\n"
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, dict):
+        items = "".join(f"            {k!r}: {v!r},\n" for k, v in value.items())
+        return "{\n" + items + "        }"
+    return repr(value)
+
+
+def _one_line(text: str) -> str:
+    """Text safe inside a ``#`` comment: control characters (newlines above
+    all) escaped, so a comment can never end early."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
+# -- command line -----------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Print a companion_workers block for gunicorn.conf.py converted from "
+        "the [program:x] sections of a supervisord configuration.",
+    )
+    parser.add_argument(
+        "file", metavar="FILE", help="supervisord.conf (its [include]s are read too)"
+    )
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        text = convert(args.file)
+    except SupervisorConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
