@@ -1,5 +1,7 @@
+import os
+
 import pytest
-from support import Server
+from support import Server, short_socket_path
 
 
 @pytest.fixture
@@ -21,3 +23,13 @@ def server(tmp_path):
     yield make
     for srv in started:
         srv.cleanup()
+
+
+@pytest.fixture
+def sock_path():
+    """A control socket path short enough for AF_UNIX, removed afterwards."""
+    path = short_socket_path()
+    yield path
+    for leftover in path.parent.iterdir():
+        leftover.unlink()
+    os.rmdir(path.parent)

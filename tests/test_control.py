@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from support import Control, Server, alive, short_socket_path, wait_until
+from support import Control, Server, alive, wait_until
 
 CLI = [sys.executable, "-m", "gunicorn_companion"]
 
@@ -28,13 +28,6 @@ def config(sock, extra="", companions=None):
     ]) + "\n"
 
 
-@pytest.fixture
-def sock_path():
-    path = short_socket_path()
-    yield path
-    if path.exists() or path.is_symlink():
-        path.unlink()
-    os.rmdir(path.parent)
 
 
 @pytest.fixture

@@ -6,19 +6,11 @@ import signal
 import subprocess
 import sys
 
-import pytest
-from support import Control, short_socket_path, wait_until
+from support import Control, wait_until
 
 CLI = [sys.executable, "-m", "gunicorn_companion"]
 
 
-@pytest.fixture
-def sock_path():
-    path = short_socket_path()
-    yield path
-    for leftover in path.parent.iterdir():
-        leftover.unlink()
-    os.rmdir(path.parent)
 
 
 def conf(sock, companions, extra=""):

@@ -12,7 +12,6 @@ from support import (
     children,
     cmdline,
     running_code,
-    short_socket_path,
     wait_until,
 )
 
@@ -27,13 +26,6 @@ def control_config(sock, companions, extra=""):
     ]) + "\n"
 
 
-@pytest.fixture
-def sock_path():
-    path = short_socket_path()
-    yield path
-    for leftover in path.parent.iterdir():
-        leftover.unlink()
-    os.rmdir(path.parent)
 
 
 def status(sock):

@@ -30,34 +30,34 @@ def _live(fields: list[str] | None) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
 
 
-def children_of(parent: int) -> list[int]:
-    """Live (not zombie) processes whose parent is ``parent``."""
+def _live_where(field: int, value_in) -> list[tuple[int, int]]:
+    """(pid, that field's value) of live processes whose stat field is in ``value_in``."""
     found = []
     for pid in _pids():
         fields = _stat_fields(pid)
-        if _live(fields) and int(fields[1]) == parent:
-            found.append(pid)
+        if _live(fields) and int(fields[field]) in value_in:
+            found.append((pid, int(fields[field])))
     return found
+
+
+_PPID, _PGRP, _SESSION = 1, 2, 3
+
+
+def children_of(parent: int) -> list[int]:
+    """Live (not zombie) processes whose parent is ``parent``."""
+    return [pid for pid, _ in _live_where(_PPID, {parent})]
 
 
 def session_members(sid: int) -> list[int]:
     """Live processes of session ``sid``."""
-    found = []
-    for pid in _pids():
-        fields = _stat_fields(pid)
-        if _live(fields) and int(fields[3]) == sid:
-            found.append(pid)
-    return found
+    return [pid for pid, _ in _live_where(_SESSION, {sid})]
 
 
 def process_groups(pgids) -> dict[int, list[int]]:
     """Live members of each of the given process groups, from one scan of /proc."""
-    wanted = set(pgids)
     groups: dict[int, list[int]] = {}
-    for pid in _pids():
-        fields = _stat_fields(pid)
-        if _live(fields) and int(fields[2]) in wanted:
-            groups.setdefault(int(fields[2]), []).append(pid)
+    for pid, pgid in _live_where(_PGRP, set(pgids)):
+        groups.setdefault(pgid, []).append(pid)
     return groups
 
 
