@@ -1,7 +1,9 @@
 # Two commands for a fresh machine with python3 and make:
 #   make demo   set up and run the demo (examples/demo)
-#   make test   set up and run the whole test suite, on the newest and the
-#               oldest Gunicorn we support
+#   make test   set up and run the whole test suite (and the linter), on the
+#               newest and the oldest Gunicorn we support. The examples' tests
+#               need Debian's redis-server (they skip, saying so, without it)
+#               and run with the newest Gunicorn only.
 PYTHON ?= python3
 VENV ?= .venv
 VENV_OLDEST ?= .venv-gunicorn23
@@ -13,7 +15,7 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	$(VENV)/bin/python -m pip install -q -e '.[test,examples]'
 	touch $@
 
 $(VENV_OLDEST)/.installed: pyproject.toml
@@ -25,7 +27,7 @@ $(VENV_OLDEST)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/gunicorn-companion serve -c examples/demo/gunicorn.conf.py
 
-test: test-newest test-oldest
+test: lint test-newest test-oldest
 
 test-newest: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
@@ -34,7 +36,6 @@ test-oldest: $(VENV_OLDEST)/.installed
 	$(VENV_OLDEST)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/python -m pip install -q ruff
 	$(VENV)/bin/ruff check src tests examples
 
 clean:

@@ -63,6 +63,8 @@ def run_cli(*args, sock=None, env=None):
 def test_status_reports_every_companion(ctl):
     reply = ctl.request({"cmd": "status"})
     assert reply["ok"] is True
+    assert reply["master_pid"] == ctl.server.pid
+    assert reply["manager_pid"] == ctl.server.manager_pid()
     alpha = entry(reply, "alpha")
     assert alpha["state"] == "RUNNING" and alpha["pid"] == ctl.server.starts("alpha")[-1]
     assert alpha["uptime"] >= 0 and alpha["restarts"] == 0 and alpha["last_exit"] is None

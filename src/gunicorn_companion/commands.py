@@ -7,6 +7,7 @@ companion has stopped). It never blocks.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from . import protocol
@@ -40,7 +41,8 @@ def _refuse_while_shutting_down(manager) -> dict | None:
 
 
 def cmd_status(manager, request, respond: Respond) -> None:
-    respond(protocol.ok(companions=manager.snapshot()))
+    respond(protocol.ok(companions=manager.snapshot(), manager_pid=os.getpid(),
+                        master_pid=manager.master_pid))
 
 
 def _outcome_of_start(name: str, old_pid: int | None):

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from . import notify
 from .notify import NOTIFY_FD_ENV, WATCHDOG_ENV
 from .spec import CompanionSpec
+from .targets import find_program
 
 # Exit status of a companion whose parent was already gone when it checked.
 EXIT_ORPHANED = 70
@@ -239,8 +240,9 @@ def _exec(spec: CompanionSpec, notify_fd: int | None, lock_fd: int | None) -> No
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.stdout.flush()
     sys.stderr.flush()
+    program = find_program(spec) or spec.command[0]
     try:
-        os.execvpe(spec.command[0], list(spec.command), os.environ)
+        os.execve(program, list(spec.command), os.environ)
     except OSError as exc:
         print(f"gunicorn-companion: cannot run {spec.command[0]!r} for companion "
               f"{spec.name!r}: {exc.strerror}", file=sys.stderr, flush=True)

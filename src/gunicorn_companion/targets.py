@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import sys
 from collections.abc import Callable
 
 from .spec import INHERIT, MERGE_WITH_STDOUT, CompanionSpec, ConfigError
@@ -56,14 +57,18 @@ def check_environment(spec: CompanionSpec) -> list[str]:
 
 
 def find_program(spec: CompanionSpec) -> str | None:
-    """The executable an exec companion will run, looked up as execvpe will."""
+    """The executable an exec companion runs: a path as given, else the first
+    match on PATH (the companion's own, if its env sets one), else next to the
+    Python running Gunicorn, so a virtualenv's programs (celery, rq) are found
+    even when the virtualenv is not activated."""
     program = spec.command[0]
-    env_path = dict(spec.env).get("PATH", os.environ.get("PATH", os.defpath))
     if os.sep in program:
         path = program if os.path.isabs(program) else os.path.join(spec.cwd or os.getcwd(),
                                                                      program)
         return path if os.access(path, os.X_OK) and os.path.isfile(path) else None
-    return shutil.which(program, path=env_path)
+    env_path = dict(spec.env).get("PATH", os.environ.get("PATH", os.defpath))
+    return (shutil.which(program, path=env_path)
+            or shutil.which(program, path=os.path.dirname(sys.executable)))
 
 
 def resolve_all(specs: tuple[CompanionSpec, ...]) -> dict[str, Callable[[], object]]:
