@@ -302,3 +302,16 @@ def test_usr2_without_companions_reexecutes_the_serve_command(server):
     srv.wait_log(f"Listening at: http://127.0.0.1:{srv.port} ({new_master})")
     os.kill(new_master, signal.SIGTERM)
     wait_until(lambda: not alive(new_master))
+
+
+def test_companions_added_by_sighup_to_a_server_that_had_none_start(server):
+    srv = server("preload_app = True\nworkers = 1\n")
+    srv.wait_log("Booting worker")
+    srv.write_config("""
+        preload_app = True
+        workers = 1
+        companion_workers = [{"name": "late", "target": "compapp:sleeper"}]
+    """)
+    srv.signal(signal.SIGHUP)
+    pid, = srv.wait_starts("late")
+    srv.wait_log(f"companion 'late' (pid {pid}) is RUNNING")

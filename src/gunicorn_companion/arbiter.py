@@ -401,8 +401,11 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
             listener.close()
         util._setproctitle(f"companion manager [{proc_name}]")
         try:
-            if not cfg.preload_app:
-                manager.targets = resolve_all(arbiter.companion_config.specs)
+            # Without preload nothing was resolved in the master; with it, a
+            # companion added by a reload since the boot was not either.
+            unresolved = tuple(s for s in arbiter.companion_config.specs
+                               if s.name not in arbiter.companion_targets)
+            manager.targets.update(resolve_all(unresolved))
             manager.lock_dir = prepare_lock_dir(cfg)
             if cfg.companion_control_socket:
                 # the new master of a hot upgrade takes the socket over

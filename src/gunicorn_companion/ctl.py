@@ -11,7 +11,6 @@ import json
 import math
 import os
 import sys
-from typing import Any
 
 from . import client
 from .protocol import COMMANDS
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         _complain(f"no control socket: pass -s PATH or set {SOCKET_ENV}")
         return EXIT_USAGE
 
-    request: dict[str, Any] = {"cmd": args.command}
+    request: dict[str, object] = {"cmd": args.command}
     if COMMANDS[args.command]:
         request["name"] = args.name
     if args.command == "tail":
@@ -120,6 +119,18 @@ def _follow(path: str, request: dict, as_json: bool) -> int:
     return EXIT_OK
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter without its import of shutil (and bz2, lzma and
+    zlib behind it) just to learn the terminal width: os knows it too."""
+
+    def __init__(self, prog: str) -> None:
+        try:
+            width = os.get_terminal_size(sys.stdout.fileno()).columns
+        except (OSError, ValueError):
+            width = int(os.environ.get("COLUMNS", "80") or 80)
+        super().__init__(prog, width=max(width - 2, 40))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for the control commands."""
     # The global options are declared twice so they work before and after the
@@ -129,15 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Control the companion processes of a running Gunicorn.",
         epilog=_EPILOG,
+        formatter_class=_Formatter,
     )
     _add_global_options(parser, suppress=False)
-    after = argparse.ArgumentParser(add_help=False)
+    after = argparse.ArgumentParser(add_help=False, formatter_class=_Formatter)
     _add_global_options(after, suppress=True)
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd, needs_name in COMMANDS.items():
         sub = commands.add_parser(
-            cmd, parents=[after], help=_HELP.get(cmd), description=_HELP.get(cmd), epilog=_EPILOG
+            cmd, parents=[after], help=_HELP.get(cmd), description=_HELP.get(cmd), epilog=_EPILOG,
+            formatter_class=_Formatter,
         )
         if needs_name:
             sub.add_argument("name", metavar="NAME",
@@ -148,14 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("-f", "--follow", action="store_true",
                              help="keep printing new lines until interrupted")
     for cmd, text in _OTHER_COMMANDS.items():
-        commands.add_parser(cmd, help=text, description=text, add_help=False)
+        commands.add_parser(cmd, help=text, description=text, add_help=False,
+                            formatter_class=_Formatter)
     return parser
 
 
 def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     """Add -s/--socket, --json and --timeout to ``parser``."""
 
-    def default(value: Any) -> Any:
+    def default(value: object) -> object:
         return argparse.SUPPRESS if suppress else value
 
     parser.add_argument(
@@ -230,7 +244,7 @@ def format_status(reply: dict) -> str:
     )
 
 
-def format_duration(seconds: Any) -> str:
+def format_duration(seconds: object) -> str:
     """Seconds as a compact duration: '5s', '3m12s', '2h05m', '3d04h'; '-' when unknown."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         return "-"
@@ -250,7 +264,7 @@ def format_duration(seconds: Any) -> str:
     return f"{secs}s"
 
 
-def format_bytes(size: Any) -> str:
+def format_bytes(size: object) -> str:
     """Unshared memory as '812K', '12.3M', '1.5G'; '-' when not measured."""
     if isinstance(size, bool) or not isinstance(size, (int, float)) or size < 0:
         return "-"
@@ -273,7 +287,7 @@ def format_note(companion: dict) -> str:
     return ""
 
 
-def format_exit(last_exit: Any) -> str:
+def format_exit(last_exit: object) -> str:
     """How a companion last ended: '-', 'exit 0', 'SIGKILL'."""
     if last_exit is None:
         return "-"

@@ -12,8 +12,10 @@ send several reply lines and end by closing the connection.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
+
+# No dataclasses or typing here: the CLI imports this module, and those two
+# (with inspect, ast and dis behind them) cost more start-up time than the
+# rest of the CLI together. Annotations stay strings (see the __future__ import).
 
 # The longest request line accepted, in bytes, not counting its line ending.
 # Requests are tiny; the limit only bounds what a confused peer can make the
@@ -86,21 +88,52 @@ class LineDecoder:
         return lines
 
 
-@dataclass(frozen=True)
 class Request:
     """A valid request; ``raw`` is the whole decoded object, for later fields."""
 
-    cmd: str
-    name: str | None = None
-    # Excluded from the hash because a dict is unhashable; equality still uses it.
-    raw: dict = field(default_factory=dict, hash=False)
+    __slots__ = ("cmd", "name", "raw")
+
+    def __init__(self, cmd: str, name: str | None = None, raw: dict | None = None):
+        object.__setattr__(self, "cmd", cmd)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "raw", {} if raw is None else raw)
+
+    def __setattr__(self, attr: str, value: object) -> None:
+        raise AttributeError(f"Request is immutable: cannot set {attr!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Request:
+            return NotImplemented
+        return (self.cmd, self.name, self.raw) == (other.cmd, other.name, other.raw)
+
+    def __hash__(self) -> int:
+        return hash((self.cmd, self.name))  # raw is a dict: equal requests still hash equal
+
+    def __repr__(self) -> str:
+        return f"Request(cmd={self.cmd!r}, name={self.name!r}, raw={self.raw!r})"
 
 
-@dataclass(frozen=True)
 class ProtocolError:
     """Why a request line was refused, worded for the person who sent it."""
 
-    message: str
+    __slots__ = ("message",)
+
+    def __init__(self, message: str):
+        object.__setattr__(self, "message", message)
+
+    def __setattr__(self, attr: str, value: object) -> None:
+        raise AttributeError(f"ProtocolError is immutable: cannot set {attr!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not ProtocolError:
+            return NotImplemented
+        return self.message == other.message
+
+    def __hash__(self) -> int:
+        return hash(self.message)
+
+    def __repr__(self) -> str:
+        return f"ProtocolError(message={self.message!r})"
 
 
 def parse_request(line: bytes) -> Request | ProtocolError:
@@ -171,7 +204,7 @@ def _parse(line: bytes) -> Request | ProtocolError:
     return Request(cmd=cmd, name=name, raw=obj)
 
 
-def _kind(value: Any) -> str:
+def _kind(value: object) -> str:
     """Describe a decoded JSON value's type in JSON's words, with a short preview."""
     if value is None:
         return "null"
@@ -188,7 +221,7 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     """repr() cut to a readable length."""
     try:
         text = repr(value)
@@ -198,7 +231,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
-def ok(**fields: Any) -> dict:
+def ok(**fields: object) -> dict:
     """A success reply carrying ``fields``."""
     return {"ok": True, **fields}
 

@@ -83,6 +83,12 @@ class Connection:
     def _settle(self) -> None:
         if self.closed:
             return
+        if self.output and not self.events & selectors.EVENT_WRITE:
+            # Try at once: a reply nearly always fits the socket buffer, and
+            # waiting for the selector to say so costs a loop turn per reply.
+            self._write()
+            if self.closed:
+                return
         done = not self.busy and not self.inbox
         if not self.output and (self.closing or (self.peer_closed and (done or self.refused))):
             self.close()
