@@ -315,3 +315,25 @@ def test_companions_added_by_sighup_to_a_server_that_had_none_start(server):
     srv.signal(signal.SIGHUP)
     pid, = srv.wait_starts("late")
     srv.wait_log(f"companion 'late' (pid {pid}) is RUNNING")
+
+
+def test_sighup_with_a_broken_config_file_keeps_everything_running(server):
+    srv = server(SLEEPERS)
+    manager = srv.wait_manager()
+    alpha, = srv.wait_starts("alpha")
+    srv.write_config("preload_app = True\ncompanion_workers = [\n")  # a syntax error
+    srv.signal(signal.SIGHUP)
+    srv.wait_log("Reload failed: the configuration is invalid")
+    assert "SyntaxError" in srv.log()
+    assert srv.proc.poll() is None and srv.manager_pid() == manager and alive(alpha)
+    assert b"hello from the web" in srv.http_get()
+    srv.write_config(SLEEPERS)  # fixed: the next reload works as usual
+    srv.signal(signal.SIGHUP)
+    srv.wait_log("Companion config reread: no changes")
+    assert alive(alpha)
+    srv.signal(signal.SIGTERM)
+    assert srv.wait_exit(timeout=10) == 0
+    # only the master ever handled the failed reload: an HTTP worker forked by
+    # a later reload must exit as a worker, not fall back into master code
+    assert srv.log().count("Reload failed") == 1
+    assert f"[{srv.pid}] [ERROR] Reload failed" in srv.log()

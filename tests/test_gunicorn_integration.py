@@ -114,3 +114,19 @@ def test_embedding_api_runs_companions(tmp_path):
         assert srv.wait_exit() == 0
     finally:
         srv.cleanup()
+
+
+def test_a_relative_config_path_with_chdir_is_found_again_on_reload(tmp_path):
+    srv = Server(tmp_path, 'companion_workers = [{"name": "a", "target": "compapp:sleeper"}]\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # -c is relative to where Gunicorn starts; --chdir moves it away from there
+    srv.argv = [*SERVE, "-c", "gunicorn.conf.py", "--chdir", str(elsewhere),
+                "--pythonpath", str(tmp_path), "--bind", f"127.0.0.1:{srv.port}", "compapp:app"]
+    srv.start()
+    try:
+        srv.wait_starts("a")
+        srv.signal(1)  # SIGHUP: the manager reads the same file again
+        srv.wait_log("Companion config reread: no changes")
+    finally:
+        srv.cleanup()

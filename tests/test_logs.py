@@ -98,6 +98,8 @@ def test_tail_shows_recent_lines_of_captured_output_even_inherited(server, sock_
     out = subprocess.run([*CLI, "-s", str(sock_path), "tail", "t", "-n", "2"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 2
+    assert Control(sock_path).request({"cmd": "tail", "name": "t", "lines": 0}) == {
+        "ok": True, "lines": []}
     bad = Control(sock_path).request({"cmd": "tail", "name": "t", "lines": -1})
     assert bad == {"ok": False, "error": '"lines" must be a whole number from 0 to 1000, '
                                          'got -1'}

@@ -80,7 +80,7 @@ class _ServeArgumentParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         if args is None:
-            args = sys.argv[2:]
+            args = sys.argv[2:] if sys.argv[1:2] == ["serve"] else sys.argv[1:]
         return super().parse_known_args(args, namespace)
 
 
@@ -107,13 +107,20 @@ class CompanionWSGIApplication(CompanionApplicationMixin, WSGIApplication):
         self.cfg = ServeConfig(self.usage, prog=self.prog)
 
     def load_config(self):
+        # Gunicorn reads -c relative to the directory it was started in, then
+        # moves to --chdir: remember the former to find the file again.
+        started_in = os.getcwd()
         super().load_config()
         # Remember where the companion settings came from, for rereads: the
         # config file, and the command line (which wins over it).
         parser = self.cfg.parser()
         args = parser.parse_args()
         env_args = parser.parse_args(self.cfg.get_cmd_args_from_env())
-        self.main_config_file = args.config or env_args.config or get_default_config_file()
+        location = args.config or env_args.config or get_default_config_file()
+        if location and not location.startswith("python:"):
+            location = location[len("file:"):] if location.startswith("file:") else location
+            location = os.path.join(started_in, location)
+        self.main_config_file = location
         given = {
             name for ns in (env_args, args) for name, value in vars(ns).items()
             if name in settings.COMPANION_SETTINGS and value is not None
@@ -124,8 +131,7 @@ class CompanionWSGIApplication(CompanionApplicationMixin, WSGIApplication):
         if self.main_config_file is None:
             return super().companion_sources()
         return ConfigSources(
-            main_file=os.path.abspath(self.main_config_file)
-            if not self.main_config_file.startswith("python:") else self.main_config_file,
+            main_file=self.main_config_file,
             overrides=dict(self.cli_companion_values),
             known=tuple(settings.COMPANION_SETTINGS),
         )

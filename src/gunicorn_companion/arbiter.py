@@ -168,6 +168,14 @@ class ManagerHandle:
 
     def spawn(self, at_boot: bool = False) -> None:
         arbiter = self.arbiter
+        if not at_boot:
+            # A replacement runs what the files say now: a reread over the
+            # control socket changed the old manager, not the master's copy.
+            try:
+                arbiter.companion_config = load_companion_config(arbiter.companion_sources)
+            except ConfigError as exc:
+                self.log.error("Companion config is invalid now; the new manager runs the "
+                               "last valid one: %s", exc)
         read_end, write_end = os.pipe()
         if arbiter.cfg.preload_app and arbiter.cfg.companion_gc_freeze:
             # the preloaded objects join the permanent generation: collections
@@ -289,7 +297,7 @@ class CompanionArbiter(Arbiter):
             # workers, so a companion that cannot boot stops Gunicorn early.
             self.companions_started = True
             if self.companion_config.specs:
-                if not self.cfg.preload_app:
+                if not self.cfg.preload_app and any(s.target for s in self.companion_config.specs):
                     self.log.warning(
                         "preload_app is off: companions import their targets in the manager, "
                         "so their memory is not shared with the HTTP workers")
@@ -297,8 +305,29 @@ class CompanionArbiter(Arbiter):
         self.manager.maintain()
         super().manage_workers()
 
+    def reload(self):
+        """Gunicorn's reload, except that an invalid config file no longer
+        takes the master (and with it every worker and companion) down:
+        Gunicorn's loader prints the fault and calls sys.exit, and here the
+        running configuration stays instead."""
+        running_cfg = self.app.cfg
+        try:
+            super().reload()
+        except SystemExit:
+            if os.getpid() != self.pid:
+                # A worker that reload() forked is exiting through this very
+                # stack frame: let it go, it must never run master code.
+                raise
+            self.app.cfg = running_cfg
+            for key, value in self.cfg.env.items():  # Gunicorn unset them before reading
+                os.environ[key] = value
+            self.log.error("Reload failed: the configuration is invalid (see the message "
+                           "above); keeping the running configuration")
+
     def handle_hup(self):
         super().handle_hup()
+        if self.app.cfg is not self.cfg:
+            return  # the reload failed and was rolled back
         try:
             self.companion_config = load_companion_config(self.companion_sources)
         except ConfigError as exc:
@@ -406,7 +435,9 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
             unresolved = tuple(s for s in arbiter.companion_config.specs
                                if s.name not in arbiter.companion_targets)
             manager.targets.update(resolve_all(unresolved))
-            manager.lock_dir = prepare_lock_dir(cfg)
+            if any(s.singleton for s in arbiter.companion_config.specs):
+                manager.lock_dir = prepare_lock_dir(cfg)
+            manager.prepare_lock_dir = lambda: prepare_lock_dir(cfg)
             if cfg.companion_control_socket:
                 # the new master of a hot upgrade takes the socket over
                 attach_control_server(manager, cfg, take_over=bool(arbiter.master_pid))

@@ -344,8 +344,12 @@ def _spawn_failed(record: Record, event: SpawnFailed, now: float):
     return (
         replace(record, state=State.BACKOFF, pid=None, deadline=now + delay),
         [Log(logging.ERROR, f"{_label(record)} could not be started: {event.reason}; "
-                            f"retrying in {delay:g}s")],
+                            f"retrying in {delay:.3g}s")],
     )
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
 
 
 def backoff_delay(spec: CompanionSpec, failures: int, jitter: float) -> float:
@@ -382,13 +386,13 @@ def _exited(record: Record, event: Exited, now: float):
         # STARTING -> FATAL: the first start and every retry failed
         return replace(record, state=State.FATAL, failures=failures), [
             Log(logging.ERROR, f"{label} exited with {how} before it was RUNNING, "
-                               f"{failures} times in a row; giving up (FATAL). "
+                               f"{_times(failures)} in a row; giving up (FATAL). "
                                f"`gunicorn-companion start {record.name}` tries again")
         ]
     # STARTING/RUNNING -> BACKOFF
     delay = backoff_delay(record.spec, failures, event.jitter)
     return replace(record, state=State.BACKOFF, failures=failures, deadline=now + delay), [
-        Log(logging.ERROR, f"{label} exited unexpectedly with {how}; restarting in {delay:g}s")
+        Log(logging.ERROR, f"{label} exited unexpectedly with {how}; restarting in {delay:.3g}s")
     ]
 
 

@@ -67,6 +67,7 @@ class Manager:
         self.log = log
         self.master_pid = master_pid
         self.lock_dir = lock_dir
+        self.prepare_lock_dir: Callable[[], str] | None = None  # creates it when first needed
         self.lock_scope = lock_scope
         self.gc_freeze = gc_freeze
         self.memory_check_interval = memory_check_interval
@@ -235,11 +236,12 @@ class Manager:
                 self._kill(action)
             elif isinstance(action, lc.Spawn):
                 self._spawn(action.name)
+        self._settle_waiters(name)  # before a retired record goes: a pending stop sees it stopped
         if name in self.retiring and self.records[name].state in QUIESCENT_STATES:
             del self.records[name]
             self.retiring.discard(name)
             self.targets.pop(name, None)
-        self._settle_waiters(name)
+            self._settle_waiters(name)
 
     def wait_for(self, name: str, settled: Callable, respond: Callable[[dict], None]) -> None:
         """Call ``respond(settled(record))`` once that is not None."""
@@ -276,8 +278,16 @@ class Manager:
     def lock_path(self, spec: CompanionSpec) -> str | None:
         """Where a singleton's lock lives: one file per companion and config,
         so the old and the new master of a hot upgrade share it."""
-        if not spec.singleton or not self.lock_dir:
+        if not spec.singleton:
             return None
+        if self.lock_dir is None:
+            # never run a singleton without its lock: no directory, no start
+            if self.prepare_lock_dir is None:
+                raise OSError(f"no companion_lock_dir for singleton {spec.name!r}")
+            try:
+                self.lock_dir = self.prepare_lock_dir()
+            except ConfigError as exc:
+                raise OSError(str(exc)) from None
         scope = hashlib.sha256(self.lock_scope.encode()).hexdigest()[:12]
         return os.path.join(self.lock_dir, f"{scope}-{spec.name}.lock")
 
@@ -474,10 +484,16 @@ class Manager:
             return False, "the companion manager is shutting down", {}
         try:
             config = load_companion_config(self.sources)
-            current = {n: r.spec for n, r in self.records.items() if n not in self.retiring}
+            # a companion still stopping for an earlier change compares as the
+            # spec it is about to run, not the one it is leaving
+            current = {n: r.next_spec or r.spec for n, r in self.records.items()
+                       if n not in self.retiring}
             fresh = config.by_name()
             to_resolve = tuple(s for n, s in fresh.items() if current.get(n) != s)
             targets = resolve_all(to_resolve)
+            if self.lock_dir is None and self.prepare_lock_dir and any(
+                    s.singleton for s in config.specs):
+                self.lock_dir = self.prepare_lock_dir()
         except ConfigError as exc:
             self.log.error("Companion config not applied, keeping the running one: %s", exc)
             return False, str(exc), {}

@@ -243,7 +243,7 @@ class OutputRouter:
     def tail(self, names: list[str], count: int) -> list[str]:
         """The last ``count`` lines of these companions, oldest first; each line
         names its instance when there are several."""
-        entries = sorted(e for n in names for e in self.rings.get(n, ()))[-count:]
+        entries = sorted(e for n in names for e in self.rings.get(n, ()))[-count:] if count else []
         if len(names) == 1:
             return [text for _, _, _, text in entries]
         return [f"{name}: {text}" for _, name, _, text in entries]

@@ -219,7 +219,7 @@ class ControlServer:
         self.listener: socket.socket | None = None
         self.inode: int | None = None
         self.connections: set[Connection] = set()
-        self.allowed_uids = {0, os.getuid()}
+        self.uid, self.gid = os.getuid(), os.getgid()
 
     # -- setup -------------------------------------------------------------------------
 
@@ -318,14 +318,24 @@ class ControlServer:
         if len(self.connections) > MAX_CONNECTIONS:
             return f"too many control connections (at most {MAX_CONNECTIONS}); try again later"
         try:
-            _, uid, _ = _UCRED.unpack(
+            _, uid, gid = _UCRED.unpack(
                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         except (OSError, AttributeError):
             return None  # no SO_PEERCRED here: the socket's file mode is the guard
-        if uid not in self.allowed_uids:
-            return (f"permission denied: uid {uid} may not control this manager "
-                    f"(only uid {os.getuid()} or root)")
+        if not self.peer_allowed(uid, gid):
+            who = "the owner or root"
+            if self.mode & 0o060:
+                who = f"the owner, root or group {self.gid}"
+            return f"permission denied: uid {uid} may not control this manager (only {who})"
         return None
+
+    def peer_allowed(self, uid: int, gid: int) -> bool:
+        """Defence in depth behind the socket's file mode: the owner and root
+        always, the manager's group only when the mode lets the group in, and
+        nobody else, whatever the mode says about others."""
+        if uid in (0, self.uid):
+            return True
+        return bool(self.mode & 0o060) and gid == self.gid
 
     # -- shutdown ----------------------------------------------------------------------
 

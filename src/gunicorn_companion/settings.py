@@ -97,12 +97,12 @@ class CompanionWorkers(Setting):
     desc = """\
         The companion processes to run beside the HTTP workers.
 
-        A list of dicts, each with a ``name`` and a ``target``
+        A list of dicts, each with a ``name`` and either a ``target``
         (``"module:callable"``; the callable takes no arguments and blocks like
-        a worker's main loop), and optionally ``cwd``, ``env``,
-        ``stop_signal``, ``stop_timeout``, ``reload_timeout``, ``startsecs``,
-        ``restart_delay``, ``stdout`` and ``stderr``. A key left out takes the
-        global ``companion_<key>`` setting. See docs/configuration.md.
+        a worker's main loop) or a ``command`` (a program to run). The other
+        keys (``cwd``, ``env``, ``processes``, ``singleton``, ``stop_timeout``,
+        ``stdout``, ``max_memory``, ...) are listed in docs/configuration.md;
+        a key left out takes the global ``companion_<key>`` setting.
         """
 
 

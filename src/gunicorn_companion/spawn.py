@@ -59,7 +59,8 @@ def watch_parent_portably(parent_pid: int, interval: float = 1.0) -> None:
     """Where PDEATHSIG does not exist: exit when we are reparented.
 
     A thread is safe here only because it starts in a process that will not
-    fork again (a companion); the manager uses its timer heap instead.
+    fork again (a companion). The manager has no such watch: off Linux, a
+    manager whose master was SIGKILLed lives on until it is stopped.
     """
 
     def watch() -> None:
@@ -207,6 +208,10 @@ def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, t
         lock_fd = hold_singleton_lock(lock_path) if lock_path else None
         if spec.command:
             _exec(spec, notify_fd, lock_fd)  # never returns
+        # stdout is a pipe now, which Python would block-buffer: a companion's
+        # print() should reach the log (and tail) when it is printed
+        if hasattr(sys.stdout, "reconfigure"):
+            sys.stdout.reconfigure(line_buffering=True)
         code = 1
         result = target()
         code = result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -65,7 +65,14 @@ def validate_signal(value: Any) -> int:
 
 
 def validate_seconds(value: Any) -> float:
-    """A non-negative, finite number of seconds."""
+    """A non-negative, finite number of seconds (a numeric string too: Gunicorn's
+    own settings accept "10" in a config file, and so must these)."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"must be a number of seconds, got {value!r}") from None
+        return validate_seconds(number)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"must be a number of seconds, got {value!r}")
     if not math.isfinite(value) or value < 0:
@@ -208,7 +215,11 @@ def validate_maxbytes(value: Any) -> int:
     """0 (never rotate) or a size like validate_size takes."""
     if value == 0 and not isinstance(value, bool):
         return 0
-    return validate_size(value)
+    try:
+        return validate_size(value)
+    except ValueError:
+        raise ValueError(f"must be 0 (never rotate), a number of bytes or a size like "
+                         f"'50MB', got {value!r}") from None
 
 
 def validate_backups(value: Any) -> int:
