@@ -6,7 +6,6 @@ and scripts, so it must start about as fast as ``supervisorctl status``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -51,12 +50,14 @@ _EPILOG = (
 
 def main(argv: list[str] | None = None) -> int:
     """Run one control command and return the process exit status."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        # argparse exits on --help and on usage errors; callers want a code.
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parse_common(argv)
+    if args is None:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:
+            # argparse exits on --help and on usage errors; callers want a code.
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
     path = args.socket if args.socket is not None else os.environ.get(SOCKET_ENV, "")
     if not path:
@@ -119,20 +120,51 @@ def _follow(path: str, request: dict, as_json: bool) -> int:
     return EXIT_OK
 
 
-class _Formatter(argparse.HelpFormatter):
+def _formatter(prog: str):
     """argparse's formatter without its import of shutil (and bz2, lzma and
     zlib behind it) just to learn the terminal width: os knows it too."""
+    import argparse
 
-    def __init__(self, prog: str) -> None:
-        try:
-            width = os.get_terminal_size(sys.stdout.fileno()).columns
-        except (OSError, ValueError):
-            width = int(os.environ.get("COLUMNS", "80") or 80)
-        super().__init__(prog, width=max(width - 2, 40))
+    try:
+        width = os.get_terminal_size(sys.stdout.fileno()).columns
+    except (OSError, ValueError):
+        width = int(os.environ.get("COLUMNS", "80") or 80)
+    return argparse.HelpFormatter(prog, width=max(width - 2, 40))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _parse_common(argv: list[str]) -> object | None:
+    """The everyday forms (``[-s PATH] [--json] status|start NAME|...``) without
+    argparse: building its parser costs more than the rest of a status call.
+    Anything else (help, tail's options, mistakes) returns None for argparse."""
+    import types
+
+    socket_path, as_json, words = None, False, []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-s", "--socket") and i + 1 < len(argv):
+            socket_path, i = argv[i + 1], i + 2
+            continue
+        if arg == "--json":
+            as_json, i = True, i + 1
+            continue
+        if arg.startswith("-"):
+            return None
+        words.append(arg)
+        i += 1
+    if not words or words[0] not in COMMANDS or words[0] == "tail":
+        return None
+    needs_name = COMMANDS[words[0]]
+    if len(words) != 1 + needs_name:
+        return None
+    return types.SimpleNamespace(socket=socket_path, json=as_json, timeout=DEFAULT_TIMEOUT,
+                                 command=words[0], name=words[1] if needs_name else None)
+
+
+def build_parser():
     """The argument parser for the control commands."""
+    import argparse
+
     # The global options are declared twice so they work before and after the
     # subcommand; the subcommand copies default to SUPPRESS so they never
     # overwrite a value given before the subcommand.
@@ -140,17 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Control the companion processes of a running Gunicorn.",
         epilog=_EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=_formatter,
     )
     _add_global_options(parser, suppress=False)
-    after = argparse.ArgumentParser(add_help=False, formatter_class=_Formatter)
+    after = argparse.ArgumentParser(add_help=False, formatter_class=_formatter)
     _add_global_options(after, suppress=True)
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd, needs_name in COMMANDS.items():
         sub = commands.add_parser(
             cmd, parents=[after], help=_HELP.get(cmd), description=_HELP.get(cmd), epilog=_EPILOG,
-            formatter_class=_Formatter,
+            formatter_class=_formatter,
         )
         if needs_name:
             sub.add_argument("name", metavar="NAME",
@@ -162,12 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
                              help="keep printing new lines until interrupted")
     for cmd, text in _OTHER_COMMANDS.items():
         commands.add_parser(cmd, help=text, description=text, add_help=False,
-                            formatter_class=_Formatter)
+                            formatter_class=_formatter)
     return parser
 
 
-def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+def _add_global_options(parser, suppress: bool) -> None:
     """Add -s/--socket, --json and --timeout to ``parser``."""
+    import argparse
 
     def default(value: object) -> object:
         return argparse.SUPPRESS if suppress else value
@@ -196,6 +229,8 @@ def _add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None
 
 def _positive_seconds(text: str) -> float:
     """argparse type for --timeout."""
+    import argparse
+
     try:
         value = float(text)
     except ValueError:
