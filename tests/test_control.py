@@ -364,7 +364,7 @@ def test_cli_status_table_and_json(ctl):
     assert out.returncode == 0, out.stderr
     header, *rows = out.stdout.splitlines()
     assert header.split() == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST", "EXIT",
-                              "MEMORY", "NOTE"]
+                              "MEMORY", "OUTPUT", "NOTE"]
     alpha = next(r for r in rows if r.startswith("alpha"))
     assert alpha.split()[1:3] == ["RUNNING", str(ctl.server.starts("alpha")[-1])]
     # columns line up

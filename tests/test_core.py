@@ -337,3 +337,37 @@ def test_sighup_with_a_broken_config_file_keeps_everything_running(server):
     # a later reload must exit as a worker, not fall back into master code
     assert srv.log().count("Reload failed") == 1
     assert f"[{srv.pid}] [ERROR] Reload failed" in srv.log()
+
+
+def test_a_refused_reload_leaves_the_companions_alone_too(server):
+    srv = server(SLEEPERS)
+    alpha, = srv.wait_starts("alpha")
+    # a bad Gunicorn setting beside a companion change: the whole reload is refused
+    srv.write_config(SLEEPERS.replace("workers = 1", 'workers = "many"').replace(
+        '"target": "compapp:sleeper"}', '"target": "compapp:sleeper", "env": {"X": "1"}}', 1))
+    srv.signal(signal.SIGHUP)
+    srv.wait_log("Reload failed: the configuration is invalid")
+    srv.signal(signal.SIGHUP)  # the next one too: nothing was half-applied
+    srv.wait_log("Reload failed: the configuration is invalid", count=2)
+    assert "Companion config reread" not in srv.log()
+    assert srv.starts("alpha") == [alpha] and alive(alpha)
+
+
+def test_a_replacement_manager_runs_the_target_the_config_names_now(server):
+    srv = server(SLEEPERS)
+    manager = srv.wait_manager()
+    srv.wait_starts("alpha")
+    srv.write_config(SLEEPERS.replace('"name": "alpha", "target": "compapp:sleeper"',
+                                      '"name": "alpha", "target": "compapp:instance"'))
+    srv.signal(signal.SIGHUP)
+    srv.wait_starts("alpha", 2)
+    os.kill(manager, signal.SIGKILL)
+    srv.wait_manager(other_than=manager)
+    srv.wait_starts("alpha", 3)
+    # compapp:instance notes each start; compapp:sleeper does not
+    lines = srv.until(lambda: (srv.state / "alpha.instances").exists()
+                      and (srv.state / "alpha.instances").read_text().splitlines(),
+                      message="alpha's instance notes")
+    srv.until(lambda: len((srv.state / "alpha.instances").read_text().splitlines()) >= 2,
+              message="the replacement to run compapp:instance too")
+    assert lines

@@ -125,13 +125,13 @@ def test_format_status_aligns_columns():
         ],
     }
     assert format_status(reply) == (
-        "NAME       STATE     PID   UPTIME  RESTARTS  LAST EXIT  MEMORY  NOTE\n"
-        "scheduler  RUNNING   4242  3m12s   0         -          -\n"
-        "q          BACKOFF   -     -       12        exit 1     -\n"
-        "socketio   STOPPED   -     -       3         SIGKILL    -\n"
-        "beat       STARTING  77    2s      0         -          5.5M    "
+        "NAME       STATE     PID   UPTIME  RESTARTS  LAST EXIT  MEMORY  OUTPUT  NOTE\n"
+        "scheduler  RUNNING   4242  3m12s   0         -          -       -\n"
+        "q          BACKOFF   -     -       12        exit 1     -       -\n"
+        "socketio   STOPPED   -     -       3         SIGKILL    -       -\n"
+        "beat       STARTING  77    2s      0         -          5.5M    -       "
         "waiting for singleton lock\n"
-        "rq:0       RUNNING   78    2s      1         SIGTERM    812K    "
+        "rq:0       RUNNING   78    2s      1         SIGTERM    812K    -       "
         "last restart: max_lifetime reached"
     )
 
@@ -146,14 +146,15 @@ def test_format_status_aligns_columns():
     ],
 )
 def test_format_status_without_companions_is_the_header(reply):
-    assert format_status(reply) == "NAME  STATE  PID  UPTIME  RESTARTS  LAST EXIT  MEMORY  NOTE"
+    assert format_status(reply) == (
+        "NAME  STATE  PID  UPTIME  RESTARTS  LAST EXIT  MEMORY  OUTPUT  NOTE")
 
 
 def test_format_status_tolerates_missing_fields():
     reply = {"ok": True, "companions": [{"name": "a-very-long-name"}]}
     assert format_status(reply) == (
-        "NAME              STATE  PID  UPTIME  RESTARTS  LAST EXIT  MEMORY  NOTE\n"
-        "a-very-long-name  ?      -    -       -         -          -"
+        "NAME              STATE  PID  UPTIME  RESTARTS  LAST EXIT  MEMORY  OUTPUT  NOTE\n"
+        "a-very-long-name  ?      -    -       -         -          -       -"
     )
 
 
@@ -266,8 +267,8 @@ def test_status_prints_the_table(serve, capsys):
     assert main(["-s", server.server_address, "status"]) == 0
     out, err = capsys.readouterr()
     assert out == (
-        "NAME       STATE    PID  UPTIME  RESTARTS  LAST EXIT  MEMORY  NOTE\n"
-        "scheduler  RUNNING  101  2h05m   1         SIGKILL    -\n"
+        "NAME       STATE    PID  UPTIME  RESTARTS  LAST EXIT  MEMORY  OUTPUT  NOTE\n"
+        "scheduler  RUNNING  101  2h05m   1         SIGKILL    -       -\n"
     )
     assert err == ""
     assert server.requests == [{"cmd": "status"}]
@@ -632,3 +633,15 @@ def test_module_entry_point_reports_without_traceback():
         "gunicorn-companion: cannot connect to /nonexistent/ctl.sock: No such file or directory "
         "(is Gunicorn running with companion_control_socket set?)\n"
     )
+
+
+@pytest.mark.parametrize("companion, shown", [
+    ({"stdout": "inherit", "stderr": "inherit"}, "inherit"),
+    ({"stdout": "/l/a.log", "stderr": "stdout"}, "/l/a.log"),
+    ({"stdout": "/l/a.log", "stderr": "/l/a.err"}, "/l/a.log, /l/a.err"),
+    ({"stdout": "inherit", "stderr": "/l/a.err"}, "inherit, /l/a.err"),
+    ({}, "-"),
+])
+def test_format_output(companion, shown):
+    from gunicorn_companion.ctl import format_output
+    assert format_output(companion) == shown

@@ -119,7 +119,7 @@ class CompanionWSGIApplication(CompanionApplicationMixin, WSGIApplication):
         location = args.config or env_args.config or get_default_config_file()
         if location and not location.startswith("python:"):
             location = location[len("file:"):] if location.startswith("file:") else location
-            location = os.path.join(started_in, location)
+            location = os.path.abspath(os.path.join(started_in, location))
         self.main_config_file = location
         given = {
             name for ns in (env_args, args) for name, value in vars(ns).items()

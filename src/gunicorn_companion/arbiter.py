@@ -258,12 +258,17 @@ class CompanionArbiter(Arbiter):
         self.companion_targets: dict = {}
         self.manager = ManagerHandle(self)
         self.companions_started = False
+        self.reload_failed = False
         super().__init__(app)  # preloads the app when preload_app is set
         self._reexec_as_started()
         if self.cfg.preload_app:
             # Resolve in the master, after the preload, so companions share the
             # imported modules and a bad target stops the boot before any fork.
-            self.companion_targets = resolve_all(self.companion_config.specs)
+            by_name = resolve_all(self.companion_config.specs)
+            # keyed by the target string: a later config may give a name a
+            # different target, and a replacement manager must not run the old one
+            self.companion_targets = {s.target: by_name[s.name]
+                                      for s in self.companion_config.specs if s.target}
 
     def _reexec_as_started(self):
         """USR2 re-executes ``sys.executable`` with ``sys.argv``. Started as
@@ -311,6 +316,7 @@ class CompanionArbiter(Arbiter):
         Gunicorn's loader prints the fault and calls sys.exit, and here the
         running configuration stays instead."""
         running_cfg = self.app.cfg
+        self.reload_failed = False
         try:
             super().reload()
         except SystemExit:
@@ -321,13 +327,14 @@ class CompanionArbiter(Arbiter):
             self.app.cfg = running_cfg
             for key, value in self.cfg.env.items():  # Gunicorn unset them before reading
                 os.environ[key] = value
+            self.reload_failed = True
             self.log.error("Reload failed: the configuration is invalid (see the message "
                            "above); keeping the running configuration")
 
     def handle_hup(self):
         super().handle_hup()
-        if self.app.cfg is not self.cfg:
-            return  # the reload failed and was rolled back
+        if self.reload_failed:
+            return  # rolled back: the companions keep the running config too
         try:
             self.companion_config = load_companion_config(self.companion_sources)
         except ConfigError as exc:
@@ -409,7 +416,7 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
         become_subreaper()
         manager = Manager(
             arbiter.companion_config,
-            arbiter.companion_targets,
+            {},
             log=arbiter.log,
             sources=arbiter.companion_sources,
             title=lambda name: util._setproctitle(f"companion {name} [{proc_name}]"),
@@ -432,9 +439,11 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
         try:
             # Without preload nothing was resolved in the master; with it, a
             # companion added by a reload since the boot was not either.
-            unresolved = tuple(s for s in arbiter.companion_config.specs
-                               if s.name not in arbiter.companion_targets)
-            manager.targets.update(resolve_all(unresolved))
+            specs = arbiter.companion_config.specs
+            known = arbiter.companion_targets
+            manager.targets = {s.name: known[s.target] for s in specs if s.target in known}
+            manager.targets.update(resolve_all(tuple(s for s in specs
+                                                     if s.target not in known)))
             if any(s.singleton for s in arbiter.companion_config.specs):
                 manager.lock_dir = prepare_lock_dir(cfg)
             manager.prepare_lock_dir = lambda: prepare_lock_dir(cfg)

@@ -40,7 +40,8 @@ _OTHER_COMMANDS = {
     "import-supervisor": "print companion_workers for the programs of a supervisord.conf",
 }
 
-_STATUS_HEADER = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "MEMORY", "NOTE")
+_STATUS_HEADER = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "MEMORY", "OUTPUT",
+                  "NOTE")
 
 _EPILOG = (
     "exit status: 0 when the manager did it, 1 when it refused (the reason is on stderr), "
@@ -269,6 +270,7 @@ def format_status(reply: dict) -> str:
                 "-" if restarts is None else str(restarts),
                 format_exit(companion.get("last_exit")),
                 format_bytes(companion.get("memory")),
+                format_output(companion),
                 format_note(companion),
             )
         )
@@ -308,6 +310,16 @@ def format_bytes(size: object) -> str:
             value = size / scale
             return f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
     return f"{int(size)}B"
+
+
+def format_output(companion: dict) -> str:
+    """Where its output goes: 'inherit', a file, or two files."""
+    out, err = companion.get("stdout"), companion.get("stderr")
+    if not isinstance(out, str):
+        return "-"
+    if err in (None, out, "stdout") or not isinstance(err, str):
+        return out
+    return f"{out}, {err}"
 
 
 def format_note(companion: dict) -> str:

@@ -90,6 +90,7 @@ class Manager:
         self.timers: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
         self.shutting_down = False
+        self.strays_pending = False
         self.selector = selectors.DefaultSelector()
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         # One datagram socket for every companion's ready()/heartbeat(): the
@@ -143,6 +144,9 @@ class Manager:
             for key, mask in self.selector.select(timeout):
                 key.data(key, mask)
             self._fire_timers()
+            if self.strays_pending:
+                self.strays_pending = False
+                self._kill_strays()
         if self.control is not None:
             self.control.close()
         self._kill_session()
@@ -414,7 +418,9 @@ class Manager:
             self._feed_followers()
             self.apply(name, lc.Exited(lc.ExitStatus.from_wait_status(status),
                                        jitter=random.random()))
-            self._kill_strays()
+            # swept after this loop turn's respawns: scanning /proc costs
+            # milliseconds that a restart should not wait for
+            self.strays_pending = True
 
     def _kill_strays(self) -> None:
         """SIGKILL descendants that left their companion's process group and
@@ -524,29 +530,43 @@ class Manager:
         return True, summary or "no changes", changes
 
     def snapshot(self) -> list[dict]:
-        """What ``status`` shows: one entry per companion."""
+        """What ``status`` shows: one entry per companion.
+
+        Every entry has name, state, pid, uptime, restarts, last_exit, stdout,
+        stderr and its target or command; the other fields appear only when
+        they say something (a status of 500 companions stays small and fast).
+        """
         now = self.clock()
         entries = []
         for record in self.records.values():
+            spec = record.spec
             running = record.state in PROCESS_STATES and record.started_at is not None
-            entries.append({
+            entry = {
                 "name": record.name,
                 "state": str(record.state),
                 "pid": record.pid,
                 "uptime": round(now - record.started_at, 3) if running and record.pid else None,
                 "restarts": record.restarts,
                 "last_exit": record.last_exit.as_json() if record.last_exit else None,
-                "group": record.spec.group_name,
-                "target": record.spec.target,
-                "command": list(record.spec.command) if record.spec.command else None,
-                "stdout": record.spec.stdout,
-                "stderr": record.spec.stderr,
-                "wanted": record.wanted,
-                "waiting": record.waiting,
-                "singleton": record.spec.singleton,
-                "memory": self.memory.get(record.name),
-                "last_recycle": record.last_recycle,
-            })
+                "stdout": spec.stdout,
+                "stderr": spec.stderr,
+            }
+            if spec.command:
+                entry["command"] = list(spec.command)
+            else:
+                entry["target"] = spec.target
+            if spec.group:
+                entry["group"] = spec.group
+            if not record.wanted:
+                entry["wanted"] = False  # stopped by hand, or not autostarted
+            if spec.singleton:
+                entry["singleton"] = True
+            for key, value in (("waiting", record.waiting),
+                               ("memory", self.memory.get(record.name)),
+                               ("last_recycle", record.last_recycle)):
+                if value is not None:
+                    entry[key] = value
+            entries.append(entry)
         return entries
 
 
