@@ -1,0 +1,417 @@
+"""The measurements. Each phase starts its own daemons, measures, shuts them
+down, and cleans up whatever is left in a ``finally`` block; a phase that
+fails is recorded and the others still run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from . import proc
+from .results import Results
+from .runtime import BenchError, Run, executable
+from .systems import Circus, GunicornServer, Supervisord, System, idle_programs, workload_programs
+
+COMPANIONS, SUPERVISORD, CIRCUS = "companions", "supervisord", "circus"
+LATENCY_PROGRAM = "worker-0"
+# A companion left at the default restart_delay (1 s): its kill-to-ready minus
+# the delay shows that the delay only adds to detection + spawn.
+DELAYED_PROGRAM, DEFAULT_DELAY = "scheduler-1", 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    quick: bool
+    ks: tuple[int, ...] = (4, 16)
+    mem_reps: int = 3  # repetitions of the memory/latency/shutdown phase
+    hold: float = 60.0  # seconds between the two memory readings
+    full_gc_every: float = 10.0  # the workload's full-collection period
+    latency_ks: tuple[int, ...] = (4, 16)
+    latency_reps: int = 2  # start/restart samples per instance
+    shutdown_ks: tuple[int, ...] = (4, 16)
+    ctl_programs: int = 200
+    ctl_reps: int = 3
+    idle_window: float = 60.0
+    status_cli_n: int = 20
+    status_api_n: int = 200
+    scale_programs: int = 500
+    scale_reps: int = 3
+    scale_shutdown: bool = True  # time the shutdown of the 500 (else just kill them)
+    settle: float = 1.0
+    boot_timeout: float = 180.0
+
+    @classmethod
+    def full(cls) -> "Plan":
+        return cls(quick=False)
+
+    @classmethod
+    def quick_plan(cls) -> "Plan":
+        return cls(quick=True, ks=(4, 8), mem_reps=1, hold=1.5, full_gc_every=0.5,
+                   latency_ks=(4,), scale_shutdown=False,
+                   latency_reps=1, shutdown_ks=(4,), ctl_reps=1, idle_window=2.0,
+                   status_cli_n=3, status_api_n=20, scale_reps=1, settle=0.3)
+
+
+# -- gc_freeze detection -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GcFreeze:
+    available: bool
+    default: bool | None  # the setting's default, when the help says it
+
+
+def detect_gc_freeze() -> GcFreeze:
+    """Is ``companion_gc_freeze`` a setting of the installed package? Asked of
+    ``gunicorn-companion serve --help``, which lists every companion setting."""
+    try:
+        done = subprocess.run([executable("gunicorn-companion"), "serve", "--help"],
+                              capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (subprocess.TimeoutExpired, OSError, BenchError):
+        return GcFreeze(False, None)
+    text = done.stdout.decode("utf-8", "replace")
+    match = re.search(r"--(?:no-)?companion-gc-freeze\b(.*?)(?=\n\s*-|\Z)", text, re.S)
+    if match is None:
+        return GcFreeze("gc_freeze" in text or "gc-freeze" in text, None)
+    default = re.search(r"\[(True|False)\]", match.group(1))
+    return GcFreeze(True, None if default is None else default.group(1) == "True")
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def stop_instance(system: System | None) -> None:
+    """End an instance whatever state it is in (a no-op once it shut down)."""
+    if system is None or system.popen is None:
+        return
+    try:
+        system.close_clients()
+    except Exception:
+        pass
+    if system.popen.poll() is None:
+        proc.kill_trees([system.popen.pid], None)
+    try:
+        system.popen.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        system.popen.kill()
+        system.popen.wait(timeout=10)
+
+
+def sleep_until(when: float) -> None:
+    while True:
+        left = when - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 1.0))
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Suite:
+    def __init__(self, run: Run, plan: Plan, results: Results):
+        self.run = run
+        self.plan = plan
+        self.results = results
+        self.freeze = detect_gc_freeze()
+        run.extra_env["WORKLOAD_FULL_GC_EVERY"] = str(plan.full_gc_every)
+        results.facts.update({
+            "mode": "quick" if plan.quick else "full",
+            "hold_seconds": plan.hold,
+            "full_gc_every": plan.full_gc_every,
+            "gc_freeze_available": self.freeze.available,
+            "gc_freeze_default": self.freeze.default,
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+            "loadavg_start": os.getloadavg(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        })
+
+    def companion_variants(self) -> list[tuple[str, dict, bool]]:
+        """(label, extra settings, is it the main companions row) for the memory phase."""
+        base = {"companion_restart_delay": 0}
+        if not self.freeze.available:
+            return [(COMPANIONS, base, True)]
+        main_on = self.freeze.default is not False
+        return [
+            (f"{COMPANIONS} gc_freeze=on", {**base, "companion_gc_freeze": True}, main_on),
+            (f"{COMPANIONS} gc_freeze=off", {**base, "companion_gc_freeze": False}, not main_on),
+        ]
+
+    def guard(self, what: str, fn, *args) -> None:
+        try:
+            fn(*args)
+        except BenchError as exc:
+            log(f"FAILED {what}: {exc}")
+            self.results.fail(what, exc)
+        except Exception as exc:
+            log(f"FAILED {what}: {type(exc).__name__}: {exc}")
+            self.results.fail(what, f"{type(exc).__name__}: {exc}")
+
+    # -- phase 1: memory, start/restart latency, shutdown, with K workload processes ----
+
+    def memory_phase(self) -> None:
+        for rep in range(self.plan.mem_reps):
+            for k in self.plan.ks:
+                self.guard(f"memory K={k} rep {rep + 1}", self.memory_round, k, rep)
+
+    def memory_round(self, k: int, rep: int) -> None:
+        plan, results = self.plan, self.results
+        programs = workload_programs(k)
+        latency = k in plan.latency_ks
+        base = None
+        try:
+            base = GunicornServer(self.run, [], f"base-k{k}-r{rep}")
+            base.launch()
+            base.wait_up(plan.boot_timeout)
+            time.sleep(plan.settle)
+            base_pss = base.tree_pss_kib()
+            results.add("base_pss", "gunicorn", base_pss / 1024)
+            log(f"K={k} rep {rep + 1}: web server alone {base_pss / 1024:.1f} MiB PSS")
+            others = [Supervisord, Circus] if rep % 2 == 0 else [Circus, Supervisord]
+            for cls in others:
+                system = cls(self.run, programs, f"k{k}-r{rep}")
+                self.guard(f"{system.label} K={k} rep {rep + 1}", self.measure_instance,
+                           system, system.label, k, base, base_pss, latency)
+            results.add("shutdown_base", "gunicorn", base.shutdown())
+        finally:
+            stop_instance(base)
+        for label, settings, main in self.companion_variants():
+            system = GunicornServer(self.run, programs, f"k{k}-r{rep}", settings=settings,
+                                    per_program={DELAYED_PROGRAM: {"restart_delay": DEFAULT_DELAY}})
+            self.guard(f"{label} K={k} rep {rep + 1}", self.measure_instance, system, label, k,
+                       None, base_pss, latency and main, main)
+
+    def measure_instance(self, system: System, label: str, k: int, alongside: System | None,
+                         base_pss: int, latency: bool, main: bool = True) -> None:
+        plan = self.plan
+        # The main companions variant (gc_freeze at its default) is also the
+        # "companions" column; the other variant only has its own row.
+        labels = [label] + ([COMPANIONS] if main and label.startswith(COMPANIONS + " ") else [])
+        results = _Fanout(self.results, labels)
+        try:
+            system.launch()
+            if isinstance(system, GunicornServer):
+                system.wait_up(plan.boot_timeout)
+            ready = system.wait_all_ready(plan.boot_timeout)
+            all_ready = max(line.mono for line in ready.values())
+            if main:
+                results.add(f"boot_k{k}", all_ready - system.launched_at)
+            time.sleep(plan.settle)
+
+            def added_mib() -> float:
+                total = system.tree_pss_kib()
+                if alongside is not None:
+                    total += alongside.tree_pss_kib()
+                return (total - base_pss) / 1024
+
+            start_mib = added_mib()
+            results.add(f"mem_start_k{k}", start_mib)
+            sleep_until(all_ready + plan.hold)
+            system.check_alive()
+            hold_mib = added_mib()
+            results.add(f"mem_hold_k{k}", hold_mib)
+            log(f"  {label:<26} K={k}: +{start_mib:7.1f} MiB at start, "
+                f"+{hold_mib:7.1f} MiB after {plan.hold:g}s")
+            if latency:
+                self.latency_tests(system, labels, k)
+            if main and k in plan.shutdown_ks:
+                system.wait_all_running(60)
+                seconds = system.shutdown()
+                results.add(f"shutdown_k{k}", seconds)
+                log(f"  {label:<26} K={k}: shutdown {seconds:.3f}s")
+        finally:
+            stop_instance(system)
+
+    def latency_tests(self, system: System, labels: list[str], k: int) -> None:
+        results, name, label = _Fanout(self.results, labels), LATENCY_PROGRAM, labels[0]
+        system.wait_all_running(60)
+        for _ in range(self.plan.latency_reps):
+            # start through the CLI (a whole CLI process), after a stop
+            old = system.program_pid(name)
+            system.cli_stop(name)
+            t0 = time.monotonic()
+            system.cli_start(name)
+            line = system.ready.wait_for(name, 60, not_pid=old, after=t0)
+            results.add(f"start_cli_k{k}", line.mono - t0)
+            # start through the API (raw socket / XML-RPC / ZeroMQ), after a stop
+            system.wait_all_running(60)
+            old = line.pid
+            system.cli_stop(name)
+            t0 = time.monotonic()
+            api_start(system, name)
+            line = system.ready.wait_for(name, 60, not_pid=old, after=t0)
+            results.add(f"start_api_k{k}", line.mono - t0)
+            # SIGKILL, then the automatic restart
+            system.wait_all_running(60)
+            time.sleep(0.2)
+            old = line.pid
+            t0 = time.monotonic()
+            os.kill(old, signal.SIGKILL)
+            line = system.ready.wait_for(name, 60, not_pid=old, after=t0)
+            results.add(f"restart_k{k}", line.mono - t0)
+            if line.forked is not None:
+                results.add(f"restart_fork_k{k}", max(0.0, line.forked - t0))
+            system.wait_all_running(60)
+            if isinstance(system, GunicornServer) and DELAYED_PROGRAM in system.names:
+                time.sleep(0.2)
+                old = system.program_pid(DELAYED_PROGRAM)
+                t0 = time.monotonic()
+                os.kill(old, signal.SIGKILL)
+                line = system.ready.wait_for(DELAYED_PROGRAM, 60, not_pid=old, after=t0)
+                results.add(f"restart_delayed_k{k}", line.mono - t0 - DEFAULT_DELAY)
+                system.wait_all_running(60)
+        log(f"  {label:<26} K={k}: start(cli) {results.last(f'start_cli_k{k}'):.3f}s"
+            f", restart {results.last(f'restart_k{k}'):.3f}s")
+
+    # -- phase 2: 200 idle programs: idle CPU, status latency ----------------------------
+
+    def control_phase(self) -> None:
+        for rep in range(self.plan.ctl_reps):
+            self.guard(f"control rep {rep + 1}", self.control_round, rep)
+
+    def control_round(self, rep: int) -> None:
+        plan, results, n = self.plan, self.results, self.plan.ctl_programs
+        programs = idle_programs(n)
+        systems: list[System] = []
+        try:
+            systems = [
+                GunicornServer(self.run, programs, f"ctl-r{rep}", app="workload.tiny:application",
+                               settings={"companion_restart_delay": 0}),
+                Supervisord(self.run, programs, f"ctl-r{rep}"),
+                Circus(self.run, programs, f"ctl-r{rep}"),
+            ]
+            for system in systems:
+                system.launch()
+            systems[0].wait_up(plan.boot_timeout)
+            for system in systems:
+                system.wait_all_running(plan.boot_timeout)
+            log(f"control rep {rep + 1}: {n} programs running under each of "
+                f"{', '.join(s.label for s in systems)}")
+            time.sleep(max(plan.settle, 2.0))
+            daemons = {s.label: s.daemon_pid() for s in systems}
+            cpu0 = {label: (proc.cpu_seconds(pid), proc.cpu_ns(pid))
+                    for label, pid in daemons.items()}
+            t0 = time.monotonic()
+            time.sleep(plan.idle_window)
+            elapsed = time.monotonic() - t0
+            for label, pid in daemons.items():
+                ticks, ns = proc.cpu_seconds(pid), proc.cpu_ns(pid)
+                if ticks is None or cpu0[label][0] is None:
+                    raise BenchError(f"the {label} daemon (pid {pid}) exited while idle")
+                results.add(f"idle_cpu_{n}", label, 100.0 * (ticks - cpu0[label][0]) / elapsed)
+                if ns is not None and cpu0[label][1] is not None:
+                    results.add(f"idle_cpu_ns_{n}", label,
+                                100.0 * (ns - cpu0[label][1]) / 1e9 / elapsed)
+                results.add(f"daemon_pss_{n}", label, proc.pss_kib(pid) / 1024)
+                results.add(f"daemon_rss_{n}", label, proc.rss_kib(pid) / 1024)
+            log("  idle CPU: " + ", ".join(
+                f"{label} {results.get(f'idle_cpu_{n}', label).values[-1]:.3f}%"
+                for label in daemons))
+            for _ in range(plan.status_cli_n):
+                for system in systems:
+                    results.add(f"status_cli_{n}", system.label, system.cli_status())
+            for _ in range(plan.status_api_n):
+                for system in systems:
+                    results.add(f"status_api_{n}", system.label, system.api_status(reuse=False))
+            for _ in range(plan.status_api_n):
+                for system in systems:
+                    results.add(f"status_api_reused_{n}", system.label,
+                                system.api_status(reuse=True))
+            log("  status: " + ", ".join(
+                f"{s.label} cli {results.get(f'status_cli_{n}', s.label).median * 1000:.1f} ms "
+                f"api {results.get(f'status_api_{n}', s.label).median * 1000:.2f} ms "
+                f"(reused {results.get(f'status_api_reused_{n}', s.label).median * 1000:.2f} ms)"
+                for s in systems))
+            # no shutdown timing here: supervisord takes minutes to stop 200 programs
+            # (about one per turn of its 1 s loop); stop_instance() kills the trees
+        finally:
+            for system in systems:
+                stop_instance(system)
+
+    # -- phase 3: 500 companions -----------------------------------------------------------
+
+    def scale_phase(self) -> None:
+        for rep in range(self.plan.scale_reps):
+            self.guard(f"scale rep {rep + 1}", self.scale_round, rep)
+
+    def scale_round(self, rep: int) -> None:
+        n, results = self.plan.scale_programs, self.results
+        system = GunicornServer(self.run, idle_programs(n), f"scale-r{rep}",
+                                app="workload.tiny:application",
+                                settings={"companion_restart_delay": 0})
+        try:
+            system.launch()
+            t0 = system.launched_at
+            first = forked = running = None
+            deadline = t0 + self.plan.boot_timeout
+            while running is None:
+                system.check_alive()
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{n} companions not all RUNNING within "
+                                     f"{self.plan.boot_timeout:g}s")
+                try:
+                    entries = system.status()
+                except (OSError, ValueError):
+                    time.sleep(0.02)
+                    continue
+                now = time.monotonic()
+                if first is None:
+                    first = now - t0
+                if forked is None and len(entries) == n and all(e.get("pid") for e in entries):
+                    forked = now - t0
+                if len(entries) == n and all(e["state"] == "RUNNING" for e in entries):
+                    running = now - t0
+                    break
+                time.sleep(0.02)
+            results.add(f"scale_first_answer_{n}", COMPANIONS, first)
+            results.add(f"scale_forked_{n}", COMPANIONS, forked if forked is not None else running)
+            results.add(f"scale_running_{n}", COMPANIONS, running)
+            manager = system.daemon_pid()
+            results.add(f"scale_manager_pss_{n}", COMPANIONS, proc.pss_kib(manager) / 1024)
+            results.add(f"scale_manager_rss_{n}", COMPANIONS, proc.rss_kib(manager) / 1024)
+            if self.plan.scale_shutdown:
+                results.add(f"shutdown_{n}", COMPANIONS, system.shutdown())
+            log(f"scale rep {rep + 1}: {n} companions RUNNING {running:.2f}s after launch "
+                f"(first status answer {first:.2f}s); manager "
+                f"{results.get(f'scale_manager_pss_{n}', COMPANIONS).values[-1]:.1f} MiB PSS")
+        finally:
+            stop_instance(system)
+
+
+class _Fanout:
+    """Adds each sample under several system labels."""
+
+    def __init__(self, results: Results, labels: list[str]):
+        self.results, self.labels = results, labels
+
+    def add(self, figure: str, value: float) -> None:
+        for label in self.labels:
+            self.results.add(figure, label, value)
+
+    def last(self, figure: str) -> float:
+        return self.results.get(figure, self.labels[0]).values[-1]
+
+
+def api_start(system: System, name: str) -> None:
+    """Ask for a start without a CLI process: what a script or a UI would do."""
+    if isinstance(system, GunicornServer):
+        from .systems import raw_call
+
+        # answers once RUNNING (after startsecs); the ready line comes long before
+        reply = raw_call(system.control, {"cmd": "start", "name": name})
+        if not reply.get("ok"):
+            raise BenchError(f"raw start {name}: {reply.get('error')}")
+    elif isinstance(system, Supervisord):
+        system.proxy().supervisor.startProcess(name, False)
+    elif isinstance(system, Circus):
+        system.call("start", name=name)
+    else:  # pragma: no cover
+        raise BenchError(f"no API start for {system.label}")
