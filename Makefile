@@ -7,10 +7,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 VENV_OLDEST ?= .venv-gunicorn23
+VENV_BENCH ?= .venv-bench
 GUNICORN_OLDEST ?= 23.0.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-newest test-oldest lint clean
+.PHONY: demo test test-newest test-oldest lint bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,12 @@ $(VENV_OLDEST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV_OLDEST)
 	$(VENV_OLDEST)/bin/python -m pip install -q --upgrade pip
 	$(VENV_OLDEST)/bin/python -m pip install -q -e '.[test]' 'gunicorn==$(GUNICORN_OLDEST)'
+	touch $@
+
+$(VENV_BENCH)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_BENCH)
+	$(VENV_BENCH)/bin/python -m pip install -q --upgrade pip
+	$(VENV_BENCH)/bin/python -m pip install -q -e '.[bench]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -36,7 +43,14 @@ test-oldest: $(VENV_OLDEST)/.installed
 	$(VENV_OLDEST)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests examples
+	$(VENV)/bin/ruff check src tests examples benchmarks docs
+
+# Companions against supervisord and circus (benchmarks/README.md).
+bench: $(VENV_BENCH)/.installed
+	$(VENV_BENCH)/bin/python benchmarks/run.py
+
+bench-quick: $(VENV_BENCH)/.installed
+	$(VENV_BENCH)/bin/python benchmarks/run.py --quick
 
 clean:
-	rm -rf $(VENV) $(VENV_OLDEST) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_BENCH) .pytest_cache .hypothesis
