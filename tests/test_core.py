@@ -371,3 +371,43 @@ def test_a_replacement_manager_runs_the_target_the_config_names_now(server):
     srv.until(lambda: len((srv.state / "alpha.instances").read_text().splitlines()) >= 2,
               message="the replacement to run compapp:instance too")
     assert lines
+
+
+def test_ctrl_c_during_a_graceful_stop_hurries_the_companions(server):
+    srv = server("""
+        preload_app = True
+        companion_workers = [{"name": "stubborn", "target": "compapp:stubborn",
+                              "stop_timeout": 60}]
+    """)
+    stubborn, = srv.wait_starts("stubborn")
+    srv.signal(signal.SIGTERM)
+    srv.wait_log("Companion manager stopping companions (graceful)")
+    started = time.monotonic()
+    srv.signal(signal.SIGINT)
+    srv.wait_exit(timeout=20)
+    assert time.monotonic() - started < 10  # not the 60 s stop_timeout
+    assert not alive(stubborn)
+
+
+def test_a_slow_replacement_manager_does_not_hold_up_the_http_workers(server):
+    srv = server("""
+        workers = 1
+        companion_workers = [{"name": "slow", "target": "slowimport:run"}]
+    """)
+    (srv.root / "slowimport.py").write_text(
+        "import os, time\n"
+        "if os.path.exists(os.path.join(os.path.dirname(__file__), 'slow')):\n"
+        "    time.sleep(4)  # a heavy import, paid in the manager without preload\n"
+        "from compapp import sleeper as run\n")
+    srv.wait_starts("slow")
+    manager = srv.wait_manager()
+    (srv.root / "slow").touch()
+    os.kill(manager, signal.SIGKILL)
+    srv.wait_manager(other_than=manager)  # forked, still importing
+    worker = next(p for p in children(srv.pid) if "worker" in cmdline(p))
+    os.kill(worker, signal.SIGKILL)
+    # the master replaces its HTTP worker while the new manager is still booting
+    srv.wait_log("Booting worker", count=2, timeout=3)
+    assert srv.log().count("Companion manager booted") == 1
+    srv.wait_log("Companion manager booted", count=2)
+    srv.wait_starts("slow", 2)

@@ -120,3 +120,37 @@ def test_tail_follow_streams_new_lines_until_the_client_leaves(server, sock_path
         assert follower.wait(10) == 0
     # the manager noticed the client left and serves others as before
     assert Control(sock_path).request({"cmd": "status"})["ok"]
+
+
+def test_followers_that_hang_up_leave_nothing_open_in_the_manager(server, sock_path):
+    srv = server(conf(sock_path, """[{"name": "quiet", "target": "compapp:sleeper"}]"""))
+    srv.wait_starts("quiet")
+    manager = srv.wait_manager()
+
+    def open_fds():
+        return len(os.listdir(f"/proc/{manager}/fd"))
+
+    assert Control(sock_path).request({"cmd": "status"})["ok"]
+    baseline = open_fds()
+    for _ in range(5):
+        follower = Control(sock_path)
+        follower.send(b'{"cmd": "tail", "name": "quiet", "follow": true}\n')
+        assert follower.reply() == {"ok": True, "lines": []}
+        follower.close()  # a quiet companion: only the hang-up can end the stream
+    wait_until(lambda: open_fds() <= baseline, message="the followers' sockets to close")
+
+
+def test_a_log_file_removed_before_rotation_does_not_crash_the_manager(server, sock_path,
+                                                                        tmp_path):
+    out = tmp_path / "gone.log"
+    srv = server(conf(sock_path, f"""[
+        {{"name": "t", "target": "compapp:talker", "stdout": {str(out)!r},
+          "stdout_maxbytes": 200, "stdout_backups": 2}}]"""))
+    srv.wait_starts("t")
+    manager = srv.wait_manager()
+    wait_until(lambda: os.path.exists(f"{out}.1"), message="a first rotation")
+    os.unlink(out)
+    os.unlink(f"{out}.1")
+    wait_until(lambda: out.exists() and "talk" in out.read_text(), message="a fresh file")
+    wait_until(lambda: os.path.exists(f"{out}.1"), message="rotation going on")
+    assert srv.manager_pid() == manager and "crashed" not in srv.log()

@@ -73,6 +73,9 @@ class ManagerHandle:
         self.next_spawn_at = 0.0
         self.stopping = False
         self.waiting_logged = False
+        self.booting = False  # a replacement manager has not reported yet
+        self.boot_report = b""
+        self.boot_deadline = 0.0
 
     @property
     def log(self):
@@ -102,6 +105,7 @@ class ManagerHandle:
         return bool(config and config.specs) and not self.stopping
 
     def maintain(self) -> None:
+        self.poll_boot()
         self._report_exit()
         if self.pid or self.stopping:
             return
@@ -121,6 +125,7 @@ class ManagerHandle:
         else:
             how = f"with exit code {os.WEXITSTATUS(self.exit_status)}"
         self.exit_status, self.exit_unknown = None, False
+        self.booting = False
         self.kill_leftovers()
         if self.stopping:
             return
@@ -188,33 +193,51 @@ class ManagerHandle:
         os.close(write_end)  # HTTP workers forked from now on must not hold it
         self.pid, self.last_pid = pid, pid
         self.lifeline, self.spawned_at = read_end, time.monotonic()
-        ok, message = self._read_boot_result()
-        if ok:
-            self.log.info("Companion manager booted (pid: %s)", pid)
+        self.boot_report, self.boot_deadline = b"", time.monotonic() + BOOT_TIMEOUT
+        if not at_boot:
+            # A replacement reports while the master's loop goes on (HTTP
+            # workers must not wait for a slow import): see poll_boot.
+            self.booting = True
             return
-        self.log.error("Companion manager failed to boot: %s", message)
-        if at_boot:
+        # At boot, wait: a manager that cannot boot stops Gunicorn before any
+        # HTTP worker is forked.
+        while (result := self._boot_result(wait=self.boot_deadline - time.monotonic())) is None:
+            pass
+        ok, message = result
+        if not ok:
             # a failure to boot is not a crash: stop instead of retrying forever
             self.kill(signal.SIGKILL)
             self.wait_exit(5.0)
             raise HaltServer(f"Companion manager failed to boot: {message}", 1)
 
-    def _read_boot_result(self) -> tuple[bool, str]:
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        data = b""
-        while not data.endswith(b"\n"):
-            if not _wait_readable(self.lifeline, deadline - time.monotonic()):
-                if time.monotonic() >= deadline:
-                    self.kill(signal.SIGKILL)
-                    return False, f"no answer within {BOOT_TIMEOUT:g}s"
-                continue
-            chunk = os.read(self.lifeline, 65536)
-            if not chunk:
-                return False, "it exited before reporting (see the log above)"
-            data += chunk
-        if data == READY:
-            return True, ""
-        return False, data[len(ERROR_PREFIX):].decode("utf-8", "replace").rstrip("\n")
+    def poll_boot(self) -> None:
+        if self.booting and self._boot_result(wait=0.0) is not None:
+            self.booting = False
+
+    def _boot_result(self, wait: float) -> tuple[bool, str] | None:
+        """Read the manager's boot line from the lifeline; None until it is whole."""
+        if time.monotonic() >= self.boot_deadline:
+            self.kill(signal.SIGKILL)
+            return self._booted(False, f"no answer within {BOOT_TIMEOUT:g}s")
+        if not _wait_readable(self.lifeline, wait):
+            return None
+        chunk = os.read(self.lifeline, 65536)
+        if not chunk:
+            return self._booted(False, "it exited before reporting (see the log above)")
+        self.boot_report += chunk
+        if not self.boot_report.endswith(b"\n"):
+            return None
+        if self.boot_report == READY:
+            return self._booted(True, "")
+        message = self.boot_report[len(ERROR_PREFIX):].decode("utf-8", "replace").rstrip("\n")
+        return self._booted(False, message)
+
+    def _booted(self, ok: bool, message: str) -> tuple[bool, str]:
+        if ok:
+            self.log.info("Companion manager booted (pid: %s)", self.last_pid)
+        else:
+            self.log.error("Companion manager failed to boot: %s", message)
+        return ok, message
 
     def kill(self, sig: int) -> None:
         if self.pid:
@@ -344,6 +367,33 @@ class CompanionArbiter(Arbiter):
             # The manager rereads and restarts only what changed.
             self.manager.kill(signal.SIGHUP)
 
+    def kill_workers(self, sig):
+        super().kill_workers(sig)
+        # Gunicorn's own stop loop turns a SIGINT/SIGQUIT that arrives during a
+        # graceful stop into SIGQUIT for its workers: the companions hurry too.
+        if sig == signal.SIGQUIT and self.manager.stopping:
+            self.manager.kill(signal.SIGQUIT)
+
+    def _quick_stop_requested(self) -> bool:
+        """Is a SIGINT or SIGQUIT waiting in Gunicorn's signal queue (a list
+        in Gunicorn 23, a SimpleQueue later)? Other signals stay queued."""
+        quick = (signal.SIGINT, signal.SIGQUIT)
+        pending = self.SIG_QUEUE
+        if isinstance(pending, list):
+            return any(sig in quick for sig in pending)
+        kept, found = [], False
+        while True:
+            try:
+                sig = pending.get_nowait()
+            except Exception:  # queue.Empty
+                break
+            found = found or sig in quick
+            if sig not in quick:
+                kept.append(sig)
+        for sig in kept:
+            pending.put_nowait(sig)
+        return found
+
     def handle_usr1(self):
         super().handle_usr1()
         # logrotate's move-and-signal: the manager writes the companion logs
@@ -358,7 +408,15 @@ class CompanionArbiter(Arbiter):
             manager.kill(signal.SIGQUIT)  # a quick shutdown overtakes a graceful one
         manager.stopping = True
         super().stop(graceful)
-        if not manager.wait_exit(deadline - time.monotonic()):
+        quick = not graceful
+        while not manager.wait_exit(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                break
+            if not quick and self._quick_stop_requested():
+                quick = True  # Ctrl-C (or QUIT) while companions drain: hurry them
+                self.log.info("Quick shutdown requested")
+                manager.kill(signal.SIGQUIT)
+        if manager.pid:
             self.log.error("Companion manager did not stop in %.1fs; killing it",
                            manager.stop_timeout())
             manager.kill(signal.SIGKILL)  # PDEATHSIG takes its companions with it

@@ -125,6 +125,7 @@ class Manager:
         self._wakeup_r.close()
         self._wakeup_w.close()
         self._notify_r.close()  # the sending end stays: it is the companion's channel
+        self.output.close_in_child()
         for captures in self.captures.values():
             for capture in captures:
                 if not capture.closed:
@@ -221,6 +222,7 @@ class Manager:
             # Gunicorn's "reopen log files", forwarded by the master: for
             # logrotate's move-and-signal
             self.output.reopen()
+            self.log.reopen_files()  # the manager's own (Gunicorn) log, moved too
             self.log.info("Companion log files reopened")
         # USR1/USR2/TTIN/TTOU/WINCH are the master's business: we only make
         # sure their default action (some terminate) cannot kill the manager.
@@ -229,9 +231,10 @@ class Manager:
 
     def apply(self, name: str, event: lc.Event) -> None:
         """Step one record and carry out what the state machine asks for."""
-        record, actions = lc.step(self.records[name], event, self.clock())
+        before = self.records[name]
+        record, actions = lc.step(before, event, self.clock())
         self.records[name] = record
-        if record.deadline is not None:
+        if record.deadline is not None and record.deadline != before.deadline:
             heapq.heappush(self.timers, (record.deadline, next(self._seq), name))
         for action in actions:
             if isinstance(action, lc.Log):

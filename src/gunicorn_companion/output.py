@@ -58,7 +58,13 @@ class LogFile:
     def write(self, data: bytes) -> None:
         """Write whole lines; rotate first when they would pass maxbytes."""
         if self.maxbytes and self.size and self.size + len(data) > self.maxbytes:
-            self.rotate()
+            try:
+                self.rotate()
+            except OSError:
+                # Someone moved or removed the file under us (logrotate, an
+                # operator): start a fresh one at the path and go on writing.
+                self.close()
+                self.open()
         _write_all(self.fd, data)
         self.size += len(data)
 
@@ -232,6 +238,13 @@ class OutputRouter:
         if logfile.users <= 0:
             logfile.close()
             self.files = {k: v for k, v in self.files.items() if v is not logfile}
+
+    def close_in_child(self) -> None:
+        """A forked companion must not hold the manager's log files (a rotated
+        file would keep its disk space until that companion restarts)."""
+        for logfile in self.files.values():
+            if logfile.fd is not None:
+                os.close(logfile.fd)
 
     def reopen(self) -> None:
         for logfile in self.files.values():

@@ -48,6 +48,7 @@ class Connection:
         self.peer_closed = False  # the peer will send nothing more
         self.closing = False  # close once the output is flushed
         self.refused = False  # answered with a refusal; reads are discarded
+        self.streaming = False  # a stream (tail -f) runs until the client hangs up
         self.closed = False
         self.events = 0
 
@@ -78,6 +79,7 @@ class Connection:
             self._read()
         if mask & selectors.EVENT_WRITE and not self.closed:
             self._write()
+            self._pump()  # room again for requests held back by MAX_OUTPUT
         self._settle()
 
     def _settle(self) -> None:
@@ -111,6 +113,9 @@ class Connection:
             # read why it was refused.
             self.peer_closed = not data
             return
+        if not data and self.streaming:
+            self.close()  # the follower left; nothing else will ever end its stream
+            return
         if not data:
             # The peer finished sending (socat does this after its input):
             # answer a last request that lacked its newline, then close once
@@ -125,7 +130,10 @@ class Connection:
         self._pump()
 
     def _pump(self) -> None:
-        while self.inbox and not self.busy and not self.closing:
+        # Stop answering while a peer that does not read has MAX_OUTPUT
+        # waiting: the rest of its pipelined requests wait in the inbox.
+        while (self.inbox and not self.busy and not self.closing
+               and len(self.output) < MAX_OUTPUT):
             line = self.inbox.popleft()
             self.inbox_bytes -= len(line)
             if not line:  # the overflow mark: refuse, then close
@@ -172,6 +180,7 @@ class Connection:
             self.server.selector.unregister(self.sock)
         self.sock.close()
         self.server.connections.discard(self)
+        self.server.resume_accepting()
 
 
 class Responder:
@@ -201,6 +210,11 @@ class Responder:
     def push(self, reply: dict) -> None:
         if self.answered or self.conn.closed:
             return
+        self.conn.streaming = True
+        if len(self.conn.output) > MAX_OUTPUT:
+            # a follower that stopped reading: drop it rather than buffer forever
+            self.conn.close()
+            return
         self.conn.send(reply)
         if not self.in_handler:
             self.conn._settle()
@@ -220,6 +234,8 @@ class ControlServer:
         self.inode: int | None = None
         self.connections: set[Connection] = set()
         self.uid, self.gid = os.getuid(), os.getgid()
+        self.accepting = True
+        self.accepting_blocked = False  # set on the way out
 
     # -- setup -------------------------------------------------------------------------
 
@@ -303,7 +319,12 @@ class ControlServer:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.log.error("Control socket cannot accept: %s", exc)
+                    # The pending connection stays readable: stop listening
+                    # until a connection closes, or the loop would spin.
+                    self.log.error("Control socket cannot accept: %s; pausing until a "
+                                   "connection closes", exc)
+                    self.selector.unregister(self.listener)
+                    self.accepting = False
                 return
             sock.setblocking(False)
             conn = Connection(self, sock)
@@ -313,6 +334,11 @@ class ControlServer:
                 conn.send(protocol.error(refusal))
                 conn.refused = True
             conn._settle()
+
+    def resume_accepting(self) -> None:
+        if not self.accepting and self.listener is not None and not self.accepting_blocked:
+            self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+            self.accepting = True
 
     def _refusal(self, sock: socket.socket) -> str | None:
         if len(self.connections) > MAX_CONNECTIONS:
@@ -347,6 +373,7 @@ class ControlServer:
             self.listener.close()
 
     def close(self) -> None:
+        self.accepting_blocked = True
         for conn in list(self.connections):
             if conn.output:  # best effort: replies settled by the shutdown itself
                 try:
@@ -356,7 +383,8 @@ class ControlServer:
             conn.close()
         if self.listener is None:
             return
-        self.selector.unregister(self.listener)
+        if self.accepting:
+            self.selector.unregister(self.listener)
         self.listener.close()
         self.listener = None
         # Unlink only the file we created: a successor may own the path by now.
