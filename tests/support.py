@@ -68,16 +68,6 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
-def session_members(sid: int) -> list[int]:
-    """Live processes of a session: everything a test's server started, however deep."""
-    found = []
-    for p in all_pids():
-        fields = proc_stat(p)
-        if fields and int(fields[3]) == sid and fields[0] not in ("Z", "X"):
-            found.append(p)
-    return sorted(found)
-
-
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
@@ -92,6 +82,41 @@ def smaps_rollup(pid: int) -> dict[str, int]:
         key, _, rest = line.partition(":")
         values[key.strip()] = int(rest.split()[0])
     return values
+
+
+def live_tree(sessions: set[int]) -> list[int]:
+    """Live members of ``sessions``, after adding to it (in place) every session
+    led by a child of a member: a server's master session, plus the session of
+    each companion manager (it runs setsid()), a hot upgrade's included.
+    Sessions stay remembered, so leftovers are found after their parent died."""
+    stats = {pid: proc_stat(pid) for pid in all_pids()}
+    stats = {pid: f for pid, f in stats.items() if f and f[0] not in ("Z", "X")}
+    while True:
+        members = {pid for pid, f in stats.items() if int(f[3]) in sessions}
+        new = {pid for pid, f in stats.items()
+               if int(f[3]) == pid and int(f[1]) in members} - sessions
+        if not new:
+            return sorted(members)
+        sessions |= new
+
+
+def terminate_tree(proc: subprocess.Popen, tree, grace: float) -> None:
+    """SIGTERM to the master, then SIGKILL for whatever is left of its tree."""
+    if proc.poll() is None:
+        tree()  # note the manager's session while the master still leads it
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    for pid in tree():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def free_port() -> int:
@@ -122,7 +147,7 @@ class Server:
         self.argv = [*SERVE, "-c", str(self.config_path), "--bind", f"127.0.0.1:{self.port}",
                      *args, app]
         self.proc: subprocess.Popen | None = None
-        self.manager_sessions: set[int] = set()
+        self.sessions: set[int] = set()  # the master's, and every manager's seen
         self.watch_exit = True  # fail waits at once if the master exits
 
     def write_config(self, text: str) -> None:
@@ -176,45 +201,20 @@ class Server:
         os.kill(self.pid, sig)
 
     def tree(self) -> list[int]:
-        """Every live process of this server: the master's session, and the
-        sessions of the companion managers it started (each leads its own)."""
-        self._note_managers()
-        found = set(session_members(self.pid))
-        for sid in self.manager_sessions:
-            found.update(session_members(sid))
-        return sorted(found)
-
-    def _note_managers(self) -> None:
-        """Remember every session led by a child of a process of the master's
-        session (the manager of this master, or of a master a hot upgrade made)."""
-        stats = {p: proc_stat(p) for p in all_pids()}
-        masters = {p for p, f in stats.items() if f and int(f[3]) == self.pid}
-        for pid, fields in stats.items():
-            if fields and int(fields[3]) == pid and int(fields[1]) in masters:
-                self.manager_sessions.add(pid)
+        """Every live process of this server, however deep (see live_tree)."""
+        self.sessions.add(self.pid)
+        return live_tree(self.sessions)
 
     def cleanup(self) -> None:
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    pass
-            for pid in self.tree():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
+            terminate_tree(self.proc, self.tree, grace=15)
             self._log_file.close()
 
     # -- companions --------------------------------------------------------------
 
     def manager_pid(self) -> int | None:
-        self._note_managers()
+        if self.proc is not None:
+            self.tree()  # remember its session: it outlives a SIGKILLed master
         for pid in children(self.pid):
             if "companion manager" in cmdline(pid):
                 return pid

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import pytest
 from redis_server import redis_url  # noqa: F401  (the fixture)
-from support import all_pids, free_port, proc_stat, short_socket_path
+from support import free_port, live_tree, short_socket_path, terminate_tree
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -158,21 +158,8 @@ class Example:
         return body
 
     def tree(self) -> list[int]:
-        """Every live process of this run: the master's session and every session
-        started by one of its processes (the companion manager runs setsid()).
-
-        Sessions are remembered across calls: once the master is gone, a
-        leftover session no longer descends from it."""
-        stats = {pid: proc_stat(pid) for pid in all_pids()}
-        stats = {pid: fields for pid, fields in stats.items()
-                 if fields and fields[0] not in ("Z", "X")}
-        while True:
-            members = {pid for pid, f in stats.items() if int(f[3]) in self.sessions}
-            new = {pid for pid, f in stats.items()
-                   if int(f[3]) == pid and int(f[1]) in members} - self.sessions
-            if not new:
-                return sorted(members)
-            self.sessions |= new
+        """Every live process of this run, however deep (see support.live_tree)."""
+        return live_tree(self.sessions)
 
     def stop(self) -> None:
         """SIGTERM to the master: it must exit 0 and take the whole tree with it."""
@@ -190,23 +177,8 @@ class Example:
 
     def cleanup(self) -> None:
         """SIGTERM, then SIGKILL for whatever is left of the tree, whatever happened."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.tree()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
-        for pid in self.tree():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            terminate_tree(self.proc, self.tree, grace=10)
 
 
 @pytest.fixture

@@ -109,7 +109,7 @@ class ManagerHandle:
         self._report_exit()
         if self.pid or self.stopping:
             return
-        if not self._old_tree_gone():
+        if not self.old_tree_gone():
             return
         if not self.wanted() or time.monotonic() < self.next_spawn_at:
             return
@@ -151,7 +151,7 @@ class ManagerHandle:
             except ProcessLookupError:
                 pass
 
-    def _old_tree_gone(self, wait: float = 0.0) -> bool:
+    def old_tree_gone(self, wait: float = 0.0) -> bool:
         """True once no process of the previous manager's tree holds the lifeline."""
         if self.lifeline is None:
             return True
@@ -422,7 +422,7 @@ class CompanionArbiter(Arbiter):
             manager.kill(signal.SIGKILL)  # PDEATHSIG takes its companions with it
             manager.wait_exit(5.0)
         manager.kill_leftovers()
-        manager._old_tree_gone(wait=5.0)
+        manager.old_tree_gone(wait=5.0)
 
 
 def default_lock_dir() -> str:
