@@ -28,6 +28,7 @@ from gunicorn_companion.lifecycle import (
     SpawnFailed,
     Start,
     Stop,
+    Stopping,
     Tick,
     backoff_delay,
     step,
@@ -110,11 +111,12 @@ def logs(actions):
 
 
 def changed(before: Record, after: Record) -> dict:
-    """Which fields ``step`` changed, as {field: new value}."""
+    """Which fields ``step`` changed, as {field: new value}; ``stopping`` (what
+    status shows of a stop) has a table of its own, STOPPING_INFO."""
     return {
         f: getattr(after, f)
         for f in before.__dataclass_fields__
-        if getattr(after, f) != getattr(before, f)
+        if f != "stopping" and getattr(after, f) != getattr(before, f)
     }
 
 
@@ -154,7 +156,7 @@ TRANSITIONS = [
                  [Spawn("w")], [], id="Tick:BACKOFF->STARTING"),
     pytest.param(STOPPING, Tick(), 109.0, {}, [], [], id="Tick:STOPPING-early"),
     pytest.param(STOPPING, Tick(), 110.0, {"deadline": None, "killed": True},
-                 [Kill("w", PID, KILL)], [logging.WARNING], id="Tick:STOPPING-SIGKILL"),
+                 [Kill("w", PID, KILL, group=True)], [logging.WARNING], id="Tick:STOPPING-SIGKILL"),
     pytest.param(KILLED, Tick(), 200.0, {}, [], [], id="Tick:STOPPING-killed-once"),
     pytest.param(RUNNING, Tick(), NOW, {}, [], [], id="Tick:RUNNING-stale"),
     pytest.param(STOPPED, Tick(), NOW, {}, [], [], id="Tick:STOPPED-stale"),
@@ -198,12 +200,12 @@ TRANSITIONS = [
                  id="Stop:STOPPING-cancels-restart"),
     pytest.param(RUNNING, Stop(quick=True), NOW,
                  {"state": State.STOPPING, "wanted": False, "killed": True},
-                 [Kill("w", PID, KILL)], [], id="Stop-quick:RUNNING->SIGKILL"),
+                 [Kill("w", PID, KILL, group=True)], [], id="Stop-quick:RUNNING->SIGKILL"),
     pytest.param(STARTING, Stop(quick=True), NOW,
                  {"state": State.STOPPING, "wanted": False, "killed": True, "deadline": None},
-                 [Kill("w", PID, KILL)], [], id="Stop-quick:STARTING->SIGKILL"),
+                 [Kill("w", PID, KILL, group=True)], [], id="Stop-quick:STARTING->SIGKILL"),
     pytest.param(STOPPING, Stop(quick=True), NOW, {"killed": True, "deadline": None},
-                 [Kill("w", PID, KILL)], [], id="Stop-quick:STOPPING-escalates"),
+                 [Kill("w", PID, KILL, group=True)], [], id="Stop-quick:STOPPING-escalates"),
     pytest.param(KILLED, Stop(quick=True), NOW, {}, [], [], id="Stop-quick:killed-once"),
     pytest.param(BACKOFF, Stop(quick=True), NOW,
                  {"state": State.STOPPED, "wanted": False, "deadline": None},
@@ -373,16 +375,17 @@ TRANSITIONS = [
     pytest.param(WATCHED_RUNNING, Tick(), 106.0,
                  {"state": State.STOPPING, "deadline": None, "killed": True, "watchdog_at": None,
                   "last_recycle": "watchdog", "restarts": 1},
-                 [Kill("w", PID, KILL)], [logging.ERROR], id="Tick:watchdog-SIGKILL"),
+                 [Kill("w", PID, KILL, group=True)], [logging.ERROR], id="Tick:watchdog-SIGKILL"),
     pytest.param(replace(WATCHED_RUNNING, spec=replace(WATCHED, stop_signal=INT)), Tick(), 107.0,
                  {"state": State.STOPPING, "deadline": None, "killed": True, "watchdog_at": None,
                   "last_recycle": "watchdog", "restarts": 1},
-                 [Kill("w", PID, KILL)], [logging.ERROR],
+                 [Kill("w", PID, KILL, group=True)], [logging.ERROR],
                  id="Tick:watchdog-SIGKILL-not-stop_signal"),
     pytest.param(TIMED, Tick(), 106.0,
                  {"state": State.STOPPING, "deadline": None, "killed": True, "watchdog_at": None,
                   "lifetime_at": None, "last_recycle": "watchdog", "restarts": 1},
-                 [Kill("w", PID, KILL)], [logging.ERROR], id="Tick:watchdog-before-lifetime"),
+                 [Kill("w", PID, KILL, group=True)], [logging.ERROR],
+                 id="Tick:watchdog-before-lifetime"),
     # Singletons
     pytest.param(replace(FORKING, spec=SINGLE), Spawned(PID), NOW,
                  {"pid": PID, "waiting": "singleton lock"}, [], [], id="Spawned:singleton-waits"),
@@ -420,6 +423,50 @@ TRANSITIONS = [
                             (FATAL, "FATAL"), (STOPPING, "STOPPING"),
                             (replace(STOPPING, spec=WATCHED), "STOPPING-watched")]],
 ]
+
+
+# -- how a stop goes: the signal, its target, and what status shows of it ------------
+
+GROUP = replace(SPEC, stop_as_group=True)
+STOP_SENT = replace(STOPPING, stopping=Stopping(95.0, TERM, 10.0))
+
+STOPPING_INFO = [
+    # (record, event, now, Stopping after, non-Log actions)
+    pytest.param(RUNNING, Stop(), NOW, Stopping(NOW, TERM, 10.0), [Kill("w", PID, TERM)],
+                 id="stop:main-process-only"),
+    pytest.param(replace(RUNNING, spec=GROUP), Stop(), NOW, Stopping(NOW, TERM, 10.0),
+                 [Kill("w", PID, TERM, group=True)], id="stop:stop_as_group"),
+    pytest.param(STARTING, Restart(), NOW, Stopping(NOW, TERM, 7.0), [Kill("w", PID, TERM)],
+                 id="restart:reload_timeout"),
+    pytest.param(RUNNING, Reconfigure(NEW), NOW, Stopping(NOW, TERM, 7.0),
+                 [Kill("w", PID, TERM)], id="reconfigure:old-spec"),
+    pytest.param(RUNNING, Stop(quick=True), NOW, Stopping(NOW, KILL, 0.0),
+                 [Kill("w", PID, KILL, group=True)], id="quick:group-SIGKILL"),
+    pytest.param(STOP_SENT, Stop(quick=True), NOW, Stopping(95.0, KILL, 10.0),
+                 [Kill("w", PID, KILL, group=True)], id="quick-overtakes:keeps-since"),
+    pytest.param(STOP_SENT, Tick(), 110.0, Stopping(95.0, KILL, 10.0),
+                 [Kill("w", PID, KILL, group=True)], id="timeout:group-SIGKILL-keeps-since"),
+    pytest.param(STOP_SENT, Exited(EXIT_0), 111.0, None, [], id="exited:cleared"),
+    pytest.param(replace(STOP_SENT, wanted=True), Exited(EXIT_0), 111.0, None,
+                 [Spawn("w")], id="restarted:cleared"),
+    pytest.param(WATCHED_RUNNING, Tick(), 106.0, Stopping(106.0, KILL, 0.0),
+                 [Kill("w", PID, KILL, group=True)], id="watchdog:group-SIGKILL"),
+]
+
+
+@pytest.mark.parametrize("before, event, now, stopping, actions", STOPPING_INFO)
+def test_a_stop_sends_its_signal_to_the_right_target_and_records_it(before, event, now,
+                                                                    stopping, actions):
+    after, got = step(before, event, now)
+    assert after.stopping == stopping
+    assert others(got) == actions
+
+
+def test_reload_timeout_left_unset_is_the_stop_timeout():
+    spec = CompanionSpec(name="w", target="m:f", stop_timeout=1560.0)
+    assert spec.reload_timeout == 1560.0
+    after, _ = step(Record(spec, state=State.RUNNING, pid=PID, wanted=True), Restart(), NOW)
+    assert after.deadline == NOW + 1560.0
 
 
 @pytest.mark.parametrize("before, event, now, fields, actions, levels", TRANSITIONS)
@@ -520,8 +567,9 @@ def test_escalation_log_comes_before_the_kill():
     _, actions = step(STOPPING, Tick(), 110.0)
     assert actions == [
         Log(logging.WARNING,
-            "companion 'w' (pid 42) did not exit in time after SIGTERM; sending SIGKILL"),
-        Kill("w", PID, KILL),
+            "companion 'w' (pid 42) did not exit in time after SIGTERM; "
+            "sending SIGKILL to its process group"),
+        Kill("w", PID, KILL, group=True),
     ]
 
 
@@ -630,7 +678,7 @@ def test_reconfigure_in_backoff_does_not_wait_out_the_old_delay():
 ESCALATION = [
     (Stop(), 10.0, State.STOPPING, [Kill("w", PID, TERM)]),
     (Tick(), 19.99, State.STOPPING, []),
-    (Tick(), 20.0, State.STOPPING, [Kill("w", PID, KILL)]),
+    (Tick(), 20.0, State.STOPPING, [Kill("w", PID, KILL, group=True)]),
     (Tick(), 20.5, State.STOPPING, []),
     (Stop(quick=True), 21.0, State.STOPPING, []),
     (Stop(), 21.5, State.STOPPING, []),
@@ -640,7 +688,7 @@ ESCALATION = [
 
 QUICK_AFTER_GRACEFUL = [
     (Stop(), 10.0, State.STOPPING, [Kill("w", PID, TERM)]),
-    (Stop(quick=True), 12.0, State.STOPPING, [Kill("w", PID, KILL)]),
+    (Stop(quick=True), 12.0, State.STOPPING, [Kill("w", PID, KILL, group=True)]),
     (Tick(), 20.0, State.STOPPING, []),
     (Exited(BY_KILL), 20.1, State.STOPPED, []),
 ]
@@ -703,7 +751,7 @@ RESTART_COMMAND = [
     (Tick(), 2.0, State.RUNNING, []),
     (Restart(), 10.0, State.STOPPING, [Kill("w", 1, TERM)]),
     (Tick(), 16.0, State.STOPPING, []),
-    (Tick(), 17.0, State.STOPPING, [Kill("w", 1, KILL)]),  # reload_timeout is 7
+    (Tick(), 17.0, State.STOPPING, [Kill("w", 1, KILL, group=True)]),  # reload_timeout is 7
     (Exited(BY_KILL), 17.5, State.STARTING, [Spawn("w")]),
     (Spawned(2), 17.5, State.STARTING, []),
     (Tick(), 19.5, State.RUNNING, []),
@@ -1061,7 +1109,7 @@ def test_lifetime_recycle_end_to_end():
         State.STOPPING, True, "max_lifetime reached", 120.0)
     # a slow exit still escalates as any graceful stop does
     record, actions = step(record, Tick(), 120.0)
-    assert others(actions) == [Kill("w", PID, KILL)]
+    assert others(actions) == [Kill("w", PID, KILL, group=True)]
     record, actions = step(record, Exited(BY_KILL), 121.0)
     assert (record.state, others(actions)) == (State.STARTING, [Spawn("w")])
     # a planned restart is not counted with the crashes, and the reason stays for status
@@ -1150,7 +1198,7 @@ def test_watchdog_kill_log_and_order():
     _, actions = step(WATCHED_RUNNING, Tick(), 106.0)
     assert actions == [
         Log(logging.ERROR, "companion 'w' (pid 42) sent no heartbeat for 5s; killing it"),
-        Kill("w", PID, KILL),
+        Kill("w", PID, KILL, group=True),
     ]
 
 
@@ -1287,7 +1335,7 @@ HISTORY = [
     (Spawned(15, jitter=0.0), 113.0, State.STARTING, [], {"lifetime_at": 213.0}),
     (Tick(), 115.0, State.RUNNING, [], {"watchdog_at": 145.0, "deadline": 145.0}),
     # it hangs: no heartbeat for 30s, killed at once and started again
-    (Tick(), 145.0, State.STOPPING, [Kill("w", 15, KILL)],
+    (Tick(), 145.0, State.STOPPING, [Kill("w", 15, KILL, group=True)],
      {"last_recycle": "watchdog", "restarts": 4, "killed": True, "deadline": None}),
     (Exited(BY_KILL), 146.0, State.STARTING, [Spawn("w")], {"failures": 0}),
     (Spawned(16), 146.0, State.STARTING, [], {}),

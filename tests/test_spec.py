@@ -203,6 +203,7 @@ def test_known_keys():
         "stdout", "stderr", "processes", "autostart", "singleton", "wait_ready", "max_lifetime",
         "max_lifetime_jitter", "max_memory", "watchdog_timeout", "stdout_maxbytes",
         "stdout_backups", "stderr_maxbytes", "stderr_backups", "timestamps", "timestamp_format",
+        "stop_as_group",
     }
 
 
@@ -425,6 +426,10 @@ def test_numeric_strings_are_seconds_as_in_gunicorn_settings(key):
 @pytest.mark.parametrize("key", TIMEOUT_KEYS)
 @pytest.mark.parametrize("value, message", BAD_SECONDS)
 def test_bad_timeouts(key, value, message):
+    if key == "reload_timeout" and value is None:
+        # None is reload_timeout's "as long as stop_timeout" (test_reload_timeout_follows...)
+        assert parse_companions([entry(reload_timeout=None, stop_timeout=3)])[0].reload_timeout == 3
+        return
     assert only_problem([entry(**{key: value})]) == f"companion 'w': {key} {message}"
 
 
@@ -641,12 +646,39 @@ def test_builtin_defaults():
     defaults, problems = parse_defaults({})
     assert problems == []
     assert defaults == {
-        "stop_signal": 15, "stop_timeout": 10.0, "reload_timeout": 10.0, "startsecs": 1.0,
+        "stop_signal": 15, "stop_timeout": 10.0, "reload_timeout": None, "startsecs": 1.0,
         "restart_delay": 1.0, "max_restart_delay": 60.0, "startretries": None,
         "stdout": "inherit", "stderr": "inherit", "stdout_maxbytes": 0, "stdout_backups": 10,
         "stderr_maxbytes": 0, "stderr_backups": 10, "timestamps": False,
-        "timestamp_format": "%Y-%m-%d %H:%M:%S",
+        "timestamp_format": "%Y-%m-%d %H:%M:%S", "stop_as_group": False,
     }
+
+
+@pytest.mark.parametrize("entry_keys, values, expected", [
+    ({}, {}, (10.0, 10.0)),
+    ({"stop_timeout": 1560}, {}, (1560.0, 1560.0)),  # Frappe's long-queue workers
+    ({"stop_timeout": 1560, "reload_timeout": 5}, {}, (1560.0, 5.0)),
+    ({}, {"companion_stop_timeout": 60}, (60.0, 60.0)),
+    ({"stop_timeout": 30}, {"companion_reload_timeout": 4}, (30.0, 4.0)),
+    ({"reload_timeout": 0}, {}, (10.0, 0.0)),
+    ({"stop_timeout": 30}, {"companion_reload_timeout": None}, (30.0, 30.0)),
+])
+def test_reload_timeout_follows_stop_timeout_unless_set(entry_keys, values, expected):
+    spec = parse_companions([entry(**entry_keys)], values)[0]
+    assert (spec.stop_timeout, spec.reload_timeout) == expected
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), (False, False)])
+def test_stop_as_group(value, expected):
+    assert parse_companions([entry(stop_as_group=value)])[0].stop_as_group is expected
+    assert parse_companions([entry()], {"companion_stop_as_group": value})[0].stop_as_group \
+        is expected
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_bad_stop_as_group(value):
+    assert only_problem([entry(stop_as_group=value)]) == (
+        f"companion 'w': stop_as_group must be True or False, got {value!r}")
 
 
 def test_unrelated_values_are_ignored():

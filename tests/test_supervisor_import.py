@@ -34,7 +34,7 @@ DATA = Path(__file__).parent / "data" / "supervisor"
 KNOWN = {
     "name", "command", "cwd", "env", "processes", "autostart", "startsecs", "startretries",
     "stop_signal", "stop_timeout", "stdout", "stdout_maxbytes", "stdout_backups", "stderr",
-    "stderr_maxbytes", "stderr_backups",
+    "stderr_maxbytes", "stderr_backups", "stop_as_group",
 }
 
 
@@ -133,6 +133,8 @@ MAPPING = [
     ("stopsignal=9", "stop_signal", "SIGKILL"),
     ("stopwaitsecs=30", "stop_timeout", 30),
     ("stopwaitsecs=2.5", "stop_timeout", 2.5),
+    ("stopasgroup=true", "stop_as_group", True),
+    ("stopasgroup=true\nkillasgroup=true", "stop_as_group", True),
     ("startsecs=0", "startsecs", 0),
     ("startsecs=10", "startsecs", 10),
     ("startretries=3", "startretries", 3),
@@ -608,8 +610,8 @@ def test_section_redefined_in_an_include_is_merged_with_a_note(tmp_path):
         ("autorestart=false", "autorestart=false"),
         ("autorestart=sometimes", "autorestart=sometimes"),
         ("exitcodes=0,2", "exitcodes=0,2"),
-        ("stopasgroup=true", "always stop as a group"),
-        ("killasgroup=true", "always stop as a group"),
+        ("killasgroup=true", "always goes to the companion's whole process group"),
+        ("killasgroup=false", "always goes to the companion's whole process group"),
         ("serverurl=AUTO", "serverurl=AUTO"),
         ("stdout_capture_maxbytes=1MB", "stdout_capture_maxbytes"),
         ("stderr_capture_maxbytes=1MB", "stderr_capture_maxbytes"),

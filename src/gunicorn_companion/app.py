@@ -33,6 +33,20 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
+def format_effective_companions(specs) -> str:
+    """--print-config's closing section: what each companion runs with once
+    the defaults and derived values (reload_timeout) are filled in."""
+    lines = ["", "companions (effective values):"]
+    for spec in specs:
+        lines.append(
+            f"  {spec.name:<20} stop_signal = {spec.stop_signal_name}, "
+            f"stop_timeout = {spec.stop_timeout:g}, reload_timeout = {spec.reload_timeout:g}, "
+            f"stop_as_group = {spec.stop_as_group}")
+    if not specs:
+        lines.append("  (none)")
+    return "\n".join(lines)
+
+
 class CompanionApplicationMixin:
     """What makes any Gunicorn Application run companions."""
 
@@ -142,6 +156,8 @@ class CompanionWSGIApplication(CompanionApplicationMixin, WSGIApplication):
             print(self.cfg)
         if self.cfg.print_config or self.cfg.check_config:
             self.load_companions()
+            if self.cfg.print_config:
+                print(format_effective_companions(self.companion_config.specs))
             try:
                 self.load()
                 self._set_pythonpath()

@@ -325,6 +325,9 @@ def format_output(companion: dict) -> str:
 def format_note(companion: dict) -> str:
     """What an operator should know beyond the state: what it waits for, or
     why it was last restarted on purpose."""
+    stopping = companion.get("stopping")
+    if isinstance(stopping, dict):
+        return format_stopping(stopping)
     waiting = companion.get("waiting")
     if isinstance(waiting, str) and waiting:
         return f"waiting for {waiting}"
@@ -332,6 +335,19 @@ def format_note(companion: dict) -> str:
     if isinstance(recycled, str) and recycled:
         return f"last restart: {recycled}"
     return ""
+
+
+def format_stopping(stopping: dict) -> str:
+    """'SIGTERM sent 12s ago, 3 processes left, SIGKILL in 1m48s'."""
+    left = stopping.get("group_left")
+    parts = [f"{stopping.get('signal', '?')} sent {format_duration(stopping.get('seconds'))} ago"]
+    if isinstance(left, int):
+        parts.append(f"{left} process{'' if left == 1 else 'es'} left")
+    seconds, timeout = stopping.get("seconds"), stopping.get("timeout")
+    if (stopping.get("signal") != "SIGKILL" and isinstance(seconds, (int, float))
+            and isinstance(timeout, (int, float))):
+        parts.append(f"SIGKILL in {format_duration(max(0.0, timeout - seconds))}")
+    return ", ".join(parts)
 
 
 def format_exit(last_exit: object) -> str:

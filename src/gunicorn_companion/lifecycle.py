@@ -22,6 +22,14 @@ from .spec import CompanionSpec
 from .states import PROCESS_STATES, STARTABLE_STATES, State
 
 
+def signal_name(number: int) -> str:
+    """``SIGTERM`` for 15; ``signal 40`` for a number without a name (a real-time one)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 @dataclass(frozen=True)
 class ExitStatus:
     """How a process ended: an exit code or a signal, never both."""
@@ -39,10 +47,7 @@ class ExitStatus:
     def signal_name(self) -> str | None:
         if self.signal is None:
             return None
-        try:
-            return signal.Signals(self.signal).name
-        except ValueError:
-            return f"signal {self.signal}"
+        return signal_name(self.signal)
 
     def describe(self) -> str:
         if self.signal is not None:
@@ -136,9 +141,13 @@ class Spawn:
 
 @dataclass(frozen=True)
 class Kill:
+    """Send ``signal`` to the companion's main process, or with ``group`` to
+    every process of its group (it leads one: its pgid is its pid)."""
+
     name: str
     pid: int
     signal: int
+    group: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,15 @@ class Log:
 
 
 Action = Spawn | Kill | Log
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """How a stop is going, for status: a hung stop explains itself."""
+
+    since: float  # monotonic time the stop signal was sent
+    signal: int  # the last signal sent (the stop signal, or SIGKILL once escalated)
+    timeout: float  # seconds it had to exit before SIGKILL
 
 
 @dataclass(frozen=True)
@@ -171,6 +189,7 @@ class Record:
     # A reread changed the spec while the old process still runs: it stops as
     # the old spec says, and the new spec takes over when it has exited.
     next_spec: CompanionSpec | None = None
+    stopping: Stopping | None = None  # STOPPING: since when, with which signal
 
     @property
     def name(self) -> str:
@@ -187,7 +206,7 @@ def _spawn(record: Record, now: float) -> tuple[Record, list[Action]]:
     # * -> STARTING (the pid arrives with Spawned)
     return (
         replace(record, state=State.STARTING, pid=None, started_at=now, deadline=None,
-                killed=False, lifetime_at=None, watchdog_at=None, waiting=None),
+                killed=False, lifetime_at=None, watchdog_at=None, waiting=None, stopping=None),
         [Spawn(record.name)],
     )
 
@@ -214,13 +233,26 @@ def _ask_to_stop(
     assert record.state in PROCESS_STATES and record.pid is not None, record
     record = replace(record, lifetime_at=None, watchdog_at=None, waiting=None)
     if quick:
-        return (
-            replace(record, state=State.STOPPING, deadline=None, killed=True),
-            [Kill(record.name, record.pid, signal.SIGKILL)],
-        )
+        return _kill_group(replace(record, state=State.STOPPING,
+                                   stopping=Stopping(now, signal.SIGKILL, 0.0)))
+    # The stop signal goes to the main process only, unless asked otherwise: a
+    # pool parent (Celery prefork, RQ's WorkerPool, django-q's cluster) stops
+    # its children itself, and a signal that reaches them directly kills the
+    # work in flight or leaves the parent waiting on a dead child.
+    spec = record.spec
     return (
-        replace(record, state=State.STOPPING, deadline=now + timeout),
-        [Kill(record.name, record.pid, record.spec.stop_signal)],
+        replace(record, state=State.STOPPING, deadline=now + timeout,
+                stopping=Stopping(now, spec.stop_signal, timeout)),
+        [Kill(record.name, record.pid, spec.stop_signal, group=spec.stop_as_group)],
+    )
+
+
+def _kill_group(record: Record) -> tuple[Record, list[Action]]:
+    """SIGKILL for the whole group: nothing of the companion may stay."""
+    stopping = record.stopping and replace(record.stopping, signal=signal.SIGKILL)
+    return (
+        replace(record, deadline=None, killed=True, stopping=stopping),
+        [Kill(record.name, record.pid, signal.SIGKILL, group=True)],
     )
 
 
@@ -241,10 +273,7 @@ def _stop(record: Record, event: Stop, now: float):
     if record.state == State.STOPPING:
         if event.quick and not record.killed:
             # STOPPING -> STOPPING, escalated: a quick shutdown overtakes a graceful one
-            return (
-                replace(record, deadline=None, killed=True),
-                [Kill(record.name, record.pid, signal.SIGKILL)],
-            )
+            return _kill_group(record)
         return record, []
     if record.state == State.BACKOFF:
         # BACKOFF -> STOPPED
@@ -368,7 +397,7 @@ def _exited(record: Record, event: Exited, now: float):
     was = record.state
     record = replace(record, pid=None, last_exit=event.status, deadline=None, killed=False,
                      spec=record.next_spec or record.spec, next_spec=None, lifetime_at=None,
-                     watchdog_at=None, waiting=None)
+                     watchdog_at=None, waiting=None, stopping=None)
     how = event.status.describe()
     if was == State.STOPPING:
         if record.wanted:
@@ -407,11 +436,12 @@ def _tick(record: Record, event: Tick, now: float):
         return _spawn(replace(record, restarts=record.restarts + 1), now)
     if record.state == State.STOPPING:
         # STOPPING -> STOPPING, escalated: it outlived its timeout
-        return replace(record, deadline=None, killed=True), [
+        killed, actions = _kill_group(record)
+        return killed, [
             Log(logging.WARNING, f"{_label(record)} did not exit in time after "
-                                 f"{record.spec.stop_signal_name}; sending SIGKILL"),
-            Kill(record.name, record.pid, signal.SIGKILL),
-        ]
+                                 f"{record.spec.stop_signal_name}; sending SIGKILL to its "
+                                 "process group"),
+        ] + actions
     if record.state == State.RUNNING:
         if record.watchdog_at is not None and now >= record.watchdog_at:
             # RUNNING -> STOPPING (killed), to start again: it stopped heartbeating

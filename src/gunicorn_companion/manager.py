@@ -42,6 +42,12 @@ HANDLED_SIGNALS = (
 )
 
 
+# What a companion leaves in its process group when its main process exits
+# (a pool child it did not wait for, say) gets SIGTERM, and SIGKILL this many
+# seconds later if it is still there.
+LEFTOVER_GRACE = 2.0
+
+
 def _record_only(signum, frame):
     """The C handler already wrote ``signum`` to the wakeup socket: nothing to do."""
 
@@ -91,6 +97,9 @@ class Manager:
         self._seq = itertools.count()
         self.shutting_down = False
         self.strays_pending = False
+        # process groups of exited companions that still had members: pgid ->
+        # (companion name, when they get SIGKILL)
+        self.leftovers: dict[int, tuple[str, float]] = {}
         self.selector = selectors.DefaultSelector()
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         # One datagram socket for every companion's ready()/heartbeat(): the
@@ -140,7 +149,7 @@ class Manager:
             if record.spec.autostart:
                 self.apply(name, lc.Start())
         self._schedule_memory_check()
-        while not (self.shutting_down and self._all_quiescent()):
+        while not (self.shutting_down and self._all_quiescent() and not self.leftovers):
             timeout = self._next_timeout()
             for key, mask in self.selector.select(timeout):
                 key.data(key, mask)
@@ -161,6 +170,8 @@ class Manager:
 
     def _next_timeout(self) -> float | None:
         nearest = self.next_memory_check
+        for _, kill_at in self.leftovers.values():
+            nearest = kill_at if nearest is None else min(nearest, kill_at)
         while self.timers:
             deadline, _, name = self.timers[0]
             record = self.records.get(name)
@@ -177,6 +188,9 @@ class Manager:
         now = self.clock()
         if self.next_memory_check is not None and now >= self.next_memory_check:
             self._check_memory()
+        for pgid, (name, kill_at) in list(self.leftovers.items()):
+            if now >= kill_at:
+                self._kill_leftovers(pgid, name)
         while self.timers and self.timers[0][0] <= now:
             deadline, _, name = heapq.heappop(self.timers)
             record = self.records.get(name)
@@ -216,6 +230,8 @@ class Manager:
             self.shutdown(quick=False)
         elif signum in (signal.SIGINT, signal.SIGQUIT):
             self.shutdown(quick=True)
+            for pgid, (name, _) in list(self.leftovers.items()):
+                self._kill_leftovers(pgid, name)
         elif signum == signal.SIGHUP:
             self.reread()
         elif signum == signal.SIGUSR1:
@@ -342,17 +358,55 @@ class Manager:
         self.apply(name, lc.Spawned(pid, jitter=random.random()))
 
     def _kill(self, action: lc.Kill) -> None:
-        # The companion leads its own process group: signal the group so what
-        # it started itself hears the stop signal too.
+        # The companion leads its own process group (its pgid is its pid), so
+        # ``group`` reaches everything it started that stayed in it.
         try:
-            os.killpg(action.pid, action.signal)
-        except ProcessLookupError:
-            try:
+            if action.group:
+                try:
+                    os.killpg(action.pid, action.signal)
+                except ProcessLookupError:
+                    os.kill(action.pid, action.signal)  # not a group leader yet
+            else:
                 os.kill(action.pid, action.signal)
-            except ProcessLookupError:
-                pass  # already exited; its SIGCHLD is on the way
+        except ProcessLookupError:
+            pass  # already exited; its SIGCHLD is on the way
         except PermissionError as exc:
             self.log.error("Cannot signal companion %r (pid %s): %s", action.name, action.pid, exc)
+
+    def _leftovers_get_sigterm(self, pgid: int, name: str) -> None:
+        """The companion's main process is gone: what it left in its group
+        must not outlive it, but gets the chance to finish as a stopped
+        process would. Right after the reap the group's number cannot name
+        anyone else's group: it stays taken while any member lives."""
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            return  # nothing left: the usual case
+        self.log.info("Companion %r (pid %s) left processes in its group; sent them SIGTERM",
+                      name, pgid)
+        self.leftovers[pgid] = (name, self.clock() + LEFTOVER_GRACE)
+
+    def _kill_leftovers(self, pgid: int, name: str) -> None:
+        del self.leftovers[pgid]
+        if pgid in self.pids:
+            return  # the number now names a new companion of ours: the old group was empty
+        # Members by /proc, within our session, not killpg: once the old
+        # group emptied, another process may have made a group of that number.
+        members = procfs.group_members(pgid, os.getsid(0))
+        if members:
+            self.log.warning("%d process(es) left behind by companion %r did not exit "
+                             "%gs after SIGTERM; sending SIGKILL", len(members), name,
+                             LEFTOVER_GRACE)
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _forget_empty_leftover_groups(self) -> None:
+        for pgid in list(self.leftovers):
+            if pgid in self.pids or not procfs.group_members(pgid, os.getsid(0)):
+                del self.leftovers[pgid]
 
     def _on_output(self, capture: Capture, pid: int) -> None:
         # An event from this select() batch may be for a pipe an earlier
@@ -405,13 +459,12 @@ class Manager:
                 return
             name = self.pids.pop(pid, None)
             if name is None:
-                continue  # an orphaned descendant reparented to us (we are its subreaper)
-            # Whatever the companion left in its process group goes with it:
-            # a work horse or pool child must not outlive its companion.
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+                # an orphaned descendant reparented to us (we are its
+                # subreaper), maybe the last of a group left behind
+                if self.leftovers:
+                    self._forget_empty_leftover_groups()
+                continue
+            self._leftovers_get_sigterm(pid, name)
             self.memory.pop(name, None)
             # its last words reach the file before the exit is handled (and
             # before a restart could interleave a new process's lines)
@@ -430,11 +483,14 @@ class Manager:
         were orphaned to us (a daemonizing grandchild, say)."""
         me = os.getpid()
         for pid in procfs.children_of(me):
-            if pid not in self.pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            if pid in self.pids:
+                continue
+            try:
+                if os.getpgid(pid) in self.leftovers:
+                    continue  # left in its companion's group: it has its grace
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def _kill_session(self) -> None:
         """On the way out: nothing of our tree may outlive us. The manager
@@ -536,11 +592,15 @@ class Manager:
         """What ``status`` shows: one entry per companion.
 
         Every entry has name, state, pid, uptime, restarts, last_exit, stdout,
-        stderr and its target or command; the other fields appear only when
-        they say something (a status of 500 companions stays small and fast).
+        stderr, stop_timeout, reload_timeout and its target or command; the
+        other fields appear only when they say something (a status of 500
+        companions stays small and fast).
         """
         now = self.clock()
         entries = []
+        stopping = [r.pid for r in self.records.values() if r.state == State.STOPPING and r.pid]
+        # one scan of /proc, and only while something is stopping
+        groups = procfs.process_groups(stopping) if stopping else {}
         for record in self.records.values():
             spec = record.spec
             running = record.state in PROCESS_STATES and record.started_at is not None
@@ -553,6 +613,8 @@ class Manager:
                 "last_exit": record.last_exit.as_json() if record.last_exit else None,
                 "stdout": spec.stdout,
                 "stderr": spec.stderr,
+                "stop_timeout": spec.stop_timeout,
+                "reload_timeout": spec.reload_timeout,
             }
             if spec.command:
                 entry["command"] = list(spec.command)
@@ -564,6 +626,16 @@ class Manager:
                 entry["wanted"] = False  # stopped by hand, or not autostarted
             if spec.singleton:
                 entry["singleton"] = True
+            if spec.stop_as_group:
+                entry["stop_as_group"] = True
+            if record.stopping is not None and record.state == State.STOPPING:
+                # a hung stop explains itself before its timeout runs out
+                entry["stopping"] = {
+                    "seconds": round(now - record.stopping.since, 3),
+                    "signal": lc.signal_name(record.stopping.signal),
+                    "timeout": record.stopping.timeout,
+                    "group_left": len(groups.get(record.pid, ())),
+                }
             for key, value in (("waiting", record.waiting),
                                ("memory", self.memory.get(record.name)),
                                ("last_recycle", record.last_recycle)):

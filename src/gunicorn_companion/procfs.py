@@ -61,6 +61,18 @@ def process_groups(pgids) -> dict[int, list[int]]:
     return groups
 
 
+def group_members(pgid: int, sid: int) -> list[int]:
+    """Live members of process group ``pgid`` in session ``sid``. A group
+    never spans sessions, so asking for ours rules out an unrelated group
+    that reused the number once ours was empty."""
+    found = []
+    for pid in _pids():
+        fields = _stat_fields(pid)
+        if _live(fields) and int(fields[_PGRP]) == pgid and int(fields[_SESSION]) == sid:
+            found.append(pid)
+    return found
+
+
 def private_bytes(pid: int) -> int:
     """Memory only this process maps (Private_Clean + Private_Dirty), in bytes."""
     total = 0

@@ -22,6 +22,8 @@ SECTION = "Companions"
 
 def _from_cli(value: Any) -> Any:
     """Command-line values arrive as strings; config files give real types."""
+    if isinstance(value, str) and value.strip().lower() in ("", "none"):
+        return None
     if isinstance(value, str):
         try:
             return float(value)
@@ -128,7 +130,14 @@ _DEFAULT_DOCS = {
     "stop_timeout": ("SECONDS", "Seconds a companion has to exit after its stop signal before "
                                 "it is sent SIGKILL."),
     "reload_timeout": ("SECONDS", "Seconds to wait for the old process to exit when a companion "
-                                  "is restarted, before SIGKILL."),
+                                  "is restarted (a `restart`, or a reread or HUP that changed "
+                                  "it), before SIGKILL. None: the companion's own "
+                                  "stop_timeout, so a restart is as patient as a stop."),
+    "stop_as_group": ("BOOL", "Send the stop signal to the companion's whole process group "
+                              "instead of its main process only. Off by default: a process "
+                              "pool (Celery prefork, RQ's WorkerPool, django-q) stops its own "
+                              "children gracefully, and a signal sent to them directly kills "
+                              "their work. SIGKILL at stop_timeout always goes to the group."),
     "startsecs": ("SECONDS", "Seconds a companion must stay up to count as started (STARTING "
                              "-> RUNNING)."),
     "restart_delay": ("SECONDS", "Seconds a companion that exited waits in BACKOFF before it is "

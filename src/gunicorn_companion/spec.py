@@ -139,6 +139,11 @@ def validate_target(value: Any) -> str:
     return value
 
 
+def validate_seconds_or_none(value: Any) -> float | None:
+    """Seconds, or None for "derived from another key" (see CompanionSpec)."""
+    return None if value is None else validate_seconds(value)
+
+
 def validate_optional_positive_seconds(value: Any) -> float | None:
     if value is None:
         return None
@@ -244,7 +249,9 @@ def validate_timestamp_format(value: Any) -> str:
 DEFAULTABLE_KEYS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "stop_signal": (validate_signal, "SIGTERM"),
     "stop_timeout": (validate_seconds, 10.0),
-    "reload_timeout": (validate_seconds, 10.0),
+    # None: the companion's own stop_timeout (a restart is as patient as a stop)
+    "reload_timeout": (validate_seconds_or_none, None),
+    "stop_as_group": (validate_bool, False),
     "startsecs": (validate_seconds, 1.0),
     "restart_delay": (validate_seconds, 1.0),
     "max_restart_delay": (validate_seconds, 60.0),
@@ -291,7 +298,12 @@ class CompanionSpec:
     env: tuple[tuple[str, str], ...] = ()
     stop_signal: int = int(signal.SIGTERM)
     stop_timeout: float = 10.0
-    reload_timeout: float = 10.0
+    # None becomes stop_timeout (__post_init__): a restart, a reread or a HUP
+    # change waits as long for the old process as a stop does.
+    reload_timeout: float | None = None
+    # False: the stop signal goes to the main process only (a pool owns its
+    # children and stops them itself); True: to its whole process group.
+    stop_as_group: bool = False
     startsecs: float = 1.0
     restart_delay: float = 1.0
     max_restart_delay: float = 60.0
@@ -314,6 +326,10 @@ class CompanionSpec:
     max_lifetime_jitter: float = 0.0
     max_memory: int | None = None
     watchdog_timeout: float | None = None
+
+    def __post_init__(self):
+        if self.reload_timeout is None:
+            object.__setattr__(self, "reload_timeout", self.stop_timeout)
 
     @property
     def group_name(self) -> str:

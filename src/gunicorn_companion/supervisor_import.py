@@ -44,6 +44,7 @@ OUTPUT_KEYS = (
     "startretries",
     "stop_signal",
     "stop_timeout",
+    "stop_as_group",
     "stdout",
     "stdout_maxbytes",
     "stdout_backups",
@@ -58,8 +59,6 @@ NOT_CARRIED_OVER = {
     "umask": "companions inherit Gunicorn's umask",
     "priority": "companions start in the order they are listed",
     "exitcodes": "companions have no expected exit codes: one that exits is restarted",
-    "stopasgroup": "companions always stop as a group",
-    "killasgroup": "companions always stop as a group",
     "serverurl": "there is no supervisord XML-RPC server for the program to call",
     "stdout_capture_maxbytes": "there is no capture mode or event listener",
     "stderr_capture_maxbytes": "there is no capture mode or event listener",
@@ -83,6 +82,8 @@ HANDLED_KEYS = (
     "startretries",
     "stopsignal",
     "stopwaitsecs",
+    "stopasgroup",
+    "killasgroup",
     "redirect_stderr",
     "stdout_logfile",
     "stdout_logfile_maxbytes",
@@ -601,6 +602,17 @@ def _program_companion(
     stop_timeout = parsed("stopwaitsecs", parse_seconds)
     if stop_timeout is not None:
         fields["stop_timeout"] = stop_timeout
+    # supervisord: stopasgroup sends the stop signal to the whole group (and
+    # implies killasgroup); killasgroup only sends the final SIGKILL there,
+    # which every companion's stop does here
+    if parsed("stopasgroup", parse_bool):
+        fields["stop_as_group"] = True
+    killasgroup = parsed("killasgroup", parse_bool)
+    if killasgroup is not None and not fields.get("stop_as_group"):
+        notes.append(
+            f"killasgroup={_one_line(values['killasgroup'])}: not carried over; SIGKILL at stop_timeout "
+            "always goes to the companion's whole process group"
+        )
 
     autorestart = expanded("autorestart")
     if autorestart is not None:

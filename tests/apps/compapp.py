@@ -177,3 +177,100 @@ def talker():
         print(f"talk {i}", flush=True)
         i += 1
         time.sleep(0.05)
+
+
+def pool():
+    """A process pool that owns its children, as Celery's prefork pool and
+    RQ's WorkerPool do: on SIGTERM the parent tells each child to finish its
+    work and waits for it. A child signalled directly notes it and dies, the
+    way billiard's children do (the work in flight is lost)."""
+    _record_start()
+    name = os.environ["GUNICORN_COMPANION_NAME"]
+    kids = []
+    for _ in range(int(os.environ.get("POOL_SIZE", "2"))):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(write_end)
+
+            def killed(signum, frame):
+                _note(f"{name}.pool", f"{os.getpid()} killed by signal {signum}")
+                os._exit(1)
+
+            signal.signal(signal.SIGTERM, killed)
+            _note(f"{name}.pool", f"{os.getpid()} working")
+            os.read(read_end, 1)  # "finish now", or EOF: the parent is gone
+            time.sleep(float(os.environ.get("POOL_FINISH_SECONDS", "0.3")))
+            _note(f"{name}.pool", f"{os.getpid()} finished its work")
+            os._exit(0)
+        os.close(read_end)
+        kids.append((pid, write_end))
+
+    def stop(signum, frame):
+        for _, write_end in kids:
+            os.write(write_end, b"x")
+        for pid, _ in kids:
+            os.waitpid(pid, 0)
+        _note(f"{name}.pool", f"{os.getpid()} parent done")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    while True:
+        signal.pause()
+
+
+def abandoner():
+    """Leaves a child in its process group behind when it exits on its own;
+    the child notes SIGTERM and exits, or ignores it with CHILD_IGNORES_TERM."""
+    _record_start()
+    name = os.environ["GUNICORN_COMPANION_NAME"]
+    pid = os.fork()
+    if pid == 0:
+        def termed(signum, frame):
+            _note(f"{name}.child", f"{os.getpid()} got SIGTERM")
+            if not os.environ.get("CHILD_IGNORES_TERM"):
+                os._exit(0)
+
+        signal.signal(signal.SIGTERM, termed)
+        _note(f"{name}.child", f"{os.getpid()} started")
+        while True:
+            signal.pause()
+    # exit once the child has said it started, so the test knows its pid
+    path = os.path.join(_state_dir(), f"{name}.child")
+    while not (os.path.exists(path) and f"{pid} started" in open(path).read()):
+        time.sleep(0.01)
+    os._exit(5)
+
+
+if os.environ.get("COMPAPP_MASTER_ATEXIT"):
+    # registered at import, in the master (preload): never to run in a companion
+    import atexit
+
+    atexit.register(lambda: _note("master-atexit", os.getpid()))
+
+
+def returns_after_cleanup():
+    """Registers an exit handler and returns, as a program's main() would."""
+    import atexit
+
+    _record_start()
+    name = os.environ["GUNICORN_COMPANION_NAME"]
+    atexit.register(lambda: _note(f"{name}.atexit", os.getpid()))
+    return 0
+
+
+def _slow_child(path):
+    time.sleep(0.3)
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()} done\n")
+
+
+def starts_process_and_returns():
+    """Starts a non-daemon multiprocessing child and returns at once, as
+    django-q's `qcluster` command does: exiting must join the child first."""
+    import multiprocessing
+
+    _record_start()
+    name = os.environ["GUNICORN_COMPANION_NAME"]
+    multiprocessing.Process(target=_slow_child,
+                            args=(os.path.join(_state_dir(), f"{name}.mpchild"),)).start()
