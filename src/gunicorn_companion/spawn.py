@@ -5,6 +5,7 @@ handled.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import fcntl
 import os
@@ -165,6 +166,31 @@ def hold_singleton_lock(path: str) -> int:
     return fd
 
 
+def forget_inherited_exit_handlers() -> None:
+    """In a fresh companion: the exit handlers registered so far belong to the
+    master (Gunicorn, the app's import) and must never run here; those the
+    companion registers from now on are its own, and run when its target
+    returns (``run_own_exit_handlers``), as they would at a program's end."""
+    atexit._clear()
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        # multiprocessing registered its exit hook at import, in the master:
+        # keep it (it joins the companion's own non-daemon children, which
+        # django-q's cluster relies on), but forget the master's children, as
+        # multiprocessing does itself in a process it forks.
+        sys.modules["multiprocessing.process"]._children = set()
+        atexit.register(mp_util._exit_function)
+
+
+def run_own_exit_handlers() -> None:
+    """What a Python program does on its way out, before our os._exit: wait
+    for its non-daemon threads, then run its exit handlers (latest first)."""
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
+
+
 def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, title, out, err,
                    notify_fd, lock_path):
     code = EXIT_SETUP_FAILED
@@ -183,6 +209,7 @@ def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, t
         else:
             watch_parent_portably(manager_pid)
         close_in_child()
+        forget_inherited_exit_handlers()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
@@ -227,9 +254,10 @@ def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, t
         # the target crashed: say so on its stderr; the manager logs the exit
         traceback.print_exc()
     finally:
-        # Never return into the manager's code: os._exit skips its atexit
-        # handlers and finalizers, which belong to the manager.
+        # Never return into the manager's code: os._exit skips the interpreter's
+        # own shutdown, whose handlers and finalizers belong to the master.
         try:
+            run_own_exit_handlers()
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
