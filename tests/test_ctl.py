@@ -645,3 +645,19 @@ def test_module_entry_point_reports_without_traceback():
 def test_format_output(companion, shown):
     from gunicorn_companion.ctl import format_output
     assert format_output(companion) == shown
+
+
+@pytest.mark.parametrize("stopping, shown", [
+    ({"seconds": 12.4, "signal": "SIGTERM", "timeout": 120, "group_left": 3},
+     "SIGTERM sent 12s ago, 3 processes left, SIGKILL in 1m47s"),
+    ({"seconds": 0.2, "signal": "SIGINT", "timeout": 10, "group_left": 1},
+     "SIGINT sent 0s ago, 1 process left, SIGKILL in 9s"),
+    ({"seconds": 125, "signal": "SIGKILL", "timeout": 120, "group_left": 1},
+     "stopping for 2m05s, SIGKILL sent, 1 process left"),
+    ({"seconds": 130, "signal": "SIGTERM", "timeout": 120, "group_left": 0},
+     "SIGTERM sent 2m10s ago, 0 processes left, SIGKILL in 0s"),
+    ({"signal": "SIGTERM"}, "SIGTERM sent - ago"),
+])
+def test_format_stopping(stopping, shown):
+    from gunicorn_companion.ctl import format_note
+    assert format_note({"stopping": stopping, "waiting": "ready()"}) == shown

@@ -338,12 +338,16 @@ def format_note(companion: dict) -> str:
 
 
 def format_stopping(stopping: dict) -> str:
-    """'SIGTERM sent 12s ago, 3 processes left, SIGKILL in 1m48s'."""
+    """'SIGTERM sent 12s ago, 3 processes left, SIGKILL in 1m48s', or once
+    escalated 'stopping for 2m05s, SIGKILL sent, 1 process left'."""
     left = stopping.get("group_left")
-    parts = [f"{stopping.get('signal', '?')} sent {format_duration(stopping.get('seconds'))} ago"]
+    seconds, timeout = stopping.get("seconds"), stopping.get("timeout")
+    if stopping.get("signal") == "SIGKILL":
+        parts = [f"stopping for {format_duration(seconds)}", "SIGKILL sent"]
+    else:
+        parts = [f"{stopping.get('signal', '?')} sent {format_duration(seconds)} ago"]
     if isinstance(left, int):
         parts.append(f"{left} process{'' if left == 1 else 'es'} left")
-    seconds, timeout = stopping.get("seconds"), stopping.get("timeout")
     if (stopping.get("signal") != "SIGKILL" and isinstance(seconds, (int, float))
             and isinstance(timeout, (int, float))):
         parts.append(f"SIGKILL in {format_duration(max(0.0, timeout - seconds))}")

@@ -382,6 +382,8 @@ class Manager:
             os.killpg(pgid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             return  # nothing left: the usual case
+        if not procfs.group_members(pgid, os.getsid(0)):
+            return  # only zombies (killpg counts them), or members already SIGKILLed
         self.log.info("Companion %r (pid %s) left processes in its group; sent them SIGTERM",
                       name, pgid)
         self.leftovers[pgid] = (name, self.clock() + LEFTOVER_GRACE)
