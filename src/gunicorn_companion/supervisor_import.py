@@ -610,8 +610,8 @@ def _program_companion(
     killasgroup = parsed("killasgroup", parse_bool)
     if killasgroup is not None and not fields.get("stop_as_group"):
         notes.append(
-            f"killasgroup={_one_line(values['killasgroup'])}: not carried over; SIGKILL at stop_timeout "
-            "always goes to the companion's whole process group"
+            f"killasgroup={_one_line(values['killasgroup'])}: not carried over; SIGKILL at "
+            "stop_timeout always goes to the companion's whole process group"
         )
 
     autorestart = expanded("autorestart")
