@@ -170,10 +170,22 @@ def last_words():
 
 
 def talker():
-    """Prints a numbered line every 50 ms."""
+    """Prints a numbered line every TALK_INTERVAL seconds (50 ms)."""
     _record_start()
+    interval = float(os.environ.get("TALK_INTERVAL", "0.05"))
     i = 0
     while True:
         print(f"talk {i}", flush=True)
         i += 1
-        time.sleep(0.05)
+        time.sleep(interval)
+
+
+def flooder():
+    """Writes numbered lines to stdout as fast as the pipe takes them, forever."""
+    _record_start()
+    pad = "x" * 80
+    out = sys.stdout.buffer
+    i = 0
+    while True:
+        out.write(f"flood {i:09d} {pad}\n".encode())
+        i += 1
