@@ -324,14 +324,18 @@ def format_output(companion: dict) -> str:
 
 def format_note(companion: dict) -> str:
     """What an operator should know beyond the state: what it waits for, or
-    why it was last restarted on purpose."""
+    why it was last restarted on purpose; and output lines its destination lost."""
+    notes = []
     waiting = companion.get("waiting")
-    if isinstance(waiting, str) and waiting:
-        return f"waiting for {waiting}"
     recycled = companion.get("last_recycle")
-    if isinstance(recycled, str) and recycled:
-        return f"last restart: {recycled}"
-    return ""
+    if isinstance(waiting, str) and waiting:
+        notes.append(f"waiting for {waiting}")
+    elif isinstance(recycled, str) and recycled:
+        notes.append(f"last restart: {recycled}")
+    dropped = companion.get("output_dropped")
+    if isinstance(dropped, int) and not isinstance(dropped, bool) and dropped > 0:
+        notes.append(f"{dropped} output line{'' if dropped == 1 else 's'} dropped")
+    return "; ".join(notes)
 
 
 def format_exit(last_exit: object) -> str:

@@ -73,7 +73,6 @@ class Manager:
         self.memory_check_interval = memory_check_interval
         self.next_memory_check: float | None = None
         self.memory: dict[str, int] = {}  # unshared bytes at the last check, by name
-        self.output = OutputRouter()
         self.captures: dict[int, list[Capture]] = {}  # by pid: its output pipes
         # tail -f clients: [names, newest line sequence sent, responder]
         self.followers: list[list] = []
@@ -92,6 +91,7 @@ class Manager:
         self.shutting_down = False
         self.strays_pending = False
         self.selector = selectors.DefaultSelector()
+        self.output = OutputRouter(self.selector, log)
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         # One datagram socket for every companion's ready()/heartbeat(): the
         # companions inherit the sending end (see notify.py).
@@ -221,8 +221,13 @@ class Manager:
         elif signum == signal.SIGUSR1:
             # Gunicorn's "reopen log files", forwarded by the master: for
             # logrotate's move-and-signal
-            self.output.reopen()
-            self.log.reopen_files()  # the manager's own (Gunicorn) log, moved too
+            try:
+                # the manager's own (Gunicorn) log, moved too. First: with
+                # capture_output it points our stdout and stderr at the new file.
+                self.log.reopen_files()
+            except OSError as exc:
+                self.log.error("Cannot reopen the companion manager's log: %s", exc)
+            self.output.reopen()  # never raises: a failing file logs and drops lines
             self.log.info("Companion log files reopened")
         # USR1/USR2/TTIN/TTOU/WINCH are the master's business: we only make
         # sure their default action (some terminate) cannot kill the manager.
@@ -335,8 +340,7 @@ class Manager:
             os.close(write_fd)  # only the companion writes: EOF when it is gone
             if spec.timestamps:
                 capture.timestamp_format = spec.timestamp_format
-            self.selector.register(capture.fd, selectors.EVENT_READ,
-                                   lambda key, mask, c=capture, p=pid: self._on_output(c, p))
+            self.output.watch(capture, lambda key, mask, c=capture, p=pid: self._on_output(c, p))
         self.captures[pid] = captures
         self.pids[pid] = name
         self.apply(name, lc.Spawned(pid, jitter=random.random()))
@@ -384,7 +388,7 @@ class Manager:
 
     def _close_capture(self, capture: Capture, pid: int) -> None:
         """EOF: every writer is gone. Flush a last partial line and let go."""
-        self.selector.unregister(capture.fd)  # before the fd is closed and reused
+        self.output.unwatch(capture)
         capture.finish()
         self.output.release(capture.destination)
         remaining = [c for c in self.captures.get(pid, []) if c is not capture]
@@ -414,7 +418,8 @@ class Manager:
                 pass
             self.memory.pop(name, None)
             # its last words reach the file before the exit is handled (and
-            # before a restart could interleave a new process's lines)
+            # before a restart could interleave a new process's lines); a held
+            # back destination keeps them in its buffer, ahead of the restart's
             for capture in list(self.captures.get(pid, [])):
                 if not capture.drain():
                     self._close_capture(capture, pid)
@@ -569,6 +574,8 @@ class Manager:
                                ("last_recycle", record.last_recycle)):
                 if value is not None:
                     entry[key] = value
+            if self.output.dropped[record.name]:  # output lines lost, since boot
+                entry["output_dropped"] = self.output.dropped[record.name]
             entries.append(entry)
         return entries
 
