@@ -156,40 +156,86 @@ def test_a_disk_that_fills_up_and_frees_again(server, sock_path, small_disk):
     assert_nothing_restarted(srv, manager, ["talk", "quiet"])
 
 
-def test_a_stdout_nobody_reads_holds_back_only_the_companions_writing_to_it(server,
-                                                                           sock_path):
-    read_end, write_end = os.pipe()  # the server's stdout: never read until the end
+@pytest.fixture
+def unread_stdout():
+    """A pipe for the server's stdout, read only when the test says so."""
+    read_end, write_end = os.pipe()
+    pipe = {"read": read_end, "write": write_end}
     try:
-        srv = server(conf(sock_path, """[
-            {"name": "flood", "target": "compapp:flooder", "stdout": "inherit"},
-            {"name": "victim", "target": "compapp:sleeper"}]"""), stdout=write_end)
-        os.close(write_end)
-        write_end = None
-        capacity = fcntl.fcntl(read_end, 1032)  # F_GETPIPE_SZ
-
-        def waiting_in_pipe():
-            return int.from_bytes(fcntl.ioctl(read_end, termios.FIONREAD, b"\0" * 4), "little")
-
-        # full: less than one page left (writes fill a pipe page by page)
-        wait_until(lambda: waiting_in_pipe() > capacity - 4096, message="the stdout pipe to fill")
-        victim = srv.wait_starts("victim")[0]
-        manager = srv.wait_manager()
-        # the flood keeps going until the manager holds back: its pipe is not read
-        srv.until(lambda: status(sock_path)["flood"]["state"] == "RUNNING",
-                  message="status to answer")
-        os.kill(victim, signal.SIGKILL)
-        srv.wait_starts("victim", 2)
-        srv.until(lambda: status(sock_path)["victim"]["pid"] == srv.starts("victim")[1],
-                  message="the victim's restart in status")
-        assert srv.manager_pid() == manager
-        assert "output_dropped" not in status(sock_path)["flood"]  # held back, not dropped
-        # once read again, the flood's lines flow, whole and in order
-        seen = b""
-        while seen.count(b"\n") < 20000:
-            seen += os.read(read_end, 1 << 20)
-        numbers = [int(line.split()[1]) for line in seen.splitlines()[:20000]]
-        assert numbers == list(range(numbers[0], numbers[0] + 20000))
+        yield pipe
     finally:
-        os.close(read_end)
-        if write_end is not None:
-            os.close(write_end)
+        for fd in pipe.values():
+            if fd is not None:
+                os.close(fd)
+
+
+def started_on(pipe, server, config):
+    srv = server(config, stdout=pipe["write"])
+    os.close(pipe["write"])  # the master holds it now: EOF once the server is gone
+    pipe["write"] = None
+    return srv
+
+
+def wait_full(read_end):
+    capacity = fcntl.fcntl(read_end, 1032)  # F_GETPIPE_SZ
+
+    def waiting_in_pipe():
+        return int.from_bytes(fcntl.ioctl(read_end, termios.FIONREAD, b"\0" * 4), "little")
+
+    # full: less than one page left (writes fill a pipe page by page)
+    wait_until(lambda: waiting_in_pipe() > capacity - 4096, message="the stdout pipe to fill")
+
+
+class PipeLines:
+    """Whole lines from the read end of a pipe, as many as are asked for or more."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.partial = b""
+
+    def take(self, count):
+        data = self.partial
+        while data.count(b"\n") < count:
+            data += os.read(self.fd, 1 << 20)
+        end = data.rfind(b"\n") + 1
+        self.partial = data[end:]
+        return data[:end].decode().splitlines()
+
+
+def test_a_stdout_nobody_reads_holds_back_only_the_companions_writing_to_it(
+        server, sock_path, unread_stdout):
+    srv = started_on(unread_stdout, server, conf(sock_path, """[
+        {"name": "flood", "target": "compapp:flooder", "stdout": "inherit"},
+        {"name": "victim", "target": "compapp:sleeper"}]"""))
+    wait_full(unread_stdout["read"])
+    victim = srv.wait_starts("victim")[0]
+    manager = srv.wait_manager()
+    # the flood goes on until the manager holds its pipe back; the loop serves the rest
+    srv.until(lambda: status(sock_path)["flood"]["state"] == "RUNNING",
+              message="status to answer")
+    os.kill(victim, signal.SIGKILL)
+    srv.wait_starts("victim", 2)
+    srv.until(lambda: status(sock_path)["victim"]["pid"] == srv.starts("victim")[1],
+              message="the victim's restart in status")
+    assert srv.manager_pid() == manager
+    assert "output_dropped" not in status(sock_path)["flood"]  # held back, not dropped
+    # once read again, the flood's lines flow, whole and in order
+    numbers = [int(line.split()[1]) for line in PipeLines(unread_stdout["read"]).take(20000)]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+
+
+def test_last_words_come_before_the_restart_even_while_stdout_is_held_back(
+        server, sock_path, unread_stdout):
+    srv = started_on(unread_stdout, server, conf(sock_path, """[
+        {"name": "flood", "target": "compapp:flooder", "stdout": "inherit"},
+        {"name": "w", "target": "compapp:last_words", "stdout": "inherit",
+         "restart_delay": 0, "startsecs": 0}]"""))
+    wait_full(unread_stdout["read"])
+    pids = srv.wait_starts("w", 4)  # exits and restarts while nothing is read
+    assert "output_dropped" not in status(sock_path)["w"]
+    words, lines = [], PipeLines(unread_stdout["read"])
+    while f"hello {pids[3]}" not in words:
+        words += [line for line in lines.take(1000) if not line.startswith("flood ")]
+    for first, second in zip(pids[:3], pids[1:4], strict=True):
+        assert words.index(f"hello {first}") < words.index(f"bye {first}")
+        assert words.index(f"bye {first}") < words.index(f"hello {second}")

@@ -151,6 +151,7 @@ class Manager:
         if self.control is not None:
             self.control.close()
         self._kill_session()
+        self.output.close()
         self.log.info("Companion manager exiting (pid: %s)", os.getpid())
         return 0
 

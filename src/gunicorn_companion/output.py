@@ -562,6 +562,18 @@ class OutputRouter:
         for stream in self.streams.values():
             stream.refresh()
 
+    def close(self) -> None:
+        """The manager exits: what still waits for a slow destination is written
+        if it takes it now, else counted and logged as dropped."""
+        for sink in [*self.files.values(), *self.streams.values()]:
+            sink.flush()
+            if sink.pending:
+                before = sink.lost
+                sink.discard_pending()
+                self.log.error("Companion output to %s: %d lines dropped, not taken before "
+                               "the companion manager exited", sink.label, sink.lost - before)
+            sink.close()
+
     def tail(self, names: list[str], count: int) -> list[str]:
         """The last ``count`` lines of these companions, oldest first; each line
         names its instance when there are several."""
