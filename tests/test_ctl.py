@@ -17,13 +17,7 @@ from pathlib import Path
 import pytest
 
 from gunicorn_companion import client, ctl
-from gunicorn_companion.ctl import (
-    format_duration,
-    format_exit,
-    format_note,
-    format_status,
-    main,
-)
+from gunicorn_companion.ctl import format_duration, format_exit, format_status, main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -160,17 +154,25 @@ def test_format_status_without_companions_is_the_header(reply):
     "companion, expected",
     [
         ({"output_dropped": 12}, "12 output lines dropped"),
-        ({"output_dropped": 3, "waiting": "ready()"},
-         "waiting for ready(); 3 output lines dropped"),
-        ({"output_dropped": 1, "last_recycle": "watchdog"},
-         "last restart: watchdog; 1 output line dropped"),
+        ({"output_dropped": 1}, "1 output line dropped"),
         ({"output_dropped": 0}, ""),
         ({"output_dropped": True}, ""),
         ({"output_dropped": "many"}, ""),
+        ({}, ""),
     ],
 )
-def test_format_note_names_dropped_output_lines(companion, expected):
-    assert format_note(companion) == expected
+def test_format_dropped(companion, expected):
+    assert ctl.format_dropped(companion) == expected
+
+
+def test_format_status_adds_dropped_output_lines_to_the_note():
+    reply = {"ok": True, "companions": [
+        {"name": "a", "output_dropped": 3, "waiting": "ready()"},
+        {"name": "b", "output_dropped": 1}]}
+    assert format_status(reply).splitlines()[1:] == [
+        "a  ?      -    -       -         -          -       -       "
+        "waiting for ready(); 3 output lines dropped",
+        "b  ?      -    -       -         -          -       -       1 output line dropped"]
 
 
 def test_format_status_tolerates_missing_fields():

@@ -271,7 +271,7 @@ def format_status(reply: dict) -> str:
                 format_exit(companion.get("last_exit")),
                 format_bytes(companion.get("memory")),
                 format_output(companion),
-                format_note(companion),
+                "; ".join(filter(None, (format_note(companion), format_dropped(companion)))),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(_STATUS_HEADER))]
@@ -324,18 +324,22 @@ def format_output(companion: dict) -> str:
 
 def format_note(companion: dict) -> str:
     """What an operator should know beyond the state: what it waits for, or
-    why it was last restarted on purpose; and output lines its destination lost."""
-    notes = []
+    why it was last restarted on purpose."""
     waiting = companion.get("waiting")
-    recycled = companion.get("last_recycle")
     if isinstance(waiting, str) and waiting:
-        notes.append(f"waiting for {waiting}")
-    elif isinstance(recycled, str) and recycled:
-        notes.append(f"last restart: {recycled}")
+        return f"waiting for {waiting}"
+    recycled = companion.get("last_recycle")
+    if isinstance(recycled, str) and recycled:
+        return f"last restart: {recycled}"
+    return ""
+
+
+def format_dropped(companion: dict) -> str:
+    """How many output lines its destination lost: '212 output lines dropped'."""
     dropped = companion.get("output_dropped")
     if isinstance(dropped, int) and not isinstance(dropped, bool) and dropped > 0:
-        notes.append(f"{dropped} output line{'' if dropped == 1 else 's'} dropped")
-    return "; ".join(notes)
+        return f"{dropped} output line{'' if dropped == 1 else 's'} dropped"
+    return ""
 
 
 def format_exit(last_exit: object) -> str:

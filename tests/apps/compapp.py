@@ -160,6 +160,17 @@ def burster():
         signal.pause()
 
 
+def flooder():
+    """Writes numbered lines to stdout as fast as the pipe takes them, forever."""
+    _record_start()
+    pad = "x" * 80
+    out = sys.stdout.buffer
+    i = 0
+    while True:
+        out.write(f"flood {i:09d} {pad}\n".encode())
+        i += 1
+
+
 def last_words():
     """Says hello and goodbye, then crashes; the goodbye must precede the next hello."""
     _record_start()
@@ -179,13 +190,3 @@ def talker():
         i += 1
         time.sleep(interval)
 
-
-def flooder():
-    """Writes numbered lines to stdout as fast as the pipe takes them, forever."""
-    _record_start()
-    pad = "x" * 80
-    out = sys.stdout.buffer
-    i = 0
-    while True:
-        out.write(f"flood {i:09d} {pad}\n".encode())
-        i += 1
