@@ -169,10 +169,9 @@ def test_format_status_adds_dropped_output_lines_to_the_note():
     reply = {"ok": True, "companions": [
         {"name": "a", "output_dropped": 3, "waiting": "ready()"},
         {"name": "b", "output_dropped": 1}]}
-    assert format_status(reply).splitlines()[1:] == [
-        "a  ?      -    -       -         -          -       -       "
-        "waiting for ready(); 3 output lines dropped",
-        "b  ?      -    -       -         -          -       -       1 output line dropped"]
+    rows = format_status(reply).splitlines()[1:]
+    assert rows[0].endswith("  waiting for ready(); 3 output lines dropped")
+    assert rows[1].endswith("  1 output line dropped")
 
 
 def test_format_status_tolerates_missing_fields():

@@ -33,12 +33,12 @@ def dropped(sock, name) -> int:
     return status(sock)[name].get("output_dropped", 0)
 
 
-def talk_numbers(path) -> list[int]:
-    """The numbers of a talker's lines; every line must be whole."""
+def line_numbers(path, word="talk") -> list[int]:
+    """The numbers of a talker's (or counter's) lines; every line must be whole."""
     numbers = []
     for line in path.read_text().splitlines():
-        word, number = line.split()
-        assert word == "talk", line
+        first, number = line.split()
+        assert first == word, line
         numbers.append(int(number))
     return numbers
 
@@ -71,7 +71,7 @@ def test_usr1_after_the_log_directory_is_removed_drops_lines_and_restarts_nothin
     assert_nothing_restarted(srv, manager, ["talk", "quiet"])
 
     logs.mkdir()  # the next write retries: lines resume
-    srv.until(lambda: talk.exists() and len(talk_numbers(talk)) >= 3, message="lines to resume")
+    srv.until(lambda: talk.exists() and len(line_numbers(talk)) >= 3, message="lines to resume")
     srv.wait_log(f"{FAILED} {talk} works again")
     assert not quiet.exists()  # a quiet companion's file comes back...
     srv.signal(signal.SIGUSR1)  # ...on USR1
@@ -99,7 +99,7 @@ def test_a_directory_where_the_log_file_should_be(server, sock_path, tmp_path):
     srv.wait_log(f"{FAILED} {talk} failed")
     srv.until(lambda: dropped(sock_path, "talk") >= 3, message="dropped lines counted")
     talk.rmdir()
-    srv.until(lambda: talk.exists() and len(talk_numbers(talk)) >= 3, message="lines to resume")
+    srv.until(lambda: talk.exists() and len(line_numbers(talk)) >= 3, message="lines to resume")
     assert srv.log().count(f"{FAILED} {talk} failed") == 1
     assert_nothing_restarted(srv, manager, ["talk"])
 
@@ -132,28 +132,28 @@ def fill(path) -> None:
 
 
 def test_a_disk_that_fills_up_and_frees_again(server, sock_path, small_disk):
-    talk = small_disk / "talk.log"
+    out = small_disk / "count.log"
     srv = server(conf(sock_path, f"""[
-        {{"name": "talk", "target": "compapp:talker", "stdout": {str(talk)!r}}},
-        {{"name": "quiet", "target": "compapp:sleeper"}}]"""),
-                 env={"TALK_INTERVAL": "0.002"})
-    srv.wait_starts("talk")
+        {{"name": "count", "target": "compapp:counter", "stdout": {str(out)!r}}},
+        {{"name": "quiet", "target": "compapp:sleeper"}}]"""))
+    srv.wait_starts("count")
     manager = srv.wait_manager()
-    srv.until(lambda: talk.exists() and "talk 2" in talk.read_text(), message="talk lines")
+    srv.until(lambda: out.exists() and "count 2" in out.read_text(), message="count lines")
     filler = small_disk / "filler"
     fill(filler)
-    srv.until(lambda: dropped(sock_path, "talk") >= 20, message="dropped lines counted")
-    srv.wait_log(f"{FAILED} {talk} failed")
-    before = talk_numbers(talk)  # every line whole, even the one the disk cut short
+    srv.until(lambda: dropped(sock_path, "count") >= 20, message="dropped lines counted")
+    srv.wait_log(f"{FAILED} {out} failed")
+    before = line_numbers(out, "count")  # every line whole, even the one the disk cut short
     filler.unlink()
-    srv.until(lambda: len(talk_numbers(talk)) > len(before) + 3, message="lines to resume")
-    srv.wait_log(f"{FAILED} {talk} works again")
-    after = talk_numbers(talk)
+    srv.until(lambda: len(line_numbers(out, "count")) > len(before) + 3,
+              message="lines to resume")
+    srv.wait_log(f"{FAILED} {out} works again")
+    after = line_numbers(out, "count")
     assert after[:len(before)] == before and after == sorted(after)
     gap = after[len(before)] - before[-1] - 1  # the lines the full disk cost
-    assert gap >= 20 and dropped(sock_path, "talk") >= gap
-    assert srv.log().count(f"{FAILED} {talk} failed") == 1
-    assert_nothing_restarted(srv, manager, ["talk", "quiet"])
+    assert gap >= 20 and dropped(sock_path, "count") >= gap
+    assert srv.log().count(f"{FAILED} {out} failed") == 1
+    assert_nothing_restarted(srv, manager, ["count", "quiet"])
 
 
 @pytest.fixture

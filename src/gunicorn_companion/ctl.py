@@ -312,6 +312,14 @@ def format_bytes(size: object) -> str:
     return f"{int(size)}B"
 
 
+def format_dropped(companion: dict) -> str:
+    """How many output lines its destination lost: '212 output lines dropped'."""
+    dropped = companion.get("output_dropped")
+    if isinstance(dropped, int) and not isinstance(dropped, bool) and dropped > 0:
+        return f"{dropped} output line{'' if dropped == 1 else 's'} dropped"
+    return ""
+
+
 def format_output(companion: dict) -> str:
     """Where its output goes: 'inherit', a file, or two files."""
     out, err = companion.get("stdout"), companion.get("stderr")
@@ -331,14 +339,6 @@ def format_note(companion: dict) -> str:
     recycled = companion.get("last_recycle")
     if isinstance(recycled, str) and recycled:
         return f"last restart: {recycled}"
-    return ""
-
-
-def format_dropped(companion: dict) -> str:
-    """How many output lines its destination lost: '212 output lines dropped'."""
-    dropped = companion.get("output_dropped")
-    if isinstance(dropped, int) and not isinstance(dropped, bool) and dropped > 0:
-        return f"{dropped} output line{'' if dropped == 1 else 's'} dropped"
     return ""
 
 

@@ -4,6 +4,7 @@ Each target appends its pid to ``$COMPANION_STATE/<name>.starts`` when it
 starts, so a test knows every process a companion ran as, in order.
 """
 
+import itertools
 import json
 import os
 import signal
@@ -171,6 +172,15 @@ def flooder():
         i += 1
 
 
+def counter():
+    """Prints a numbered line every COUNT_INTERVAL seconds (2 ms)."""
+    _record_start()
+    interval = float(os.environ.get("COUNT_INTERVAL", "0.002"))
+    for i in itertools.count():
+        print(f"count {i}", flush=True)
+        time.sleep(interval)
+
+
 def last_words():
     """Says hello and goodbye, then crashes; the goodbye must precede the next hello."""
     _record_start()
@@ -181,12 +191,10 @@ def last_words():
 
 
 def talker():
-    """Prints a numbered line every TALK_INTERVAL seconds (50 ms)."""
+    """Prints a numbered line every 50 ms."""
     _record_start()
-    interval = float(os.environ.get("TALK_INTERVAL", "0.05"))
     i = 0
     while True:
         print(f"talk {i}", flush=True)
         i += 1
-        time.sleep(interval)
-
+        time.sleep(0.05)
