@@ -129,8 +129,9 @@ class Server:
     """One ``gunicorn-companion serve`` run in its own session and directory."""
 
     def __init__(self, root: Path, config: str, *, app: str = "compapp:app",
-                 args: tuple[str, ...] = (), env: dict | None = None):
+                 args: tuple[str, ...] = (), env: dict | None = None, stdout=None):
         self.root = root
+        self.stdout = stdout  # the master's stdout, when not the log file (stderr stays)
         self.state = root / "state"
         self.state.mkdir(exist_ok=True)
         shutil.copy(APPS / "compapp.py", root / "compapp.py")
@@ -159,7 +160,8 @@ class Server:
     def start(self) -> "Server":
         self._log_file = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv, cwd=self.root, env=self.env,
-                                     stdout=self._log_file, stderr=subprocess.STDOUT,
+                                     stdout=self.stdout or self._log_file,
+                                     stderr=self._log_file,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         return self
 

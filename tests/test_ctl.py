@@ -150,6 +150,30 @@ def test_format_status_without_companions_is_the_header(reply):
         "NAME  STATE  PID  UPTIME  RESTARTS  LAST EXIT  MEMORY  OUTPUT  NOTE")
 
 
+@pytest.mark.parametrize(
+    "companion, expected",
+    [
+        ({"output_dropped": 12}, "12 output lines dropped"),
+        ({"output_dropped": 1}, "1 output line dropped"),
+        ({"output_dropped": 0}, ""),
+        ({"output_dropped": True}, ""),
+        ({"output_dropped": "many"}, ""),
+        ({}, ""),
+    ],
+)
+def test_format_dropped(companion, expected):
+    assert ctl.format_dropped(companion) == expected
+
+
+def test_format_status_adds_dropped_output_lines_to_the_note():
+    reply = {"ok": True, "companions": [
+        {"name": "a", "output_dropped": 3, "waiting": "ready()"},
+        {"name": "b", "output_dropped": 1}]}
+    rows = format_status(reply).splitlines()[1:]
+    assert rows[0].endswith("  waiting for ready(); 3 output lines dropped")
+    assert rows[1].endswith("  1 output line dropped")
+
+
 def test_format_status_tolerates_missing_fields():
     reply = {"ok": True, "companions": [{"name": "a-very-long-name"}]}
     assert format_status(reply) == (

@@ -271,7 +271,7 @@ def format_status(reply: dict) -> str:
                 format_exit(companion.get("last_exit")),
                 format_bytes(companion.get("memory")),
                 format_output(companion),
-                format_note(companion),
+                "; ".join(filter(None, (format_note(companion), format_dropped(companion)))),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(_STATUS_HEADER))]
@@ -310,6 +310,14 @@ def format_bytes(size: object) -> str:
             value = size / scale
             return f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
     return f"{int(size)}B"
+
+
+def format_dropped(companion: dict) -> str:
+    """How many output lines its destination lost: '212 output lines dropped'."""
+    dropped = companion.get("output_dropped")
+    if isinstance(dropped, int) and not isinstance(dropped, bool) and dropped > 0:
+        return f"{dropped} output line{'' if dropped == 1 else 's'} dropped"
+    return ""
 
 
 def format_output(companion: dict) -> str:

@@ -79,7 +79,6 @@ class Manager:
         self.memory_check_interval = memory_check_interval
         self.next_memory_check: float | None = None
         self.memory: dict[str, int] = {}  # unshared bytes at the last check, by name
-        self.output = OutputRouter()
         self.captures: dict[int, list[Capture]] = {}  # by pid: its output pipes
         # tail -f clients: [names, newest line sequence sent, responder]
         self.followers: list[list] = []
@@ -101,6 +100,7 @@ class Manager:
         # (companion name, when they get SIGKILL)
         self.leftovers: dict[int, tuple[str, float]] = {}
         self.selector = selectors.DefaultSelector()
+        self.output = OutputRouter(self.selector, log)
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         # One datagram socket for every companion's ready()/heartbeat(): the
         # companions inherit the sending end (see notify.py).
@@ -160,6 +160,7 @@ class Manager:
         if self.control is not None:
             self.control.close()
         self._kill_session()
+        self.output.close()
         self.log.info("Companion manager exiting (pid: %s)", os.getpid())
         return 0
 
@@ -237,8 +238,13 @@ class Manager:
         elif signum == signal.SIGUSR1:
             # Gunicorn's "reopen log files", forwarded by the master: for
             # logrotate's move-and-signal
-            self.output.reopen()
-            self.log.reopen_files()  # the manager's own (Gunicorn) log, moved too
+            try:
+                # the manager's own (Gunicorn) log, moved too. First: with
+                # capture_output it points our stdout and stderr at the new file.
+                self.log.reopen_files()
+            except OSError as exc:
+                self.log.error("Cannot reopen the companion manager's log: %s", exc)
+            self.output.reopen()  # never raises: a failing file logs and drops lines
             self.log.info("Companion log files reopened")
         # USR1/USR2/TTIN/TTOU/WINCH are the master's business: we only make
         # sure their default action (some terminate) cannot kill the manager.
@@ -351,8 +357,7 @@ class Manager:
             os.close(write_fd)  # only the companion writes: EOF when it is gone
             if spec.timestamps:
                 capture.timestamp_format = spec.timestamp_format
-            self.selector.register(capture.fd, selectors.EVENT_READ,
-                                   lambda key, mask, c=capture, p=pid: self._on_output(c, p))
+            self.output.watch(capture, lambda key, mask, c=capture, p=pid: self._on_output(c, p))
         self.captures[pid] = captures
         self.pids[pid] = name
         self.apply(name, lc.Spawned(pid, jitter=random.random()))
@@ -440,7 +445,7 @@ class Manager:
 
     def _close_capture(self, capture: Capture, pid: int) -> None:
         """EOF: every writer is gone. Flush a last partial line and let go."""
-        self.selector.unregister(capture.fd)  # before the fd is closed and reused
+        self.output.unwatch(capture)
         capture.finish()
         self.output.release(capture.destination)
         remaining = [c for c in self.captures.get(pid, []) if c is not capture]
@@ -469,7 +474,8 @@ class Manager:
             self._leftovers_get_sigterm(pid, name)
             self.memory.pop(name, None)
             # its last words reach the file before the exit is handled (and
-            # before a restart could interleave a new process's lines)
+            # before a restart could interleave a new process's lines); a held
+            # back destination keeps them in its buffer, ahead of the restart's
             for capture in list(self.captures.get(pid, [])):
                 if not capture.drain():
                     self._close_capture(capture, pid)
@@ -643,6 +649,8 @@ class Manager:
                                ("last_recycle", record.last_recycle)):
                 if value is not None:
                     entry[key] = value
+            if self.output.dropped[record.name]:  # output lines lost, since boot
+                entry["output_dropped"] = self.output.dropped[record.name]
             entries.append(entry)
         return entries
 

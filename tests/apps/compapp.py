@@ -4,6 +4,7 @@ Each target appends its pid to ``$COMPANION_STATE/<name>.starts`` when it
 starts, so a test knows every process a companion ran as, in order.
 """
 
+import itertools
 import json
 import os
 import signal
@@ -158,6 +159,26 @@ def burster():
     _note(f"{os.environ['GUNICORN_COMPANION_NAME']}.done", os.getpid())
     while True:
         signal.pause()
+
+
+def flooder():
+    """Writes numbered lines to stdout as fast as the pipe takes them, forever."""
+    _record_start()
+    pad = "x" * 80
+    out = sys.stdout.buffer
+    i = 0
+    while True:
+        out.write(f"flood {i:09d} {pad}\n".encode())
+        i += 1
+
+
+def counter():
+    """Prints a numbered line every COUNT_INTERVAL seconds (2 ms)."""
+    _record_start()
+    interval = float(os.environ.get("COUNT_INTERVAL", "0.002"))
+    for i in itertools.count():
+        print(f"count {i}", flush=True)
+        time.sleep(interval)
 
 
 def last_words():
