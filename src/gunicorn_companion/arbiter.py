@@ -26,6 +26,7 @@ from gunicorn.errors import HaltServer
 
 from . import procfs
 from .commands import dispatch
+from .lifecycle import ExitStatus
 from .loading import CompanionConfig, ConfigSources, load_companion_config
 from .manager import Manager
 from .server import ControlServer, ControlSocketError
@@ -120,10 +121,11 @@ class ManagerHandle:
             return
         if self.exit_unknown:
             how = "with an unknown status"
-        elif os.WIFSIGNALED(self.exit_status):
-            how = f"by signal {signal.Signals(os.WTERMSIG(self.exit_status)).name}"
         else:
-            how = f"with exit code {os.WEXITSTATUS(self.exit_status)}"
+            # ExitStatus names every signal, a real-time one without a name too
+            # (signal.Signals(40) raises, and an exception here halts the master)
+            status = ExitStatus.from_wait_status(self.exit_status)
+            how = f"{'by' if status.signal is not None else 'with'} {status.describe()}"
         self.exit_status, self.exit_unknown = None, False
         self.booting = False
         self.kill_leftovers()

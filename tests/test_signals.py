@@ -1,0 +1,121 @@
+"""Stray signals: whatever a process of the tree receives, the server keeps
+serving. Real servers, real kill(2); each step waits until the kernel has
+delivered the signal (it left the pending set, or the process is gone)."""
+
+import os
+import signal
+from pathlib import Path
+
+from support import Control, proc_stat, running_code, wait_until
+
+# Stray signals whose default action would terminate (or stop) a process and
+# that mean nothing to the manager: it ignores them.
+STRAYS = [signal.SIGALRM, signal.SIGPROF, signal.SIGVTALRM, signal.SIGXCPU, signal.SIGIO,
+          signal.SIGPWR, signal.SIGSTKFLT, signal.SIGTSTP, signal.SIGSEGV, signal.SIGABRT,
+          signal.SIGRTMIN, 40, signal.SIGRTMAX]
+
+
+def config(sock):
+    return f"""
+        preload_app = True
+        workers = 1
+        companion_control_socket = {str(sock)!r}
+        companion_workers = [
+            {{"name": "target", "target": "compapp:sleeper", "startsecs": 0,
+              "restart_delay": 0.05}},
+            {{"name": "prog", "command": ["sleep", "1000"], "startsecs": 0,
+              "restart_delay": 0.05}},
+        ]
+    """
+
+
+NAMES = ("target", "prog")
+
+
+def status(sock):
+    """Companions by name, or None while no manager answers (one is replaced)."""
+    try:
+        conn = Control(sock, timeout=5)
+        try:
+            reply = conn.request({"cmd": "status"})
+        finally:
+            conn.close()
+    except (OSError, ValueError):
+        return None
+    return {c["name"]: c for c in reply["companions"]}
+
+
+def stopped(pid):
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] in ("T", "t")
+
+
+def all_running(sock):
+    """Every companion RUNNING as a live process that is not stopped: the status."""
+    companions = status(sock)
+    if companions is None or set(companions) != set(NAMES):
+        return None
+    for entry in companions.values():
+        pid = entry["pid"]
+        if entry["state"] != "RUNNING" or not running_code(pid) or stopped(pid):
+            return None
+    return companions
+
+
+def pending_signals(pid):
+    """Signals sent to ``pid`` but not yet delivered (empty once it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)
+
+
+def ignored_signals(pid):
+    text = Path(f"/proc/{pid}/status").read_text()
+    mask = int(next(line for line in text.splitlines() if line.startswith("SigIgn:"))[7:], 16)
+    return {sig for sig in signal.valid_signals() if mask & (1 << (sig - 1))}
+
+
+def send_and_wait_delivery(pid, sig):
+    """kill(2), then wait until the kernel has acted on it: a process that
+    ignores it never had it pending; one it kills is exiting."""
+    os.kill(pid, sig)
+    wait_until(lambda: not running_code(pid) or not pending_signals(pid) & (1 << (sig - 1)),
+               message=f"signal {sig} delivered to {pid}")
+
+
+def assert_serving(srv, sock, message):
+    """The master serves HTTP, the control socket answers, every companion is RUNNING."""
+    companions = srv.until(lambda: all_running(sock), message=message)
+    assert b"hello from the web" in srv.http_get()
+    return companions
+
+
+def test_a_real_time_signal_to_the_manager_leaves_the_server_serving(server, sock_path):
+    # kill -40 once killed the manager, and naming that signal crashed the master
+    srv = server(config(sock_path))
+    manager = srv.wait_manager()
+    assert_serving(srv, sock_path, "companions RUNNING")
+    send_and_wait_delivery(manager, 40)
+    assert_serving(srv, sock_path, "everything serving after signal 40 to the manager")
+    assert srv.proc.poll() is None
+    assert "Unhandled exception in main loop" not in srv.log()
+
+
+def test_the_manager_ignores_stray_signals_and_its_companions_do_not(server, sock_path):
+    srv = server(config(sock_path))
+    manager = srv.wait_manager()
+    before = assert_serving(srv, sock_path, "companions RUNNING")
+    # The manager's ignored signals must not leak into what the companions
+    # run: an ignored disposition survives fork and exec.
+    assert ignored_signals(manager) >= set(STRAYS)
+    assert not ignored_signals(before["prog"]["pid"]) & (set(STRAYS) | {signal.SIGXFSZ})
+    for sig in STRAYS:
+        send_and_wait_delivery(manager, sig)
+        assert not stopped(manager), signal.Signals(sig) if sig in signal.Signals else sig
+    after = assert_serving(srv, sock_path, "everything serving after the stray signals")
+    assert srv.manager_pid() == manager
+    assert {n: c["pid"] for n, c in after.items()} == {n: c["pid"] for n, c in before.items()}
+    assert "Companion manager exited" not in srv.log()
