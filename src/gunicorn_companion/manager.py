@@ -42,6 +42,27 @@ HANDLED_SIGNALS = (
 )
 
 
+# Default action "ignore" or "continue" (harmless as they are), or not catchable.
+_LEFT_AT_DEFAULT = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT, signal.SIGURG})
+
+
+def stray_signals() -> tuple[int, ...]:
+    """Signals the manager ignores: every other one whose action is still the
+    default, which would end the manager (or stop it: SIGTSTP) and with it
+    every companion, for a signal that means nothing to it (SIGALRM, SIGPROF,
+    SIGPWR, SIGIO, a real-time signal, or a SIGSEGV or SIGABRT sent with kill).
+
+    Ignoring the fault signals is safe: for a real fault the kernel resets an
+    ignored SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP or SIGSYS to the default
+    before delivering it, and abort() does the same for SIGABRT, so a manager
+    that really crashes still dies (and is replaced). A handler someone else
+    installed (faulthandler's) is not SIG_DFL and stays.
+    """
+    return tuple(sig for sig in sorted(signal.valid_signals())
+                 if sig not in HANDLED_SIGNALS and sig not in _LEFT_AT_DEFAULT
+                 and signal.getsignal(sig) == signal.SIG_DFL)
+
+
 def _record_only(signum, frame):
     """The C handler already wrote ``signum`` to the wakeup socket: nothing to do."""
 
@@ -101,6 +122,7 @@ class Manager:
         # control requests waiting for a companion to settle (e.g. `stop`
         # answers once it has stopped): name -> [(settled(record) -> reply | None, respond)]
         self.waiters: dict[str, list[tuple[Callable, Callable[[dict], None]]]] = {}
+        self.ignored_signals: tuple[int, ...] = ()  # set by install_signals
 
     # -- setup ----------------------------------------------------------------
 
@@ -110,6 +132,10 @@ class Manager:
         signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, _record_only)
+        # Setting SIG_IGN also discards one already pending (blocked since the fork).
+        self.ignored_signals = stray_signals()
+        for sig in self.ignored_signals:
+            signal.signal(sig, signal.SIG_IGN)
         # Restart system calls interrupted by our no-op handlers instead of
         # raising EINTR in the middle of a write to a log file.
         for sig in HANDLED_SIGNALS:
@@ -313,7 +339,9 @@ class Manager:
             pid = spawn_companion(
                 spec,
                 self.targets.get(name),
-                handled_signals=HANDLED_SIGNALS,
+                # an ignored signal stays ignored across fork and exec: the
+                # companion starts from the defaults, not the manager's choices
+                handled_signals=HANDLED_SIGNALS + self.ignored_signals,
                 close_in_child=self.close_in_child,
                 title=self.title,
                 notify_fd=self.notify_w.fileno(),
