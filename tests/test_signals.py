@@ -4,9 +4,13 @@ delivered the signal (it left the pending set, or the process is gone)."""
 
 import os
 import signal
+import time
 from pathlib import Path
 
+import pytest
 from support import Control, proc_stat, running_code, wait_until
+
+from gunicorn_companion.arbiter import respawn_delay
 
 # Stray signals whose default action would terminate (or stop) a process and
 # that mean nothing to the manager: it ignores them.
@@ -119,3 +123,91 @@ def test_the_manager_ignores_stray_signals_and_its_companions_do_not(server, soc
     assert srv.manager_pid() == manager
     assert {n: c["pid"] for n, c in after.items()} == {n: c["pid"] for n, c in before.items()}
     assert "Companion manager exited" not in srv.log()
+
+
+# Signals the manager acts on by exiting; the master then replaces it.
+MANAGER_EXITS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGKILL}
+# What a Gunicorn master (ours catches and ignores exactly the signals plain
+# Gunicorn does) survives; the rest of its signals stop it, as in Gunicorn
+# (TERM, INT, QUIT), start a new master (USR2), or kill it (ALRM, real-time).
+MASTER_SURVIVES = [signal.SIGHUP, signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU,
+                   signal.SIGWINCH, signal.SIGCHLD, signal.SIGCONT, signal.SIGURG,
+                   signal.SIGPIPE, signal.SIGXFSZ]
+STOPPING = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
+
+
+def _name(sig):
+    return signal.Signals(sig).name if sig in set(signal.Signals) else f"signal {sig}"
+
+
+def test_every_signal_to_the_manager_or_a_companion_leaves_everything_serving(
+        server, sock_path):
+    srv = server(config(sock_path))
+    srv.wait_manager()
+    assert_serving(srv, sock_path, "companions RUNNING")
+    replaced = set()
+    for sig in sorted(signal.valid_signals()):
+        manager = srv.manager_pid()
+        send_and_wait_delivery(manager, sig)
+        if sig == signal.SIGSTOP:
+            # a stopped manager is paused, not dead: nothing is replaced, and
+            # the master goes on serving until SIGCONT resumes it
+            wait_until(lambda pid=manager: stopped(pid), message="the manager stopped")
+            assert b"hello from the web" in srv.http_get()
+            os.kill(manager, signal.SIGCONT)
+        assert_serving(srv, sock_path, f"everything serving after {_name(sig)} to the manager")
+        if srv.manager_pid() != manager:
+            replaced.add(sig)
+    assert replaced == MANAGER_EXITS
+    manager = srv.manager_pid()
+    for sig in sorted(signal.valid_signals()):
+        target = status(sock_path)["target"]["pid"]
+        send_and_wait_delivery(target, sig)
+        if sig in STOPPING and running_code(target):
+            wait_until(lambda pid=target: stopped(pid), message="the companion stopped")
+            os.kill(target, signal.SIGCONT)
+        assert_serving(srv, sock_path, f"everything serving after {_name(sig)} to a companion")
+    assert srv.manager_pid() == manager
+    for sig in MASTER_SURVIVES:
+        send_and_wait_delivery(srv.pid, sig)
+        assert_serving(srv, sock_path, f"everything serving after {_name(sig)} to the master")
+    assert srv.manager_pid() == manager
+    assert "Unhandled exception" not in srv.log()
+
+
+def test_a_manager_that_keeps_dying_is_replaced_ever_more_slowly_unless_it_was_asked_to_stop(
+        server, sock_path):
+    # Each death within HEALTHY_UPTIME of its start doubles the delay; an exit
+    # with status 0 (the manager was asked to stop: TERM, INT or QUIT sent to
+    # it, not by the master) is no crash: 0.5s, and the doubling starts over.
+    srv = server(config(sock_path))
+    manager = srv.wait_manager()
+    srv.wait_log(f"Companion manager booted (pid: {manager})")
+    expected = [(signal.SIGKILL, "by signal SIGKILL", 0.5),
+                (signal.SIGKILL, "by signal SIGKILL", 1.0),
+                (signal.SIGKILL, "by signal SIGKILL", 2.0),
+                (signal.SIGTERM, "with exit code 0", 0.5),
+                (signal.SIGKILL, "by signal SIGKILL", 0.5),
+                (signal.SIGQUIT, "with exit code 0", 0.5)]
+    for count, (sig, how, delay) in enumerate(expected, 1):
+        sent = time.monotonic()
+        os.kill(manager, sig)
+        new = srv.wait_manager(other_than=manager)
+        # a lower bound only: the master respawns `delay` after it saw the death
+        assert time.monotonic() - sent >= delay
+        srv.wait_log(f"Companion manager booted (pid: {new})")
+        lines = [line for line in srv.log().splitlines() if "Companion manager exited" in line]
+        assert len(lines) == count
+        assert f"exited {how}; starting a new one in {delay:.1f}s" in lines[-1], lines
+        manager = new
+    assert_serving(srv, sock_path, "everything serving after the replacements")
+
+
+@pytest.mark.parametrize(("crashes", "delay"), [
+    (0, 0.5),  # it was asked to stop
+    (1, 0.5),  # the first crash (after a healthy run)
+    (2, 1.0), (3, 2.0), (4, 4.0), (5, 8.0), (6, 16.0),
+    (7, 30.0), (50, 30.0),  # capped
+])
+def test_respawn_delay(crashes, delay):
+    assert respawn_delay(crashes) == delay

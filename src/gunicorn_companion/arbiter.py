@@ -43,13 +43,19 @@ from .targets import resolve_all
 READY = b"ready\n"
 ERROR_PREFIX = b"error "
 
-# Respawn backoff for a manager that keeps dying: it never loops tightly.
+# Respawn backoff for a manager that keeps crashing: it never loops tightly.
 RESPAWN_DELAY_MIN = 0.5
 RESPAWN_DELAY_MAX = 30.0
-# A manager that lived this long was healthy: its death restarts the backoff.
+# A manager that lived this long was healthy: its crash restarts the backoff.
 HEALTHY_UPTIME = 10.0
 # How long the master waits for a freshly forked manager to report its boot.
 BOOT_TIMEOUT = 60.0
+
+
+def respawn_delay(crashes_in_a_row: int) -> float:
+    """Seconds before a dead manager is replaced: the minimum, doubled for each
+    crash in a row after the first, up to the maximum (pure)."""
+    return min(RESPAWN_DELAY_MIN * 2 ** max(crashes_in_a_row - 1, 0), RESPAWN_DELAY_MAX)
 
 
 def _wait_readable(fd: int, timeout: float) -> bool:
@@ -70,7 +76,7 @@ class ManagerHandle:
         self.spawned_at = 0.0
         self.exit_status: int | None = None  # recorded by reap (maybe in a signal handler)
         self.exit_unknown = False  # Gunicorn's own reap loop claimed it first
-        self.respawn_delay = 0.0
+        self.crashes_in_a_row = 0  # deaths each within HEALTHY_UPTIME of their start
         self.next_spawn_at = 0.0
         self.stopping = False
         self.waiting_logged = False
@@ -120,26 +126,34 @@ class ManagerHandle:
         if self.exit_status is None and not self.exit_unknown:
             return
         if self.exit_unknown:
-            how = "with an unknown status"
+            how, asked_to_stop = "with an unknown status", False
         else:
             # ExitStatus names every signal, a real-time one without a name too
             # (signal.Signals(40) raises, and an exception here halts the master)
             status = ExitStatus.from_wait_status(self.exit_status)
             how = f"{'by' if status.signal is not None else 'with'} {status.describe()}"
+            # The manager exits 0 only after a shutdown it was asked for: TERM,
+            # INT or QUIT sent to it by someone other than the master.
+            asked_to_stop = status.code == 0
         self.exit_status, self.exit_unknown = None, False
         self.booting = False
         self.kill_leftovers()
         if self.stopping:
             return
-        lived = time.monotonic() - self.spawned_at
-        if lived >= HEALTHY_UPTIME:
-            self.respawn_delay = RESPAWN_DELAY_MIN
+        # A stop on request is no crash, and a crash after a healthy run starts
+        # the count over: only a manager that cannot stay up waits longer and
+        # longer (up to RESPAWN_DELAY_MAX) instead of restarting every
+        # companion in a tight loop.
+        if asked_to_stop:
+            self.crashes_in_a_row = 0
+        elif time.monotonic() - self.spawned_at >= HEALTHY_UPTIME:
+            self.crashes_in_a_row = 1
         else:
-            self.respawn_delay = min(max(self.respawn_delay * 2, RESPAWN_DELAY_MIN),
-                                     RESPAWN_DELAY_MAX)
-        self.next_spawn_at = time.monotonic() + self.respawn_delay
+            self.crashes_in_a_row += 1
+        delay = respawn_delay(self.crashes_in_a_row)
+        self.next_spawn_at = time.monotonic() + delay
         self.log.error("Companion manager exited %s; starting a new one in %.1fs, "
-                       "once its companions are gone", how, self.respawn_delay)
+                       "once its companions are gone", how, delay)
 
     def kill_leftovers(self) -> None:
         """The manager leads a session holding its whole tree; once it is dead
