@@ -211,3 +211,32 @@ def test_a_manager_that_keeps_dying_is_replaced_ever_more_slowly_unless_it_was_a
 ])
 def test_respawn_delay(crashes, delay):
     assert respawn_delay(crashes) == delay
+
+
+# -- a SIGKILLed master ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_nothing_outlives_a_sigkilled_master_and_its_port_is_free_at_once(server, worker_class):
+    # HTTP workers used to notice their master's death only on their next
+    # loop turn (sync: up to timeout/2, 15 s), holding the listening socket.
+    config = f"""
+        preload_app = True
+        workers = 2
+        worker_class = {worker_class!r}
+        companion_workers = [{{"name": "alpha", "target": "compapp:sleeper"}}]
+    """
+    srv = server(config)
+    srv.wait_manager()
+    srv.wait_starts("alpha")
+    srv.wait_log("Booting worker", count=2)
+    assert b"hello from the web" in srv.http_get()
+    srv.signal(signal.SIGKILL)
+    srv.wait_exit()
+    # measured: about 0.03 s; the deadline leaves room for a loaded machine
+    wait_until(lambda: not srv.tree(), timeout=3, message="nothing of the tree left")
+    # like a supervisor's restart: the same port, bound on the first try
+    again = server(config, port=srv.port)
+    again.wait_log("Booting worker", count=2)
+    assert b"hello from the web" in again.http_get()
+    assert "Connection in use" not in again.log()

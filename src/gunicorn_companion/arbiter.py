@@ -31,6 +31,7 @@ from .loading import CompanionConfig, ConfigSources, load_companion_config
 from .manager import Manager
 from .server import ControlServer, ControlSocketError
 from .spawn import (
+    EXIT_ORPHANED,
     become_subreaper,
     fork_blocking_signals,
     reset_signals,
@@ -63,6 +64,42 @@ def _wait_readable(fd: int, timeout: float) -> bool:
         return bool(select.select([fd], [], [], max(0.0, timeout))[0])
     except InterruptedError:
         return False
+
+
+# -- HTTP workers die with their master ----------------------------------------------
+#
+# Gunicorn's workers notice a dead master only on their next loop turn (the
+# sync worker: up to timeout/2 seconds), holding the listening socket until
+# then: a supervisor restarting the server (systemd Restart=always, a
+# container restart) cannot bind it meanwhile. So each HTTP worker asks for
+# PDEATHSIG. Gunicorn 23..27 have no hook in the child before the worker runs
+# that is not the user's (post_fork), so an at-fork hook does it, armed only
+# while our spawn_worker runs: other forks of the master (the manager, the
+# re-exec of a hot upgrade, whose new master must outlive the old one) and
+# forks made later by a worker itself are left alone.
+
+# The master's pid while Gunicorn's spawn_worker forks an HTTP worker, else None.
+_forking_http_worker_of: int | None = None
+
+
+def _http_worker_after_fork() -> None:
+    """The first thing any child of this process runs (os.register_at_fork)."""
+    global _forking_http_worker_of
+    master_pid, _forking_http_worker_of = _forking_http_worker_of, None  # disarm for its forks
+    if master_pid is None:
+        return
+    # SIGKILL, not SIGTERM: the master was killed, so nobody enforces a
+    # graceful_timeout any more, and the point is to free the port at once.
+    # A graceful worker would finish its requests first, holding the socket
+    # for as long as the slowest one takes (gthread: many). Requests in flight
+    # are cut, as the master's own death already cut the server's.
+    # Then re-check: the master may have died before prctl, and then no signal
+    # will ever come.
+    if set_parent_death_signal(signal.SIGKILL) and os.getppid() != master_pid:
+        os._exit(EXIT_ORPHANED)
+
+
+os.register_at_fork(after_in_child=_http_worker_after_fork)
 
 
 class ManagerHandle:
@@ -325,6 +362,15 @@ class CompanionArbiter(Arbiter):
         the config they were started with (a hot upgrade keeps it)."""
         sources = self.companion_sources
         return sources.main_file or f"{self.cfg.proc_name}:{os.getcwd()}"
+
+    def spawn_worker(self):
+        """Gunicorn's, with the at-fork hook armed: the worker takes PDEATHSIG."""
+        global _forking_http_worker_of
+        _forking_http_worker_of = os.getpid()
+        try:
+            return super().spawn_worker()
+        finally:
+            _forking_http_worker_of = None
 
     # -- reaping: claim the manager first (see the module docstring) -----------
 
