@@ -15,6 +15,7 @@ dropped when they surface (lazy deletion), so nothing is ever cancelled.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import hashlib
 import heapq
@@ -44,6 +45,10 @@ HANDLED_SIGNALS = (
 
 # Default action "ignore" or "continue" (harmless as they are), or not catchable.
 _LEFT_AT_DEFAULT = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT, signal.SIGURG})
+# faulthandler's, which signal.getsignal reports as SIG_DFL when it was enabled
+# after startup (faulthandler.enable() in the app): its traceback must stay.
+_FAULTHANDLER_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGFPE, signal.SIGABRT, signal.SIGBUS,
+                                   signal.SIGILL})
 
 
 def stray_signals() -> tuple[int, ...]:
@@ -56,10 +61,11 @@ def stray_signals() -> tuple[int, ...]:
     ignored SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP or SIGSYS to the default
     before delivering it, and abort() does the same for SIGABRT, so a manager
     that really crashes still dies (and is replaced). A handler someone else
-    installed (faulthandler's) is not SIG_DFL and stays.
+    installed stays (faulthandler's, say).
     """
+    kept = _LEFT_AT_DEFAULT | (_FAULTHANDLER_SIGNALS if faulthandler.is_enabled() else set())
     return tuple(sig for sig in sorted(signal.valid_signals())
-                 if sig not in HANDLED_SIGNALS and sig not in _LEFT_AT_DEFAULT
+                 if sig not in HANDLED_SIGNALS and sig not in kept
                  and signal.getsignal(sig) == signal.SIG_DFL)
 
 
