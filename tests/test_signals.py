@@ -185,10 +185,8 @@ def test_a_manager_that_keeps_dying_is_replaced_ever_more_slowly_unless_it_was_a
     srv.wait_log(f"Companion manager booted (pid: {manager})")
     expected = [(signal.SIGKILL, "by signal SIGKILL", 0.5),
                 (signal.SIGKILL, "by signal SIGKILL", 1.0),
-                (signal.SIGKILL, "by signal SIGKILL", 2.0),
                 (signal.SIGTERM, "with exit code 0", 0.5),
-                (signal.SIGKILL, "by signal SIGKILL", 0.5),
-                (signal.SIGQUIT, "with exit code 0", 0.5)]
+                (signal.SIGKILL, "by signal SIGKILL", 0.5)]  # 2.0 without the reset
     for count, (sig, how, delay) in enumerate(expected, 1):
         sent = time.monotonic()
         os.kill(manager, sig)
@@ -216,7 +214,7 @@ def test_respawn_delay(crashes, delay):
 # -- a SIGKILLed master ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+@pytest.mark.parametrize("worker_class", ["sync", "gthread", "gevent"])
 def test_nothing_outlives_a_sigkilled_master_and_its_port_is_free_at_once(server, worker_class):
     # HTTP workers used to notice their master's death only on their next
     # loop turn (sync: up to timeout/2, 15 s), holding the listening socket.
@@ -224,6 +222,9 @@ def test_nothing_outlives_a_sigkilled_master_and_its_port_is_free_at_once(server
         preload_app = True
         workers = 2
         worker_class = {worker_class!r}
+        # a SIGTERM that reaches a worker before it has its own handlers is
+        # lost (Gunicorn's hazard; gevent boots slowly): teardown waits this
+        graceful_timeout = 1
         companion_workers = [{{"name": "alpha", "target": "compapp:sleeper"}}]
     """
     srv = server(config)
