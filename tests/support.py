@@ -129,13 +129,14 @@ class Server:
     """One ``gunicorn-companion serve`` run in its own session and directory."""
 
     def __init__(self, root: Path, config: str, *, app: str = "compapp:app",
-                 args: tuple[str, ...] = (), env: dict | None = None, stdout=None):
+                 args: tuple[str, ...] = (), env: dict | None = None, stdout=None,
+                 port: int | None = None):
         self.root = root
         self.stdout = stdout  # the master's stdout, when not the log file (stderr stays)
         self.state = root / "state"
         self.state.mkdir(exist_ok=True)
         shutil.copy(APPS / "compapp.py", root / "compapp.py")
-        self.port = free_port()
+        self.port = port or free_port()
         self.config_path = root / "gunicorn.conf.py"
         self.write_config(config)
         self.log_path = root / "server.log"

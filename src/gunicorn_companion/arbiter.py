@@ -26,10 +26,12 @@ from gunicorn.errors import HaltServer
 
 from . import procfs
 from .commands import dispatch
+from .lifecycle import ExitStatus
 from .loading import CompanionConfig, ConfigSources, load_companion_config
 from .manager import Manager
 from .server import ControlServer, ControlSocketError
 from .spawn import (
+    EXIT_ORPHANED,
     become_subreaper,
     fork_blocking_signals,
     reset_signals,
@@ -42,13 +44,19 @@ from .targets import resolve_all
 READY = b"ready\n"
 ERROR_PREFIX = b"error "
 
-# Respawn backoff for a manager that keeps dying: it never loops tightly.
+# Respawn backoff for a manager that keeps crashing: it never loops tightly.
 RESPAWN_DELAY_MIN = 0.5
 RESPAWN_DELAY_MAX = 30.0
-# A manager that lived this long was healthy: its death restarts the backoff.
+# A manager that lived this long was healthy: its crash restarts the backoff.
 HEALTHY_UPTIME = 10.0
 # How long the master waits for a freshly forked manager to report its boot.
 BOOT_TIMEOUT = 60.0
+
+
+def respawn_delay(crashes_in_a_row: int) -> float:
+    """Seconds before a dead manager is replaced: the minimum, doubled for each
+    crash in a row after the first, up to the maximum (pure)."""
+    return min(RESPAWN_DELAY_MIN * 2 ** max(crashes_in_a_row - 1, 0), RESPAWN_DELAY_MAX)
 
 
 def _wait_readable(fd: int, timeout: float) -> bool:
@@ -56,6 +64,42 @@ def _wait_readable(fd: int, timeout: float) -> bool:
         return bool(select.select([fd], [], [], max(0.0, timeout))[0])
     except InterruptedError:
         return False
+
+
+# -- HTTP workers die with their master ----------------------------------------------
+#
+# Gunicorn's workers notice a dead master only on their next loop turn (the
+# sync worker: up to timeout/2 seconds), holding the listening socket until
+# then: a supervisor restarting the server (systemd Restart=always, a
+# container restart) cannot bind it meanwhile. So each HTTP worker asks for
+# PDEATHSIG. Gunicorn 23..27 have no hook in the child before the worker runs
+# that is not the user's (post_fork), so an at-fork hook does it, armed only
+# while our spawn_worker runs: other forks of the master (the manager, the
+# re-exec of a hot upgrade, whose new master must outlive the old one) and
+# forks made later by a worker itself are left alone.
+
+# The master's pid while Gunicorn's spawn_worker forks an HTTP worker, else None.
+_forking_http_worker_of: int | None = None
+
+
+def _http_worker_after_fork() -> None:
+    """The first thing any child of this process runs (os.register_at_fork)."""
+    global _forking_http_worker_of
+    master_pid, _forking_http_worker_of = _forking_http_worker_of, None  # disarm for its forks
+    if master_pid is None:
+        return
+    # SIGKILL, not SIGTERM: the master was killed, so nobody enforces a
+    # graceful_timeout any more, and the point is to free the port at once.
+    # A graceful worker would finish its requests first, holding the socket
+    # for as long as the slowest one takes (gthread: many). Requests in flight
+    # are cut, as the master's own death already cut the server's.
+    # Then re-check: the master may have died before prctl, and then no signal
+    # will ever come.
+    if set_parent_death_signal(signal.SIGKILL) and os.getppid() != master_pid:
+        os._exit(EXIT_ORPHANED)
+
+
+os.register_at_fork(after_in_child=_http_worker_after_fork)
 
 
 class ManagerHandle:
@@ -69,7 +113,7 @@ class ManagerHandle:
         self.spawned_at = 0.0
         self.exit_status: int | None = None  # recorded by reap (maybe in a signal handler)
         self.exit_unknown = False  # Gunicorn's own reap loop claimed it first
-        self.respawn_delay = 0.0
+        self.crashes_in_a_row = 0  # deaths each within HEALTHY_UPTIME of their start
         self.next_spawn_at = 0.0
         self.stopping = False
         self.waiting_logged = False
@@ -119,25 +163,34 @@ class ManagerHandle:
         if self.exit_status is None and not self.exit_unknown:
             return
         if self.exit_unknown:
-            how = "with an unknown status"
-        elif os.WIFSIGNALED(self.exit_status):
-            how = f"by signal {signal.Signals(os.WTERMSIG(self.exit_status)).name}"
+            how, asked_to_stop = "with an unknown status", False
         else:
-            how = f"with exit code {os.WEXITSTATUS(self.exit_status)}"
+            # ExitStatus names every signal, a real-time one without a name too
+            # (signal.Signals(40) raises, and an exception here halts the master)
+            status = ExitStatus.from_wait_status(self.exit_status)
+            how = f"{'by' if status.signal is not None else 'with'} {status.describe()}"
+            # The manager exits 0 only after a shutdown it was asked for: TERM,
+            # INT or QUIT sent to it by someone other than the master.
+            asked_to_stop = status.code == 0
         self.exit_status, self.exit_unknown = None, False
         self.booting = False
         self.kill_leftovers()
         if self.stopping:
             return
-        lived = time.monotonic() - self.spawned_at
-        if lived >= HEALTHY_UPTIME:
-            self.respawn_delay = RESPAWN_DELAY_MIN
+        # A stop on request is no crash, and a crash after a healthy run starts
+        # the count over: only a manager that cannot stay up waits longer and
+        # longer (up to RESPAWN_DELAY_MAX) instead of restarting every
+        # companion in a tight loop.
+        if asked_to_stop:
+            self.crashes_in_a_row = 0
+        elif time.monotonic() - self.spawned_at >= HEALTHY_UPTIME:
+            self.crashes_in_a_row = 1
         else:
-            self.respawn_delay = min(max(self.respawn_delay * 2, RESPAWN_DELAY_MIN),
-                                     RESPAWN_DELAY_MAX)
-        self.next_spawn_at = time.monotonic() + self.respawn_delay
+            self.crashes_in_a_row += 1
+        delay = respawn_delay(self.crashes_in_a_row)
+        self.next_spawn_at = time.monotonic() + delay
         self.log.error("Companion manager exited %s; starting a new one in %.1fs, "
-                       "once its companions are gone", how, self.respawn_delay)
+                       "once its companions are gone", how, delay)
 
     def kill_leftovers(self) -> None:
         """The manager leads a session holding its whole tree; once it is dead
@@ -309,6 +362,15 @@ class CompanionArbiter(Arbiter):
         the config they were started with (a hot upgrade keeps it)."""
         sources = self.companion_sources
         return sources.main_file or f"{self.cfg.proc_name}:{os.getcwd()}"
+
+    def spawn_worker(self):
+        """Gunicorn's, with the at-fork hook armed: the worker takes PDEATHSIG."""
+        global _forking_http_worker_of
+        _forking_http_worker_of = os.getpid()
+        try:
+            return super().spawn_worker()
+        finally:
+            _forking_http_worker_of = None
 
     # -- reaping: claim the manager first (see the module docstring) -----------
 

@@ -15,6 +15,7 @@ dropped when they surface (lazy deletion), so nothing is ever cancelled.
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import hashlib
 import heapq
@@ -46,6 +47,31 @@ HANDLED_SIGNALS = (
 # (a pool child it did not wait for, say) gets SIGTERM, and SIGKILL this many
 # seconds later if it is still there.
 LEFTOVER_GRACE = 2.0
+
+# Default action "ignore" or "continue" (harmless as they are), or not catchable.
+_LEFT_AT_DEFAULT = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT, signal.SIGURG})
+# faulthandler's, which signal.getsignal reports as SIG_DFL when it was enabled
+# after startup (faulthandler.enable() in the app): its traceback must stay.
+_FAULTHANDLER_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGFPE, signal.SIGABRT, signal.SIGBUS,
+                                   signal.SIGILL})
+
+
+def stray_signals() -> tuple[int, ...]:
+    """Signals the manager ignores: every other one whose action is still the
+    default, which would end the manager (or stop it: SIGTSTP) and with it
+    every companion, for a signal that means nothing to it (SIGALRM, SIGPROF,
+    SIGPWR, SIGIO, a real-time signal, or a SIGSEGV or SIGABRT sent with kill).
+
+    Ignoring the fault signals is safe: for a real fault the kernel resets an
+    ignored SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP or SIGSYS to the default
+    before delivering it, and abort() does the same for SIGABRT, so a manager
+    that really crashes still dies (and is replaced). A handler someone else
+    installed stays (faulthandler's, say).
+    """
+    kept = _LEFT_AT_DEFAULT | (_FAULTHANDLER_SIGNALS if faulthandler.is_enabled() else set())
+    return tuple(sig for sig in sorted(signal.valid_signals())
+                 if sig not in HANDLED_SIGNALS and sig not in kept
+                 and signal.getsignal(sig) == signal.SIG_DFL)
 
 
 def _record_only(signum, frame):
@@ -110,6 +136,7 @@ class Manager:
         # control requests waiting for a companion to settle (e.g. `stop`
         # answers once it has stopped): name -> [(settled(record) -> reply | None, respond)]
         self.waiters: dict[str, list[tuple[Callable, Callable[[dict], None]]]] = {}
+        self.ignored_signals: tuple[int, ...] = ()  # set by install_signals
 
     # -- setup ----------------------------------------------------------------
 
@@ -119,6 +146,10 @@ class Manager:
         signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, _record_only)
+        # Setting SIG_IGN also discards one already pending (blocked since the fork).
+        self.ignored_signals = stray_signals()
+        for sig in self.ignored_signals:
+            signal.signal(sig, signal.SIG_IGN)
         # Restart system calls interrupted by our no-op handlers instead of
         # raising EINTR in the middle of a write to a log file.
         for sig in HANDLED_SIGNALS:
@@ -335,7 +366,9 @@ class Manager:
             pid = spawn_companion(
                 spec,
                 self.targets.get(name),
-                handled_signals=HANDLED_SIGNALS,
+                # an ignored signal stays ignored across fork and exec: the
+                # companion starts from the defaults, not the manager's choices
+                handled_signals=HANDLED_SIGNALS + self.ignored_signals,
                 close_in_child=self.close_in_child,
                 title=self.title,
                 notify_fd=self.notify_w.fileno(),

@@ -269,8 +269,10 @@ def _exec(spec: CompanionSpec, notify_fd: int | None, lock_fd: int | None) -> No
     for fd in (notify_fd, lock_fd):
         if fd is not None:
             os.set_inheritable(fd, True)  # the notify channel and the lock outlive exec
-    # Python ignores SIGPIPE; a program that is not Python expects the default.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # Python ignores SIGPIPE and SIGXFSZ; a program that is not Python expects
+    # the default (as subprocess restores them).
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
     sys.stdout.flush()
     sys.stderr.flush()
     program = find_program(spec) or spec.command[0]
