@@ -16,7 +16,9 @@ import collections
 import itertools
 import os
 import time
+from collections.abc import Callable
 
+from . import safefs
 from .spec import INHERIT, MERGE_WITH_STDOUT, CompanionSpec
 from .targets import output_path
 
@@ -32,8 +34,10 @@ _sequence = itertools.count()  # orders lines across companions for a group's ta
 class LogFile:
     """An append-only file, rotated by size at line boundaries (file -> file.1 ...)."""
 
-    def __init__(self, path: str, maxbytes: int = 0, backups: int = 0):
+    def __init__(self, path: str, maxbytes: int = 0, backups: int = 0,
+                 owner: tuple[int, int] | None = None):
         self.path = path
+        self.owner = owner  # (uid, gid) of the companion it is written for
         self.maxbytes = maxbytes
         self.backups = backups
         self.fd: int | None = None
@@ -42,7 +46,7 @@ class LogFile:
         self.open()
 
     def open(self) -> None:
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self.fd = safefs.open_for_append(self.path, self.owner)
         self.size = os.fstat(self.fd).st_size
 
     def reopen(self) -> None:
@@ -76,10 +80,13 @@ class LogFile:
                 if os.path.exists(older):
                     os.replace(older, f"{self.path}.{n + 1}")
             os.replace(self.path, f"{self.path}.1")
+            self.open()
         else:
             # no backups kept: start the file afresh, as supervisord does
-            os.truncate(self.path, 0)
-        self.open()
+            # (through our own fd: truncating by path would follow a symlink)
+            self.open()
+            os.ftruncate(self.fd, 0)
+            self.size = 0
 
 
 class Destination:
@@ -193,6 +200,8 @@ class OutputRouter:
     def __init__(self):
         self.files: dict[tuple[str, int, int], LogFile] = {}
         self.rings: dict[str, collections.deque] = {}
+        # (uid, gid) a log file made for this companion belongs to (None: ours)
+        self.owner_of: Callable[[CompanionSpec], tuple[int, int] | None] = lambda spec: None
 
     def ring(self, name: str) -> collections.deque:
         if name not in self.rings:
@@ -207,7 +216,7 @@ class OutputRouter:
         key = (path, getattr(spec, f"{stream}_maxbytes"), getattr(spec, f"{stream}_backups"))
         logfile = self.files.get(key)
         if logfile is None:
-            logfile = self.files[key] = LogFile(path, key[1], key[2])
+            logfile = self.files[key] = LogFile(path, key[1], key[2], self.owner_of(spec))
         logfile.users += 1
         return Destination(logfile=logfile)
 
