@@ -37,6 +37,7 @@ OUTPUT_KEYS = (
     "name",
     "command",
     "cwd",
+    "user",
     "env",
     "processes",
     "autostart",
@@ -54,7 +55,6 @@ OUTPUT_KEYS = (
 
 # [program:x] keys that have no equivalent, with the reason given in the comment.
 NOT_CARRIED_OVER = {
-    "user": "companions run as the user Gunicorn runs as",
     "umask": "companions inherit Gunicorn's umask",
     "priority": "companions start in the order they are listed",
     "exitcodes": "companions have no expected exit codes: one that exits is restarted",
@@ -76,6 +76,7 @@ HANDLED_KEYS = (
     "numprocs",
     "numprocs_start",
     "directory",
+    "user",
     "environment",
     "autostart",
     "autorestart",
@@ -560,6 +561,14 @@ def _program_companion(
             fields["cwd"] = directory
         else:
             notes.append("directory= is empty; not carried over")
+    user = raw("user")
+    if user is not None:
+        if user.strip():
+            fields["user"] = user.strip()
+            notes.append(f"user={_one_line(user)}: switching users needs Gunicorn started as "
+                         "root; the key may be left out when Gunicorn's own user is this one")
+        else:
+            notes.append("user= is empty; not carried over")
     if env:
         fields["env"] = env
 
