@@ -520,9 +520,14 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
             if not privileges.keeps_root(specs, base):
                 # Before any user code runs here (the imports below, without
                 # preload). Changing credentials cleared PDEATHSIG: set it again.
-                privileges.drop_to(base)
-                if set_parent_death_signal(signal.SIGUSR2) and os.getppid() != master_pid:
-                    os._exit(1)
+                if privileges.drop_to(base):
+                    if set_parent_death_signal(signal.SIGUSR2) and os.getppid() != master_pid:
+                        os._exit(1)
+                    if any(s.max_memory for s in specs):
+                        arbiter.log.warning(
+                            "max_memory is not enforced: after dropping root, processes are "
+                            "not dumpable and the kernel hides their memory figures from the "
+                            "companion manager (see docs/security.md)")
             # Without preload nothing was resolved in the master; with it, a
             # companion added by a reload since the boot was not either.
             known = arbiter.companion_targets

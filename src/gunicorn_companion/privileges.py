@@ -144,8 +144,8 @@ def unreachable(identity: Identity) -> str | None:
             "runs as root and a companion sets its own user or group at boot)")
 
 
-def drop_to(identity: Identity) -> None:
-    """Become ``identity`` for good; nothing to do when we already are it.
+def drop_to(identity: Identity) -> bool:
+    """Become ``identity`` for good; nothing to do (False) when we already are it.
 
     The order matters: supplementary groups and the gid can only be changed
     while we are still root, so they go before the uid. All three ids (real,
@@ -157,7 +157,7 @@ def drop_to(identity: Identity) -> None:
     drop first and set PDEATHSIG after.
     """
     if not needs_switch(identity):
-        return
+        return False
     if os.geteuid() != 0:
         raise PrivilegeError(unreachable(identity))
     uid, gid = identity.uid, identity.gid
@@ -174,5 +174,6 @@ def drop_to(identity: Identity) -> None:
         try:
             os.setresuid(0, 0, 0)
         except PermissionError:
-            return
+            return True
         raise PrivilegeError(f"after switching to {identity.describe()}, root could be regained")
+    return True
