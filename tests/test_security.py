@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Server, request_as, short_socket_path
+from support import Control, Server, request_as, short_socket_path
 
 from gunicorn_companion.spec import ConfigError, parse_companions
 
@@ -420,3 +420,28 @@ def test_the_root_managers_group_through_a_supplementary_group(serve, users, soc
     reply = request_as(sock, {"cmd": "status"}, uid=member.pw_uid, gid=member.pw_gid,
                        groups=[member.pw_gid, os.getgid()])
     assert reply.get("ok") is True, reply
+
+
+@as_root
+def test_a_reread_cannot_add_a_user_once_the_manager_dropped_root(serve, users, sock_dir):
+    sock_dir.chmod(0o755)
+    os.chown(sock_dir, users[SERVICE].pw_uid, users[SERVICE].pw_gid)
+    sock = sock_dir / "c.sock"
+    config = f"""
+        preload_app = True
+        workers = 1
+        user = {SERVICE!r}
+        group = {SERVICE!r}
+        companion_control_socket = {str(sock)!r}
+        companion_workers = [{{"name": "a", "target": "compapp:sleeper"}}{{more}}]
+        """
+    srv = serve(config.replace("{more}", ""))
+    srv.wait_starts("a")
+    srv.write_config(config.replace(
+        "{more}", f', {{"name": "b", "target": "compapp:sleeper", "user": {OTHER!r}}}'))
+    reply = Control(sock).request({"cmd": "reread"})
+    assert reply["ok"] is False
+    assert (f"companion 'b': cannot run as uid {users[OTHER].pw_uid} ({OTHER}), "
+            f"gid {users[OTHER].pw_gid} ({OTHER}): the companion manager runs as "
+            f"uid {users[SERVICE].pw_uid} ({SERVICE}) without root") in reply["error"]
+    assert [c["name"] for c in Control(sock).request({"cmd": "status"})["companions"]] == ["a"]
