@@ -289,6 +289,31 @@ class Control:
         self.sock.close()
 
 
+def request_as(sock_path, request: dict, *, uid: int, gid: int, groups=()) -> dict:
+    """One control request from a forked client running as uid:gid with only
+    the supplementary ``groups``; a client that fails says why in the reply."""
+    import json
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups(list(groups))
+            os.setgid(gid)
+            os.setuid(uid)
+            reply = Control(sock_path).request(request)
+        except BaseException as exc:  # report it to the test instead of dying silently
+            reply = {"client failed": repr(exc)}
+        try:
+            os.write(write_end, json.dumps(reply).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
 def short_socket_path(name: str = "c.sock") -> Path:
     """AF_UNIX paths are limited to 107 bytes: pytest's tmp_path can be longer."""
     import tempfile

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from support import Control, Server, alive, wait_until
+from support import Control, Server, alive, request_as, wait_until
 
 CLI = [sys.executable, "-m", "gunicorn_companion"]
 
@@ -316,35 +316,12 @@ def test_a_live_socket_of_another_process_is_refused_and_kept(tmp_path, sock_pat
         srv.cleanup()
 
 
-def _request_as(uid, gid, sock_path, request):
-    """Send one request from a forked client running as uid:gid."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgid(gid)
-            os.setgroups([])
-            os.setuid(uid)
-            reply = Control(sock_path).request(request)
-        except BaseException as exc:  # report it to the test instead of dying silently
-            reply = {"client failed": repr(exc)}
-        try:
-            os.write(write_end, json.dumps(reply).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another uid")
 def test_peers_of_another_uid_are_refused_whatever_the_mode(server, sock_path):
     srv = server(config(sock_path, extra="companion_control_socket_mode = 0o666"))
     srv.wait_log("Companion control socket listening at")
     os.chmod(sock_path.parent, 0o755)
-    reply = _request_as(65534, 65534, sock_path, {"cmd": "stop", "name": "alpha"})
+    reply = request_as(sock_path, {"cmd": "stop", "name": "alpha"}, uid=65534, gid=65534)
     assert reply.get("ok") is False and "permission denied: uid 65534" in reply["error"], reply
     assert alive(srv.starts("alpha")[-1])
 
@@ -354,7 +331,7 @@ def test_the_group_may_control_when_the_mode_lets_it_in(server, sock_path):
     srv = server(config(sock_path, extra="companion_control_socket_mode = 0o660"))
     srv.wait_log("Companion control socket listening at")
     os.chmod(sock_path.parent, 0o755)
-    reply = _request_as(65534, os.getgid(), sock_path, {"cmd": "status"})
+    reply = request_as(sock_path, {"cmd": "status"}, uid=65534, gid=os.getgid())
     assert reply.get("ok") is True, reply
 
 

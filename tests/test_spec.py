@@ -203,7 +203,7 @@ def test_known_keys():
         "stdout", "stderr", "processes", "autostart", "singleton", "wait_ready", "max_lifetime",
         "max_lifetime_jitter", "max_memory", "watchdog_timeout", "stdout_maxbytes",
         "stdout_backups", "stderr_maxbytes", "stderr_backups", "timestamps", "timestamp_format",
-        "stop_as_group",
+        "stop_as_group", "user", "group",
     }
 
 

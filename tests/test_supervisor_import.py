@@ -32,7 +32,7 @@ from gunicorn_companion.supervisor_import import (
 DATA = Path(__file__).parent / "data" / "supervisor"
 
 KNOWN = {
-    "name", "command", "cwd", "env", "processes", "autostart", "startsecs", "startretries",
+    "name", "command", "cwd", "user", "env", "processes", "autostart", "startsecs", "startretries",
     "stop_signal", "stop_timeout", "stdout", "stdout_maxbytes", "stdout_backups", "stderr",
     "stderr_maxbytes", "stderr_backups", "stop_as_group",
 }
@@ -604,7 +604,6 @@ def test_section_redefined_in_an_include_is_merged_with_a_note(tmp_path):
 @pytest.mark.parametrize(
     ("line", "fragment"),
     [
-        ("user=frappe", "user=frappe"),
         ("umask=022", "umask=022"),
         ("priority=10", "priority=10"),
         ("autorestart=false", "autorestart=false"),
@@ -634,6 +633,13 @@ def test_every_key_without_an_equivalent_gets_a_comment(tmp_path, line, fragment
     assert has_note(notes_for(text, "a"), fragment, "not carried over")
     assert notes_for(text, "b") == []
     assert not has_note(top_notes(text), fragment)
+
+
+def test_user_is_carried_over_with_what_it_needs(tmp_path):
+    worker, notes = program(tmp_path, "command=/x\nuser=frappe")
+    assert worker["user"] == "frappe"
+    assert notes == ["user=frappe: switching users needs Gunicorn started as root; the key may "
+                     "be left out when Gunicorn's own user is this one"]
 
 
 @pytest.mark.parametrize("value", ["true", "unexpected", "TRUE", "Unexpected", "yes"])
@@ -831,7 +837,8 @@ def test_frappe_output_is_accepted_by_the_companion_spec(monkeypatch):
 
     monkeypatch.chdir(DATA)
     workers = load(convert("frappe/supervisord.conf", environ={}))
-    known = [{k: v for k, v in w.items() if k in KNOWN_KEYS} for w in workers]
+    # user=frappe must exist only on the machine that runs the bench
+    known = [{k: v for k, v in w.items() if k in KNOWN_KEYS and k != "user"} for w in workers]
     specs = parse_companions(known)
     assert len(specs) == 1 + 1 + 2 + 3 + 1 + 1 + 1
 

@@ -33,8 +33,10 @@ proc_name = "celery-example"
 # The control commands read the same variable, so with it exported
 # `gunicorn-companion status` needs no -s.
 companion_control_socket = os.environ.get("GUNICORN_COMPANION_SOCKET") or os.path.join(
-    tempfile.gettempdir(), f"celery-example-{os.getuid()}.sock"
+    tempfile.gettempdir(), f"celery-example-{os.getuid()}", "companions.sock"
 )
+# in a directory only we can write: /tmp itself is refused (docs/security.md)
+os.makedirs(os.path.dirname(companion_control_socket), mode=0o700, exist_ok=True)
 
 companion_workers = [
     # An exec companion: forked, then replaced by a new Python running Celery's

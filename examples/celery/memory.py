@@ -34,7 +34,7 @@ FIELDS = ("rss", "pss", "uss")
 def default_socket() -> str:
     """The control socket gunicorn.conf.py uses when $GUNICORN_COMPANION_SOCKET is unset."""
     return os.environ.get("GUNICORN_COMPANION_SOCKET") or os.path.join(
-        tempfile.gettempdir(), f"celery-example-{os.getuid()}.sock"
+        tempfile.gettempdir(), f"celery-example-{os.getuid()}", "companions.sock"
     )
 
 

@@ -24,7 +24,7 @@ from gunicorn import util
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 
-from . import procfs
+from . import privileges, procfs, safefs
 from .commands import dispatch
 from .lifecycle import ExitStatus
 from .loading import CompanionConfig, ConfigSources, load_companion_config
@@ -489,17 +489,32 @@ class CompanionArbiter(Arbiter):
 
 def default_lock_dir() -> str:
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
+    # A manager that dropped root still sees root's XDG_RUNTIME_DIR (sudo
+    # sets one): only a runtime dir of its own user is its own.
+    if runtime and _owned_by_us(runtime):
         return os.path.join(runtime, "gunicorn-companion")
-    return os.path.join(tempfile.gettempdir(), f"gunicorn-companion-{os.getuid()}")
+    return os.path.join(tempfile.gettempdir(), f"gunicorn-companion-{os.geteuid()}")
+
+
+def _owned_by_us(path: str) -> bool:
+    try:
+        return os.stat(path).st_uid == os.geteuid()
+    except OSError:
+        return False
 
 
 def prepare_lock_dir(cfg) -> str:
+    """Create (or accept) the lock directory. In a shared /tmp another user
+    may have made it first, to plant symlinks or hold our locks: it must be
+    ours and private (safefs.private_dir_fault), or the boot stops."""
     path = cfg.companion_lock_dir or default_lock_dir()
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create companion_lock_dir {path!r}: {exc.strerror}") from None
+    fault = safefs.private_dir_fault(path)
+    if fault:
+        raise ConfigError(f"companion_lock_dir {path!r} {fault}")
     if not os.access(path, os.W_OK):
         raise ConfigError(f"companion_lock_dir {path!r} is not writable")
     return path
@@ -512,6 +527,8 @@ def attach_control_server(manager: Manager, cfg, take_over: bool) -> None:
         selector=manager.selector,
         handle=lambda request, respond: dispatch(manager, request, respond),
         log=manager.log,
+        # Gunicorn's user owns the socket, even when the manager kept root
+        owner=manager.base_identity,
     )
     server.bind(take_over=take_over)
     manager.control = server
@@ -557,9 +574,24 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
             listener.close()
         util._setproctitle(f"companion manager [{proc_name}]")
         try:
+            specs = arbiter.companion_config.specs
+            base = privileges.gunicorn_identity(cfg)
+            if problems := privileges.faults(specs, base):
+                raise ConfigError(problems)
+            manager.use_identity(base)
+            if not privileges.keeps_root(specs, base):
+                # Before any user code runs here (the imports below, without
+                # preload). Changing credentials cleared PDEATHSIG: set it again.
+                if privileges.drop_to(base):
+                    if set_parent_death_signal(signal.SIGUSR2) and os.getppid() != master_pid:
+                        os._exit(1)
+                    if any(s.max_memory for s in specs):
+                        arbiter.log.warning(
+                            "max_memory is not enforced: after dropping root, processes are "
+                            "not dumpable and the kernel hides their memory figures from the "
+                            "companion manager (see docs/security.md)")
             # Without preload nothing was resolved in the master; with it, a
             # companion added by a reload since the boot was not either.
-            specs = arbiter.companion_config.specs
             known = arbiter.companion_targets
             manager.targets = {s.name: known[s.target] for s in specs if s.target in known}
             manager.targets.update(resolve_all(tuple(s for s in specs
@@ -570,7 +602,7 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
             if cfg.companion_control_socket:
                 # the new master of a hot upgrade takes the socket over
                 attach_control_server(manager, cfg, take_over=bool(arbiter.master_pid))
-        except (ConfigError, ControlSocketError) as exc:
+        except (ConfigError, ControlSocketError, privileges.PrivilegeError) as exc:
             os.write(lifeline, ERROR_PREFIX + str(exc).encode("utf-8", "replace") + b"\n")
             os._exit(1)
         os.write(lifeline, READY)

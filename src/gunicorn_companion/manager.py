@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 
 from . import lifecycle as lc
-from . import procfs
+from . import privileges, procfs
 from .loading import CompanionConfig, ConfigSources, load_companion_config
 from .output import Capture, OutputRouter
 from .spawn import spawn_companion
@@ -137,6 +137,8 @@ class Manager:
         # answers once it has stopped): name -> [(settled(record) -> reply | None, respond)]
         self.waiters: dict[str, list[tuple[Callable, Callable[[dict], None]]]] = {}
         self.ignored_signals: tuple[int, ...] = ()  # set by install_signals
+        # whom Gunicorn's workers run as (None: companions run as the manager)
+        self.base_identity: privileges.Identity | None = None
 
     # -- setup ----------------------------------------------------------------
 
@@ -351,6 +353,20 @@ class Manager:
         scope = hashlib.sha256(self.lock_scope.encode()).hexdigest()[:12]
         return os.path.join(self.lock_dir, f"{scope}-{spec.name}.lock")
 
+    def use_identity(self, base: privileges.Identity) -> None:
+        """Companions run as ``base`` (Gunicorn's user) unless they set their own."""
+        self.base_identity = base
+        self.output.owner_of = self._owner_of
+
+    def identity_of(self, spec: CompanionSpec) -> privileges.Identity | None:
+        if self.base_identity is None:
+            return None
+        return privileges.of_spec(spec, self.base_identity)
+
+    def _owner_of(self, spec: CompanionSpec) -> tuple[int, int]:
+        identity = self.identity_of(spec)
+        return identity.uid, identity.gid
+
     def _spawn(self, name: str) -> None:
         spec = self.records[name].spec
         if self.gc_freeze:
@@ -375,6 +391,7 @@ class Manager:
                 lock_path=self.lock_path(spec),
                 stdout_fd=pipes[0][2],
                 stderr_fd=pipes[1][2] if len(pipes) > 1 else None,
+                identity=self.identity_of(spec),
             )
         except OSError as exc:
             for capture in self.captures.pop(-1, []):
@@ -595,6 +612,9 @@ class Manager:
             current = {n: r.next_spec or r.spec for n, r in self.records.items()
                        if n not in self.retiring}
             fresh = config.by_name()
+            if self.base_identity is not None and (
+                    problems := privileges.faults(config.specs, self.base_identity)):
+                raise ConfigError(problems)
             to_resolve = tuple(s for n, s in fresh.items() if current.get(n) != s)
             targets = resolve_all(to_resolve)
             if self.lock_dir is None and self.prepare_lock_dir and any(

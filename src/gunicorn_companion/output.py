@@ -32,7 +32,9 @@ import selectors
 import socket
 import stat
 import time
+from collections.abc import Callable
 
+from . import safefs
 from .spec import INHERIT, MERGE_WITH_STDOUT, CompanionSpec
 from .targets import output_path
 
@@ -234,18 +236,18 @@ class LogFile(Sink):
     When it cannot be opened, rotated or written, its lines are dropped and the
     next write (or a reopen on USR1) tries again."""
 
-    def __init__(self, path: str, maxbytes: int = 0, backups: int = 0, **sink):
+    def __init__(self, path: str, maxbytes: int = 0, backups: int = 0,
+                 owner: tuple[int, int] | None = None, **sink):
         super().__init__(path, **sink)
         self.path = path
+        self.owner = owner  # (uid, gid) of the companion it is written for
         self.maxbytes = maxbytes
         self.backups = backups
         self.size = 0
         self._try_open()
 
     def open(self) -> None:
-        # O_NONBLOCK: a FIFO at the path must not block the manager (a file ignores it)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-                          | os.O_NONBLOCK, 0o644)
+        self.fd = safefs.open_for_append(self.path, self.owner)
         self.size = os.fstat(self.fd).st_size
 
     def _try_open(self) -> bool:
@@ -295,10 +297,13 @@ class LogFile(Sink):
                 if os.path.exists(older):
                     os.replace(older, f"{self.path}.{n + 1}")
             os.replace(self.path, f"{self.path}.1")
+            self.open()
         else:
             # no backups kept: start the file afresh, as supervisord does
-            os.truncate(self.path, 0)
-        self.open()
+            # (through our own fd: truncating by path would follow a symlink)
+            self.open()
+            os.ftruncate(self.fd, 0)
+            self.size = 0
 
 
 class InheritedStream(Sink):
@@ -479,6 +484,8 @@ class OutputRouter:
         self.streams: dict[int, InheritedStream] = {}  # by the manager's fd: 1, 2
         self.rings: dict[str, collections.deque] = {}
         self.dropped: collections.Counter[str] = collections.Counter()  # lines, by companion
+        # (uid, gid) a log file made for this companion belongs to (None: ours)
+        self.owner_of: Callable[[CompanionSpec], tuple[int, int] | None] = lambda spec: None
 
     def ring(self, name: str) -> collections.deque:
         if name not in self.rings:
@@ -497,7 +504,8 @@ class OutputRouter:
         key = (path, getattr(spec, f"{stream}_maxbytes"), getattr(spec, f"{stream}_backups"))
         logfile = self.files.get(key)
         if logfile is None:
-            logfile = self.files[key] = LogFile(path, key[1], key[2], **shared)
+            logfile = self.files[key] = LogFile(path, key[1], key[2], self.owner_of(spec),
+                                                **shared)
         logfile.users += 1
         return logfile
 

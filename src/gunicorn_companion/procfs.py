@@ -84,3 +84,15 @@ def private_bytes(pid: int) -> int:
     except (OSError, ValueError):
         return 0
     return total
+
+
+def supplementary_groups(pid: int) -> set[int]:
+    """The ``Groups:`` of /proc/PID/status; empty when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(gid) for gid in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()

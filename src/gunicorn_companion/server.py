@@ -18,7 +18,8 @@ import stat
 import struct
 from collections.abc import Callable
 
-from . import protocol
+from . import procfs, protocol, safefs
+from .privileges import Identity
 
 # A peer that pipelines requests without reading its replies stops being read
 # once this much output waits for it; it cannot make the manager buffer more.
@@ -26,6 +27,20 @@ MAX_OUTPUT = 1024 * 1024
 # Connections beyond this are told so and closed at once.
 MAX_CONNECTIONS = 256
 _UCRED = struct.Struct("3i")  # pid, uid, gid: struct ucred
+# The peer's supplementary groups as they were at connect() (Linux 4.13+);
+# the socket module has no name for it.
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_PEERGROUPS_BUFFER = 1024  # the most getsockopt() takes from Python: 256 groups
+
+
+def peer_groups(sock: socket.socket, pid: int) -> set[int]:
+    """A connected peer's supplementary groups: SO_PEERGROUPS, or (an older
+    kernel, more than 256 groups) /proc/PID/status as it is now."""
+    try:
+        data = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _PEERGROUPS_BUFFER)
+    except OSError:
+        return procfs.supplementary_groups(pid)
+    return set(struct.unpack(f"{len(data) // 4}I", data))
 
 
 class ControlSocketError(Exception):
@@ -224,7 +239,8 @@ class ControlServer:
     """Listens on a UNIX socket; ``handle(request, respond)`` does the work."""
 
     def __init__(self, path: str, mode: int, *, selector: selectors.BaseSelector,
-                 handle: Callable[[protocol.Request, Callable[[dict], None]], None], log):
+                 handle: Callable[[protocol.Request, Callable[[dict], None]], None], log,
+                 owner: Identity | None = None):
         self.path = path
         self.mode = mode
         self.selector = selector
@@ -233,7 +249,9 @@ class ControlServer:
         self.listener: socket.socket | None = None
         self.inode: int | None = None
         self.connections: set[Connection] = set()
-        self.uid, self.gid = os.getuid(), os.getgid()
+        # Who may connect besides root: the socket's owner and (when the mode
+        # lets it in) its group. Gunicorn's user, even when the manager kept root.
+        self.uid, self.gid = (owner.uid, owner.gid) if owner else (os.geteuid(), os.getegid())
         self.accepting = True
         self.accepting_blocked = False  # set on the way out
 
@@ -251,6 +269,11 @@ class ControlServer:
             raise ControlSocketError(
                 f"cannot create control socket {self.path!r}: directory {directory!r} "
                 "does not exist")
+        # Only a directory nobody else can write makes the paths below safe
+        # (the temporary name, chmod, rename, unlink): see safefs.
+        fault = safefs.private_dir_fault(directory)
+        if fault:
+            raise ControlSocketError(f"control socket directory {directory!r} {fault}")
         if not take_over:
             self._remove_if_stale()
         elif os.path.lexists(self.path) and not stat.S_ISSOCK(os.lstat(self.path).st_mode):
@@ -276,6 +299,9 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         os.chmod(bind_path, self.mode)
+        if (self.uid, self.gid) != (os.geteuid(), os.getegid()):
+            # a manager that kept root: `gunicorn-companion` run as Gunicorn's user reaches it
+            os.chown(bind_path, self.uid, self.gid)
         os.rename(bind_path, self.path)
         listener.listen(64)
         listener.setblocking(False)
@@ -344,24 +370,27 @@ class ControlServer:
         if len(self.connections) > MAX_CONNECTIONS:
             return f"too many control connections (at most {MAX_CONNECTIONS}); try again later"
         try:
-            _, uid, gid = _UCRED.unpack(
+            pid, uid, gid = _UCRED.unpack(
                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         except (OSError, AttributeError):
             return None  # no SO_PEERCRED here: the socket's file mode is the guard
-        if not self.peer_allowed(uid, gid):
+        if not self.peer_allowed(uid, gid, lambda: peer_groups(sock, pid)):
             who = "the owner or root"
             if self.mode & 0o060:
                 who = f"the owner, root or group {self.gid}"
             return f"permission denied: uid {uid} may not control this manager (only {who})"
         return None
 
-    def peer_allowed(self, uid: int, gid: int) -> bool:
+    def peer_allowed(self, uid: int, gid: int, groups: Callable[[], set[int]]) -> bool:
         """Defence in depth behind the socket's file mode: the owner and root
-        always, the manager's group only when the mode lets the group in, and
+        always, members of the socket's group (primary or supplementary, as
+        the file mode counts them) only when the mode lets the group in, and
         nobody else, whatever the mode says about others."""
-        if uid in (0, self.uid):
+        if uid in (0, self.uid, os.geteuid()):
             return True
-        return bool(self.mode & 0o060) and gid == self.gid
+        if not self.mode & 0o060:
+            return False
+        return gid == self.gid or self.gid in groups()
 
     # -- shutdown ----------------------------------------------------------------------
 

@@ -207,8 +207,11 @@ class CompanionLockDir(Setting):
         Directory of the lock files that keep singleton companions single.
 
         When unset: ``$XDG_RUNTIME_DIR/gunicorn-companion`` if that variable is
-        set, else ``/tmp/gunicorn-companion-<uid>``. It is created (mode 0700)
-        when missing.
+        set to a directory of the manager's user, else
+        ``/tmp/gunicorn-companion-<uid>``. It is created (mode 0700) when
+        missing. It must belong to the manager's user (or root), not be a
+        symlink, and not be writable by group or others: otherwise the boot
+        stops, naming the directory and the fault.
         """
 
 
@@ -282,7 +285,10 @@ class CompanionControlSocket(Setting):
     desc = """\
         The companion manager's UNIX control socket (off when unset).
 
-        ``gunicorn-companion -s PATH status`` talks to it.
+        ``gunicorn-companion -s PATH status`` talks to it. Its directory must
+        belong to the manager's user (or root) and not be writable by group or
+        others (so not ``/tmp`` itself). The socket belongs to Gunicorn's
+        ``user`` and ``group``.
         """
 
 
@@ -296,8 +302,9 @@ class CompanionControlSocketMode(Setting):
     desc = """\
         Permission bits of the control socket, in octal.
 
-        For example ``0o660`` lets the group in. The socket is created with
-        these bits, never wider.
+        For example ``0o660`` lets the group in (members through a
+        supplementary group too). The socket is created with these bits,
+        never wider.
         """
 
 

@@ -15,8 +15,9 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable
 
-from . import notify
+from . import notify, privileges, safefs
 from .notify import NOTIFY_FD_ENV, WATCHDOG_ENV
+from .privileges import Identity
 from .spec import CompanionSpec
 from .targets import find_program
 
@@ -128,15 +129,29 @@ def spawn_companion(
     lock_path: str | None = None,
     stdout_fd: int | None = None,
     stderr_fd: int | None = None,
+    identity: Identity | None = None,
 ) -> int:
     """Fork one companion; return its pid. The child never returns.
 
     ``stdout_fd``/``stderr_fd`` are the write ends of the manager's capture
-    pipes (None: stderr goes where stdout goes)."""
+    pipes (None: stderr goes where stdout goes). ``identity``: whom the
+    companion runs as (None: as the manager)."""
     out, err = stdout_fd, stderr_fd
     manager_pid = os.getpid()
-    pid = fork_blocking_signals()
+    # The manager opens the lock file, in its private lock directory, and
+    # hands it to the companion's user; the companion only flocks it. (A
+    # companion of another user could not create files in that directory.)
+    owner = (identity.uid, identity.gid) if identity else (os.geteuid(), os.getegid())
+    lock_fd = safefs.open_lock_file(lock_path, owner) if lock_path else None
+    try:
+        pid = fork_blocking_signals()
+    except BaseException:
+        close_fds(lock_fd)
+        raise
     if pid:
+        # flock belongs to the open file: a copy left open here would keep
+        # the lock held after the companion is gone
+        close_fds(lock_fd)
         # Also set the group from the parent: whichever of the two calls runs
         # first wins, so a stop signal sent to the group right after fork
         # cannot miss the child (the classic shell job-control race).
@@ -146,17 +161,16 @@ def spawn_companion(
             pass  # the child got there first, or already exited
         return pid
     _run_companion(spec, target, manager_pid, handled_signals, close_in_child, title, out, err,
-                   notify_fd, lock_path)
+                   notify_fd, lock_fd, identity)
 
 
-def hold_singleton_lock(path: str) -> int:
+def hold_singleton_lock(fd: int) -> int:
     """Take the companion's exclusive lock, waiting for an older instance.
 
     flock belongs to the open file, and the kernel drops it when the last
     process holding that file exits, however it exits: a SIGKILLed holder
     leaves no stale lock behind. The fd stays open for the companion's life.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -192,7 +206,7 @@ def run_own_exit_handlers() -> None:
 
 
 def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, title, out, err,
-                   notify_fd, lock_path):
+                   notify_fd, lock_fd, identity):
     code = EXIT_SETUP_FAILED
     try:
         try:
@@ -201,6 +215,15 @@ def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, t
             pass
         reset_signals(handled_signals)
         unblock_signals()
+        if identity is not None:
+            # Before any of the companion's code, and before PDEATHSIG:
+            # changing credentials clears the parent-death signal.
+            try:
+                privileges.drop_to(identity)
+            except privileges.PrivilegeError as exc:
+                print(f"gunicorn-companion: companion {spec.name!r}: {exc}", file=sys.stderr,
+                      flush=True)
+                os._exit(EXIT_SETUP_FAILED)
         # PDEATHSIG first, then re-check: if the manager died between fork and
         # prctl, no signal will ever come, and getppid() tells us instead.
         if set_parent_death_signal(signal.SIGKILL):
@@ -232,7 +255,8 @@ def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, t
         if spec.watchdog_timeout:
             os.environ[WATCHDOG_ENV] = f"{spec.watchdog_timeout:g}"
         title(spec.name)
-        lock_fd = hold_singleton_lock(lock_path) if lock_path else None
+        if lock_fd is not None:
+            hold_singleton_lock(lock_fd)
         if spec.command:
             _exec(spec, notify_fd, lock_fd)  # never returns
         # stdout is a pipe now, which Python would block-buffer: a companion's

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .privileges import lookup_group, lookup_user
+
 INHERIT = "inherit"
 MERGE_WITH_STDOUT = "stdout"
 
@@ -243,6 +245,29 @@ def validate_timestamp_format(value: Any) -> str:
     return value
 
 
+def _validate_account(value: Any, kind: str, lookup: Callable[[Any], Any]) -> str | None:
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (str, int)) or value == ""
+            or (isinstance(value, int) and value < 0)):
+        raise ValueError(f"must be a {kind} name or {kind[0]}id, got {value!r}")
+    try:
+        lookup(value)
+    except KeyError:
+        raise ValueError(f"{value!r} does not exist") from None
+    return str(value)
+
+
+def validate_user(value: Any) -> str | None:
+    """A user that exists, by name or uid (looked up in the user database)."""
+    return _validate_account(value, "user", lookup_user)
+
+
+def validate_group(value: Any) -> str | None:
+    """A group that exists, by name or gid."""
+    return _validate_account(value, "group", lookup_group)
+
+
 # Keys that fall back to a global ``companion_<key>`` setting, with their
 # validators and defaults. The Setting classes are generated from this table,
 # so the two can never disagree.
@@ -280,7 +305,12 @@ OWN_KEYS: dict[str, Callable[[Any], Any]] = {
     "max_lifetime_jitter": validate_seconds,
     "max_memory": validate_size,
     "watchdog_timeout": validate_optional_positive_seconds,
+    "user": validate_user,
+    "group": validate_group,
 }
+# Config keys whose spec field has another name: ``group`` there is the name
+# of a group of instances.
+FIELD_OF_KEY = {"group": "unix_group"}
 
 KNOWN_KEYS = tuple(OWN_KEYS) + tuple(DEFAULTABLE_KEYS)
 REQUIRED_KEYS = ("name",)
@@ -326,6 +356,8 @@ class CompanionSpec:
     max_lifetime_jitter: float = 0.0
     max_memory: int | None = None
     watchdog_timeout: float | None = None
+    user: str | None = None  # run as this user (name or uid) instead of Gunicorn's
+    unix_group: str | None = None  # the ``group`` key: run with this group
 
     def __post_init__(self):
         if self.reload_timeout is None:
@@ -401,7 +433,7 @@ def parse_companions(
         for key, validator in OWN_KEYS.items():
             if key in entry:
                 try:
-                    fields[key] = validator(entry[key])
+                    fields[FIELD_OF_KEY.get(key, key)] = validator(entry[key])
                 except ValueError as exc:
                     label = "" if key in ("name", "target") else f"{key} "
                     problems.append(f"{where}: {label}{exc}")

@@ -37,6 +37,7 @@ OUTPUT_KEYS = (
     "name",
     "command",
     "cwd",
+    "user",
     "env",
     "processes",
     "autostart",
@@ -55,7 +56,6 @@ OUTPUT_KEYS = (
 
 # [program:x] keys that have no equivalent, with the reason given in the comment.
 NOT_CARRIED_OVER = {
-    "user": "companions run as the user Gunicorn runs as",
     "umask": "companions inherit Gunicorn's umask",
     "priority": "companions start in the order they are listed",
     "exitcodes": "companions have no expected exit codes: one that exits is restarted",
@@ -75,6 +75,7 @@ HANDLED_KEYS = (
     "numprocs",
     "numprocs_start",
     "directory",
+    "user",
     "environment",
     "autostart",
     "autorestart",
@@ -561,6 +562,14 @@ def _program_companion(
             fields["cwd"] = directory
         else:
             notes.append("directory= is empty; not carried over")
+    user = raw("user")
+    if user is not None:
+        if user.strip():
+            fields["user"] = user.strip()
+            notes.append(f"user={_one_line(user)}: switching users needs Gunicorn started as "
+                         "root; the key may be left out when Gunicorn's own user is this one")
+        else:
+            notes.append("user= is empty; not carried over")
     if env:
         fields["env"] = env
 

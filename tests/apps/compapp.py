@@ -295,3 +295,26 @@ def starts_process_and_returns():
     name = os.environ["GUNICORN_COMPANION_NAME"]
     multiprocessing.Process(target=_slow_child,
                             args=(os.path.join(_state_dir(), f"{name}.mpchild"),)).start()
+
+
+def whoami():
+    """Records the identity it runs with (and whether it could get root back)."""
+    import ctypes
+    _record_start()
+    name = os.environ["GUNICORN_COMPANION_NAME"]
+    pdeathsig = ctypes.c_int(0)
+    ctypes.CDLL(None).prctl(2, ctypes.byref(pdeathsig), 0, 0, 0)  # PR_GET_PDEATHSIG
+    try:
+        os.setuid(0)
+        regained = True
+    except PermissionError:
+        regained = False
+    info = {"resuid": os.getresuid(), "resgid": os.getresgid(), "groups": sorted(os.getgroups()),
+            "pdeathsig": pdeathsig.value, "regained_root": regained}
+    path = os.path.join(_state_dir(), f"{name}.identity.json")
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(info, f)
+    os.replace(f"{path}.tmp", path)  # whole when the test sees it
+    print(f"hello from {name}", flush=True)
+    while True:
+        signal.pause()
