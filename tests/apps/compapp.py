@@ -208,6 +208,17 @@ def pool():
     _record_start()
     name = os.environ["GUNICORN_COMPANION_NAME"]
     kids = []
+
+    def stop(signum, frame):
+        for _, write_end in kids:
+            os.write(write_end, b"x")
+        for pid, _ in kids:
+            os.waitpid(pid, 0)
+        _note(f"{name}.pool", f"{os.getpid()} parent done")
+        os._exit(0)
+
+    # before the children exist: once one says it works, a stop may come
+    signal.signal(signal.SIGTERM, stop)
     for _ in range(int(os.environ.get("POOL_SIZE", "2"))):
         read_end, write_end = os.pipe()
         pid = os.fork()
@@ -226,16 +237,6 @@ def pool():
             os._exit(0)
         os.close(read_end)
         kids.append((pid, write_end))
-
-    def stop(signum, frame):
-        for _, write_end in kids:
-            os.write(write_end, b"x")
-        for pid, _ in kids:
-            os.waitpid(pid, 0)
-        _note(f"{name}.pool", f"{os.getpid()} parent done")
-        os._exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
     while True:
         signal.pause()
 
