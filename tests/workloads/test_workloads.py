@@ -39,6 +39,7 @@ CYCLES = 10
 # loaded machine, short enough that a stop that hangs fails the test quickly.
 STOP_TIMEOUT = 6
 IN_FLIGHT_SECONDS = 1.5
+IN_CYCLE_SECONDS = 0.5  # the job in flight at each restart and stop
 JOB_DEADLINE = 30.0
 SIGKILL_LINE = "; sending SIGKILL"
 UNEXPECTED_LINE = "exited unexpectedly"
@@ -185,8 +186,8 @@ class Run:
 
     def hand_over(self, count: int = 1, seconds: float = 0) -> list[str]:
         tokens = [uuid.uuid4().hex for _ in range(count)]
-        if self.workload.name == "socketio" and self.client is None:
-            self.connect_client()
+        if self.workload.name == "socketio":
+            self.connect_client()  # a new one: a restart ended the last one
         if self.workload.name == "exec-node":
             # The web request waits for node's answer: send it from a thread.
             threading.Thread(target=self.enqueue, args=(tokens, seconds), daemon=True).start()
@@ -204,12 +205,10 @@ class Run:
             self.srv.until(lambda: any(p.stat().st_mtime >= since
                                        for p in self.srv.state.glob("tick-*.done")),
                            JOB_DEADLINE, message="a tick sent by celery beat to complete")
-        if self.workload.name == "socketio":
-            self.disconnect_client()  # a restart ends the connection anyway
 
     # -- checks ---------------------------------------------------------------------
 
-    def graceful(self, what: str) -> list[str]:
+    def graceful(self) -> list[str]:
         """What the log shows that was not graceful (empty when all was)."""
         return [line for line in self.srv.log().splitlines()
                 if SIGKILL_LINE in line or UNEXPECTED_LINE in line
@@ -254,6 +253,11 @@ def test_jobs_complete_across_restarts_and_stops(run, workload, timings):
         ("stop", workload.stop_bound, (("stop",), ("start",))),
     ):
         for cycle in range(CYCLES):
+            # A job in flight at each restart and stop: it must finish before
+            # the companion exits, so it is done when the command returns.
+            in_flight = r.hand_over(1, IN_CYCLE_SECONDS)
+            r.srv.until(lambda: r.started(in_flight[0]), JOB_DEADLINE,
+                        message="the job in flight to start")
             for step in steps:
                 done, took = r.ctl(*step, name)
                 label = f"{step[0]} {cycle + 1}/{CYCLES}"
@@ -263,10 +267,14 @@ def test_jobs_complete_across_restarts_and_stops(run, workload, timings):
                     problems.append(f"{label}: exit {done.returncode}: {done.stderr.strip()}")
                 elif took > limit:
                     problems.append(f"{label}: took {took:.2f}s, over the {limit:g}s bound")
+                if step[0] != "start" and not r.done(in_flight[0]):
+                    problems.append(f"{label}: the job in flight was lost")
             r.jobs_complete()
-    bad_lines = r.graceful("cycles")
+    bad_lines = r.graceful()
+    failed = len({p.split(":")[0] for p in problems})
     assert not problems and not bad_lines, (
-        f"{workload.name}: {len(problems)} of {2 * CYCLES} cycles failed or were slow:\n"
+        f"{workload.name}: {failed} of {3 * CYCLES} restarts, stops and starts failed, lost "
+        f"their job in flight or were slow:\n"
         + "\n".join(problems) + "\nnot graceful:\n" + "\n".join(bad_lines)
         + f"\n--- server log ---\n{r.srv.log()}")
 
@@ -286,9 +294,9 @@ def test_jobs_in_flight_at_master_sigterm_complete(run, workload, timings):
     timings(workload.name, "master SIGTERM", time.monotonic() - started)
     wait_until(lambda: not r.srv.tree(), 10, message="every process of the tree to exit")
     lost = [t for t in tokens if not r.done(t)]
-    assert code == 0 and not lost and not r.graceful("SIGTERM"), (
+    assert code == 0 and not lost and not r.graceful(), (
         f"{workload.name}: master exited {code}; {len(lost)} of {len(tokens)} jobs in flight "
-        f"lost; not graceful: {r.graceful('SIGTERM')}\n--- server log ---\n{r.srv.log()}")
+        f"lost; not graceful: {r.graceful()}\n--- server log ---\n{r.srv.log()}")
 
 
 @pytest.mark.parametrize("victim", ["master", "manager"])

@@ -17,6 +17,7 @@ import signal
 from datetime import datetime, timezone
 from functools import cache
 
+from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.redis import RedisJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from redis import Redis
@@ -53,7 +54,7 @@ def _look_again() -> None:
 def run_scheduler() -> None:
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    scheduler = BackgroundScheduler(jobstores={"default": job_store(), "local": "memory"},
+    scheduler = BackgroundScheduler(jobstores={"default": job_store(), "local": MemoryJobStore()},
                                     timezone=timezone.utc)
     scheduler.add_job(_look_again, "interval", seconds=0.2, jobstore="local")
     scheduler.start()

@@ -14,7 +14,6 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-import gunicorn_companion  # noqa: F401  (preloaded: the exec keeps the notify socket)
 
 SCRIPT = Path(__file__).with_name("wlnode.js")
 
@@ -27,4 +26,10 @@ def enqueue(token: str, seconds: float) -> None:
 
 def run_node() -> None:
     node = shutil.which("node") or shutil.which("nodejs")
+    # The notify socket is close-on-exec in a target companion (only `command`
+    # companions get it inheritable): without this, GUNICORN_COMPANION_NOTIFY_FD
+    # would name whatever node opens next under that number.
+    notify_fd = os.environ.get("GUNICORN_COMPANION_NOTIFY_FD")
+    if notify_fd:
+        os.set_inheritable(int(notify_fd), True)
     os.execv(node, [node, str(SCRIPT)])

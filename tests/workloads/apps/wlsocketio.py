@@ -14,7 +14,7 @@ import signal
 import threading
 
 import socketio
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 import gunicorn_companion
 import wljobs
@@ -25,6 +25,13 @@ CHANNEL = "wl-socketio"
 def enqueue(token: str, seconds: float) -> None:
     emitter = socketio.RedisManager(wljobs.redis_url(), channel=CHANNEL, write_only=True)
     emitter.emit("job", {"token": token, "seconds": seconds})
+
+
+class RequestHandler(WSGIRequestHandler):
+    def connection_dropped(self, error, environ=None):
+        # engineio ends a WebSocket by raising ConnectionError: the socket is
+        # done with, so do not read the client's close frame as a new request.
+        self.close_connection = True
 
 
 def run_server() -> None:
@@ -46,7 +53,8 @@ def run_server() -> None:
                 idle.notify_all()
 
     server = make_server("127.0.0.1", int(os.environ["WL_SOCKETIO_PORT"]),
-                         socketio.WSGIApp(sio), threaded=True)
+                         socketio.WSGIApp(sio), threaded=True,
+                         request_handler=RequestHandler)
 
     def stop(signum, frame):
         # shutdown() waits for serve_forever() to return: not from this handler,

@@ -20,3 +20,4 @@ application = get_wsgi_application()
 def run_cluster() -> None:
     """Companion target: django-q2's documented entry point, ``manage.py qcluster``."""
     call_command("qcluster")
+
