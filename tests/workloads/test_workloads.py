@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support import alive, free_port, wait_until
+from support import alive, control_command, free_port, wait_until
 
 APPS = Path(__file__).parent / "apps"
 CYCLES = 10
@@ -73,7 +73,8 @@ WORKLOADS = [
         {{"name": "celery", "target": "wlcelery:run_worker", "wait_ready": True}},
         {{"name": "beat", "singleton": True, "cwd": {str(APPS)!r},
           "command": [{sys.executable!r}, "-m", "celery", "-A", "wlcelery", "beat",
-                      "--loglevel=INFO", "--schedule", os.environ["COMPANION_STATE"] + "/beat"]}}]""",
+                      "--loglevel=INFO",
+                      "--schedule", os.environ["COMPANION_STATE"] + "/beat"]}}]""",
              "beat", ("celery", "redis")),
     Workload("django-q2", '[{"name": "qcluster", "target": "wldjango.wsgi:run_cluster"}]',
              "qcluster", ("django", "django_q", "redis"), app="wldjango.wsgi:application",
@@ -88,11 +89,6 @@ WORKLOADS = [
         {"name": "node", "target": "wlexec:run_node", "wait_ready": True}]""",
              "node", (), ports=("WL_NODE_PORT",), program="node"),
 ]
-
-
-def _control_command() -> list[str]:
-    beside = Path(sys.executable).with_name("gunicorn-companion")
-    return [str(beside)] if beside.exists() else [sys.executable, "-m", "gunicorn_companion"]
 
 
 class Run:
@@ -125,7 +121,7 @@ class Run:
 
     def ctl(self, *args: str) -> tuple[subprocess.CompletedProcess, float]:
         started = time.monotonic()
-        done = subprocess.run([*_control_command(), "-s", str(self.sock), *args],
+        done = subprocess.run([*control_command(), "-s", str(self.sock), *args],
                               capture_output=True, text=True, timeout=120)
         return done, time.monotonic() - started
 
@@ -246,37 +242,34 @@ def test_jobs_complete_across_restarts_and_stops(run, workload, timings):
     r = run()
     r.wait_running()
     r.jobs_complete(3)
-    name = workload.cycled
+    bounds = {"restart": workload.restart_bound, "stop": workload.stop_bound,
+              "start": workload.start_bound}
     problems = []
-    for kind, bound, steps in (
-        ("restart", workload.restart_bound, (("restart",),)),
-        ("stop", workload.stop_bound, (("stop",), ("start",))),
-    ):
+    for commands in (("restart",), ("stop", "start")):
         for cycle in range(CYCLES):
             # A job in flight at each restart and stop: it must finish before
             # the companion exits, so it is done when the command returns.
-            in_flight = r.hand_over(1, IN_CYCLE_SECONDS)
-            r.srv.until(lambda: r.started(in_flight[0]), JOB_DEADLINE,
+            token, = r.hand_over(1, IN_CYCLE_SECONDS)
+            r.srv.until(lambda token=token: r.started(token), JOB_DEADLINE,
                         message="the job in flight to start")
-            for step in steps:
-                done, took = r.ctl(*step, name)
-                label = f"{step[0]} {cycle + 1}/{CYCLES}"
-                timings(workload.name, step[0], took)
-                limit = workload.start_bound if step[0] == "start" else bound
+            for command in commands:
+                done, took = r.ctl(command, workload.cycled)
+                timings(workload.name, command, took)
+                label = f"{command} {cycle + 1}/{CYCLES}"
                 if done.returncode != 0:
                     problems.append(f"{label}: exit {done.returncode}: {done.stderr.strip()}")
-                elif took > limit:
-                    problems.append(f"{label}: took {took:.2f}s, over the {limit:g}s bound")
-                if step[0] != "start" and not r.done(in_flight[0]):
+                elif took > bounds[command]:
+                    problems.append(f"{label}: took {took:.2f}s, over the "
+                                    f"{bounds[command]:g}s bound")
+                if command != "start" and not r.done(token):
                     problems.append(f"{label}: the job in flight was lost")
             r.jobs_complete()
     bad_lines = r.graceful()
     failed = len({p.split(":")[0] for p in problems})
     assert not problems and not bad_lines, (
         f"{workload.name}: {failed} of {3 * CYCLES} restarts, stops and starts failed, lost "
-        f"their job in flight or were slow:\n"
-        + "\n".join(problems) + "\nnot graceful:\n" + "\n".join(bad_lines)
-        + f"\n--- server log ---\n{r.srv.log()}")
+        f"their job in flight or were slow:\n" + "\n".join(problems)
+        + "\nnot graceful:\n" + "\n".join(bad_lines) + f"\n--- server log ---\n{r.srv.log()}")
 
 
 def test_jobs_in_flight_at_master_sigterm_complete(run, workload, timings):

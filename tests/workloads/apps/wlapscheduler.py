@@ -17,12 +17,11 @@ import signal
 from datetime import datetime, timezone
 from functools import cache
 
+import wljobs
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.redis import RedisJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from redis import Redis
-
-import wljobs
 
 JOBS_KEY = "wl.apscheduler.jobs"
 RUN_TIMES_KEY = "wl.apscheduler.run_times"

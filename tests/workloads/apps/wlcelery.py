@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import uuid
 
+import wljobs
 from celery import Celery
 from celery.signals import worker_ready
 
 import gunicorn_companion
-import wljobs
 
 app = Celery("wlcelery", broker=wljobs.redis_url(), backend=wljobs.redis_url())
 app.conf.update(

@@ -14,7 +14,6 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-
 SCRIPT = Path(__file__).with_name("wlnode.js")
 
 

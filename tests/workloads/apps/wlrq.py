@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import os
 
+import wljobs
 from redis import Redis
 from rq import Queue, Worker
 from rq.worker_pool import WorkerPool
-
-import wljobs
 
 QUEUE = "wl"
 

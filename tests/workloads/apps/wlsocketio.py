@@ -14,10 +14,10 @@ import signal
 import threading
 
 import socketio
+import wljobs
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 import gunicorn_companion
-import wljobs
 
 CHANNEL = "wl-socketio"
 

@@ -1,5 +1,6 @@
-"""The web app of the workloads: ``GET /enqueue?n=N&seconds=S`` (or ``token=T&token=U...``) hands the jobs to
-the workload named by ``$WL_WORKLOAD`` and answers their tokens as JSON.
+"""The web app of the workloads: ``GET /enqueue?token=T&token=U&seconds=S`` (or
+``n=N`` for new tokens) hands the jobs to the workload named by ``$WL_WORKLOAD``
+and answers their tokens as JSON.
 
 Each workload module has ``enqueue(token, seconds)``, its library's own way of
 handing over a job (an RQ queue, a Celery task, an APScheduler job store, a
@@ -20,7 +21,8 @@ def tokens_for(query: str) -> tuple[list[str], float]:
     """``token=T`` (repeated) names the jobs; else ``n=N`` new tokens."""
     params = parse_qs(query)
     seconds = float(params.get("seconds", ["0"])[0])
-    tokens = params.get("token") or [uuid.uuid4().hex for _ in range(int(params.get("n", ["1"])[0]))]
+    count = int(params.get("n", ["1"])[0])
+    tokens = params.get("token") or [uuid.uuid4().hex for _ in range(count)]
     return tokens, seconds
 
 

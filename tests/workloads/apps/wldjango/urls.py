@@ -1,10 +1,9 @@
 import json
 
+import wlweb
 from django.http import HttpResponse
 from django.urls import path
 from django_q.tasks import async_task
-
-import wlweb
 
 
 def enqueue(request):

@@ -4,9 +4,9 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wldjango.settings")
 
-import django  # noqa: E402
-from django.core.management import call_command  # noqa: E402
-from django.db import connections  # noqa: E402
+import django
+from django.core.management import call_command
+from django.db import connections
 
 django.setup()
 call_command("migrate", verbosity=0)
