@@ -55,7 +55,9 @@ class Workload:
     env: dict = field(default_factory=dict)
     ports: tuple[str, ...] = ()  # environment variables that get a free port each
     program: str | None = None  # a program that must be on PATH
-    # Seconds, measured (docs/workloads.md), with room for a loaded 2-core machine.
+    # Seconds: about three times the largest measured (docs/workloads.md), for a
+    # loaded 2-core machine. A stop that ends in SIGKILL fails on its log line
+    # whatever it took.
     restart_bound: float = 5.0
     stop_bound: float = 5.0
     start_bound: float = 5.0
@@ -64,11 +66,12 @@ class Workload:
 WORKLOADS = [
     Workload("rq-worker", '[{"name": "rq", "target": "wlrq:run_worker"}]', "rq",
              ("rq", "redis")),
+    # The pool checks its workers once a second: a stop takes 1 to 2 s.
     Workload("rq-pool", '[{"name": "rqpool", "target": "wlrq:run_pool"}]', "rqpool",
-             ("rq", "redis")),
+             ("rq", "redis"), restart_bound=8.0, stop_bound=6.0),
     Workload("celery-prefork", """[
         {"name": "celery", "target": "wlcelery:run_worker", "wait_ready": True}]""",
-             "celery", ("celery", "redis")),
+             "celery", ("celery", "redis"), restart_bound=8.0, stop_bound=6.0),
     Workload("celery-beat", f"""[
         {{"name": "celery", "target": "wlcelery:run_worker", "wait_ready": True}},
         {{"name": "beat", "singleton": True, "cwd": {str(APPS)!r},
