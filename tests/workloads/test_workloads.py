@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support import alive, control_command, free_port, wait_until
+from support import alive, control_command, free_port, proc_stat, wait_until
 
 APPS = Path(__file__).parent / "apps"
 CYCLES = 10
@@ -301,20 +301,23 @@ def test_sigkill_leaves_nothing_behind(run, workload, victim):
     r.wait_running()
     r.jobs_complete()
     manager = r.srv.wait_manager()
-    master_and_web = {r.srv.pid, *(p for p in r.srv.tree() if p != manager
-                                   and os.getsid(p) == r.srv.pid)}
-    old = [p for p in r.srv.tree() if p not in master_and_web]
+    # The manager leads a session of its own, with every companion in it.
+    old = [p for p in r.srv.tree() if (fields := proc_stat(p)) and int(fields[3]) == manager]
     assert manager in old and len(old) > 1, old
     os.kill(r.srv.pid if victim == "master" else manager, signal.SIGKILL)
+    r.srv.watch_exit = victim != "master"
+
+    def left() -> list[int]:
+        return r.srv.tree() if victim == "master" else [p for p in old if alive(p)]
+
+    try:
+        wait_until(lambda: not left(), STOP_TIMEOUT * 3,
+                   message=f"the processes of {workload.name} to exit after the {victim}'s "
+                           "SIGKILL")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; left: {left()}\n--- server log ---\n{r.srv.log()}")
     if victim == "master":
-        r.srv.watch_exit = False
-        wait_until(lambda: not r.srv.tree(), STOP_TIMEOUT * 3,
-                   message=f"the tree of {workload.name} to exit after the master's SIGKILL: "
-                           f"left {r.srv.tree()}")
         return
-    wait_until(lambda: not any(alive(p) for p in old), STOP_TIMEOUT * 3,
-               message=f"the old manager's processes to exit: left "
-                       f"{[p for p in old if alive(p)]}")
     # A new manager starts the companions again, and they work.
     r.srv.wait_manager(other_than=manager)
     r.wait_running()
