@@ -4,6 +4,9 @@
 #               newest and the oldest Gunicorn we support. The examples' tests
 #               need Debian's redis-server (they skip, saying so, without it)
 #               and run with the newest Gunicorn only.
+#   make test-workloads   the matrix of real workloads (tests/workloads, docs/workloads.md):
+#               RQ, Celery, django-q2, APScheduler, Socket.IO and an exec'd node
+#               as companions against Debian's redis-server; about 6 to 10 minutes.
 PYTHON ?= python3
 VENV ?= .venv
 VENV_OLDEST ?= .venv-gunicorn23
@@ -11,12 +14,12 @@ VENV_BENCH ?= .venv-bench
 GUNICORN_OLDEST ?= 23.0.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-newest test-oldest lint bench bench-quick clean
+.PHONY: demo test test-newest test-oldest test-workloads lint bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test,examples]'
+	$(VENV)/bin/python -m pip install -q -e '.[test,examples,workloads]'
 	touch $@
 
 $(VENV_OLDEST)/.installed: pyproject.toml
@@ -41,6 +44,10 @@ test-newest: $(VENV)/.installed
 
 test-oldest: $(VENV_OLDEST)/.installed
 	$(VENV_OLDEST)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Not part of `test`: collected only when named (norecursedirs in pyproject.toml).
+test-workloads: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest tests/workloads $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests examples benchmarks docs

@@ -119,6 +119,14 @@ def terminate_tree(proc: subprocess.Popen, tree, grace: float) -> None:
         proc.wait()
 
 
+def control_command() -> list[str]:
+    """The ``gunicorn-companion`` control CLI of this Python, as argv."""
+    beside = Path(sys.executable).with_name("gunicorn-companion")
+    if beside.exists():
+        return [str(beside)]
+    return [sys.executable, "-m", "gunicorn_companion"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import pytest
 from redis_server import redis_url  # noqa: F401  (the fixture)
-from support import free_port, live_tree, short_socket_path, terminate_tree
+from support import control_command, free_port, live_tree, short_socket_path, terminate_tree
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -50,13 +50,6 @@ def _requires(*modules: str) -> pytest.MarkDecorator:
         bool(missing),
         reason=f"{', '.join(missing)} not installed: {EXTRA_HINT} to run this example",
     )
-
-
-def _control_command() -> list[str]:
-    beside = Path(sys.executable).with_name("gunicorn-companion")
-    if beside.exists():
-        return [str(beside)]
-    return [sys.executable, "-m", "gunicorn_companion"]
 
 
 def _poll(predicate: Callable[[], T | None], what: str, timeout: float = DEADLINE_SECONDS,
@@ -97,7 +90,7 @@ class Example:
     def start(self) -> Example:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [*_control_command(), "serve", "-c", str(self.conf)],
+                [*control_command(), "serve", "-c", str(self.conf)],
                 cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # the master leads its own session
@@ -266,7 +259,7 @@ def test_rq_example(example, redis_url):  # noqa: F811 (the fixture)
 
 
 def _status(socket_path: Path) -> dict[str, dict]:
-    done = subprocess.run([*_control_command(), "-s", str(socket_path), "status", "--json"],
+    done = subprocess.run([*control_command(), "-s", str(socket_path), "status", "--json"],
                           capture_output=True, text=True, timeout=30)
     if done.returncode != 0:
         return {}
