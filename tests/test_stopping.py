@@ -161,3 +161,14 @@ def test_print_config_shows_each_companions_effective_timeouts(tmp_path):
     assert result.returncode == 0, result.stderr
     line = next(row for row in result.stdout.splitlines() if row.lstrip().startswith("long"))
     assert "reload_timeout = 1560" in line and "stop_as_group = False" in line, line
+
+
+def test_a_target_that_execs_keeps_its_notify_channel_and_singleton_lock(server, sock_path):
+    srv = server(control_config(sock_path, """[
+        {"name": "x", "target": "compapp:hands_off_to_a_program", "wait_ready": True,
+         "singleton": True}]"""))
+    pid = srv.wait_starts("x")[0]
+    # ready() from the program it became: the channel survived the exec
+    srv.until(lambda: status(sock_path)["x"]["state"] == "RUNNING", message="RUNNING")
+    held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+    assert any(path.endswith("-x.lock") for path in held), held

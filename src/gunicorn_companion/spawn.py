@@ -257,8 +257,15 @@ def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, t
         title(spec.name)
         if lock_fd is not None:
             hold_singleton_lock(lock_fd)
+        # The notify channel and the lock outlive an exec, by the companion's
+        # `command` or by a target that hands off to another program (Frappe's
+        # socket.io companion execs node): a singleton's lock must stay held,
+        # and the program may say ready() over the fd its environment names.
+        for fd in (notify_fd, lock_fd):
+            if fd is not None:
+                os.set_inheritable(fd, True)
         if spec.command:
-            _exec(spec, notify_fd, lock_fd)  # never returns
+            _exec(spec)  # never returns
         # stdout is a pipe now, which Python would block-buffer: a companion's
         # print() should reach the log (and tail) when it is printed
         if hasattr(sys.stdout, "reconfigure"):
@@ -288,11 +295,9 @@ def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, t
             os._exit(code & 0xFF)
 
 
-def _exec(spec: CompanionSpec, notify_fd: int | None, lock_fd: int | None) -> None:
-    """Replace the companion with its program, keeping what it must hold."""
-    for fd in (notify_fd, lock_fd):
-        if fd is not None:
-            os.set_inheritable(fd, True)  # the notify channel and the lock outlive exec
+def _exec(spec: CompanionSpec) -> None:
+    """Replace the companion with its program (the notify channel and the
+    lock are inheritable already)."""
     # Python ignores SIGPIPE and SIGXFSZ; a program that is not Python expects
     # the default (as subprocess restores them).
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):

@@ -319,3 +319,14 @@ def whoami():
     print(f"hello from {name}", flush=True)
     while True:
         signal.pause()
+
+
+def hands_off_to_a_program():
+    """Replaces itself with another program, as Frappe's socket.io companion
+    does with node; that program says ready() over the inherited channel."""
+    _record_start()
+    code = ("import os, signal\n"
+            "os.write(int(os.environ['GUNICORN_COMPANION_NOTIFY_FD']),"
+            " f'ready {os.getpid()}'.encode())\n"
+            "while True: signal.pause()\n")
+    os.execv(sys.executable, [sys.executable, "-c", code])

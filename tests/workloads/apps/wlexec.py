@@ -25,10 +25,5 @@ def enqueue(token: str, seconds: float) -> None:
 
 def run_node() -> None:
     node = shutil.which("node") or shutil.which("nodejs")
-    # The notify socket is close-on-exec in a target companion (only `command`
-    # companions get it inheritable): without this, GUNICORN_COMPANION_NOTIFY_FD
-    # would name whatever node opens next under that number.
-    notify_fd = os.environ.get("GUNICORN_COMPANION_NOTIFY_FD")
-    if notify_fd:
-        os.set_inheritable(int(notify_fd), True)
+    # nothing to prepare: the notify socket outlives the exec (node says ready)
     os.execv(node, [node, str(SCRIPT)])
