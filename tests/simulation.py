@@ -706,14 +706,15 @@ def report(seed: int, why: str, out) -> None:
     full = Simulation(seed).schedule
     keep = shrink(seed, full)
     print(f"seed {seed} failed: {why}", file=out)
-    print(f"  shortest schedule ({len(keep)} of {len(full)} events):", file=out)
-    for j in keep:
-        print(f"    [{j}] {full[j]}", file=out)
     sim = Simulation(seed, [full[j] for j in keep])
     try:
         sim.run()
-    except Exception:
-        pass  # only its log is wanted here
+        short = "passes (the fault needs the whole schedule)"
+    except Exception as exc:
+        short = f"fails: {exc}"
+    print(f"  shortest schedule ({len(keep)} of {len(full)} events) {short}", file=out)
+    for j in keep:
+        print(f"    [{j}] {full[j]}", file=out)
     print("  its last log lines:", file=out)
     for line in list(sim.log.lines)[-15:]:
         print(f"    {line}", file=out)
