@@ -3,18 +3,24 @@
 #   make test   set up and run the whole test suite (and the linter), on the
 #               newest and the oldest Gunicorn we support. The examples' tests
 #               need Debian's redis-server (they skip, saying so, without it)
-#               and run with the newest Gunicorn only.
+#               and run with the newest Gunicorn only. It ends with 1,000 seeds
+#               of the deterministic simulation (docs/development.md).
 #   make test-workloads   the matrix of real workloads (tests/workloads, docs/workloads.md):
 #               RQ, Celery, django-q2, APScheduler, Socket.IO and an exec'd node
 #               as companions against Debian's redis-server; about 6 to 10 minutes.
+#   make simulate SEEDS=N   N seeds of the simulation; SEED=s replays one
+#                           (KEEP=i,j,... only those events of its schedule)
 PYTHON ?= python3
 VENV ?= .venv
 VENV_OLDEST ?= .venv-gunicorn23
 VENV_BENCH ?= .venv-bench
 GUNICORN_OLDEST ?= 23.0.0
 PYTEST_ARGS ?=
+SEEDS ?= 1000
+SEED ?=
+KEEP ?=
 
-.PHONY: demo test test-newest test-oldest test-workloads lint bench bench-quick clean
+.PHONY: demo test test-newest test-oldest test-workloads lint simulate bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +43,7 @@ $(VENV_BENCH)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/gunicorn-companion serve -c examples/demo/gunicorn.conf.py
 
-test: lint test-newest test-oldest
+test: lint test-newest test-oldest simulate
 
 test-newest: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
@@ -51,6 +57,9 @@ test-workloads: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests examples benchmarks docs
+
+simulate: $(VENV)/.installed
+	$(VENV)/bin/python tests/simulation.py $(if $(SEED),--seed $(SEED) $(if $(KEEP),--keep $(KEEP)),--seeds $(SEEDS))
 
 # Companions against supervisord and circus (benchmarks/README.md).
 bench: $(VENV_BENCH)/.installed

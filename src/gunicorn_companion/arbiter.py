@@ -12,37 +12,26 @@ once, whatever order the kernel reaps things in.
 
 from __future__ import annotations
 
-import gc
 import os
 import select
 import signal
 import sys
-import tempfile
 import time
 
 from gunicorn import util
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 
-from . import privileges, procfs, safefs
-from .commands import dispatch
+from . import boot, handshake, procfs
 from .lifecycle import ExitStatus
 from .loading import CompanionConfig, ConfigSources, load_companion_config
-from .manager import Manager
-from .server import ControlServer, ControlSocketError
 from .spawn import (
     EXIT_ORPHANED,
-    become_subreaper,
     fork_blocking_signals,
     reset_signals,
     set_parent_death_signal,
-    unblock_signals,
 )
 from .spec import ConfigError
-from .targets import resolve_all
-
-READY = b"ready\n"
-ERROR_PREFIX = b"error "
 
 # Respawn backoff for a manager that keeps crashing: it never loops tightly.
 RESPAWN_DELAY_MIN = 0.5
@@ -235,10 +224,7 @@ class ManagerHandle:
                 self.log.error("Companion config is invalid now; the new manager runs the "
                                "last valid one: %s", exc)
         read_end, write_end = os.pipe()
-        if arbiter.cfg.preload_app and arbiter.cfg.companion_gc_freeze:
-            # the preloaded objects join the permanent generation: collections
-            # in the manager and companions then leave their pages shared
-            gc.freeze()
+        boot.freeze_before_fork(boot.gc_freeze_wanted(arbiter.cfg))
         pid = fork_blocking_signals()
         if pid == 0:
             os.close(read_end)
@@ -280,10 +266,7 @@ class ManagerHandle:
         self.boot_report += chunk
         if not self.boot_report.endswith(b"\n"):
             return None
-        if self.boot_report == READY:
-            return self._booted(True, "")
-        message = self.boot_report[len(ERROR_PREFIX):].decode("utf-8", "replace").rstrip("\n")
-        return self._booted(False, message)
+        return self._booted(*handshake.parse(self.boot_report))
 
     def _booted(self, ok: bool, message: str) -> tuple[bool, str]:
         if ok:
@@ -340,11 +323,11 @@ class CompanionArbiter(Arbiter):
         if self.cfg.preload_app:
             # Resolve in the master, after the preload, so companions share the
             # imported modules and a bad target stops the boot before any fork.
-            by_name = resolve_all(self.companion_config.specs)
+            specs = self.companion_config.specs
+            by_name = boot.resolve_targets(specs)
             # keyed by the target string: a later config may give a name a
             # different target, and a replacement manager must not run the old one
-            self.companion_targets = {s.target: by_name[s.name]
-                                      for s in self.companion_config.specs if s.target}
+            self.companion_targets = {s.target: by_name[s.name] for s in specs if s.target}
 
     def _reexec_as_started(self):
         """USR2 re-executes ``sys.executable`` with ``sys.argv``. Started as
@@ -487,128 +470,29 @@ class CompanionArbiter(Arbiter):
         manager.old_tree_gone(wait=5.0)
 
 
-def default_lock_dir() -> str:
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    # A manager that dropped root still sees root's XDG_RUNTIME_DIR (sudo
-    # sets one): only a runtime dir of its own user is its own.
-    if runtime and _owned_by_us(runtime):
-        return os.path.join(runtime, "gunicorn-companion")
-    return os.path.join(tempfile.gettempdir(), f"gunicorn-companion-{os.geteuid()}")
-
-
-def _owned_by_us(path: str) -> bool:
-    try:
-        return os.stat(path).st_uid == os.geteuid()
-    except OSError:
-        return False
-
-
-def prepare_lock_dir(cfg) -> str:
-    """Create (or accept) the lock directory. In a shared /tmp another user
-    may have made it first, to plant symlinks or hold our locks: it must be
-    ours and private (safefs.private_dir_fault), or the boot stops."""
-    path = cfg.companion_lock_dir or default_lock_dir()
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create companion_lock_dir {path!r}: {exc.strerror}") from None
-    fault = safefs.private_dir_fault(path)
-    if fault:
-        raise ConfigError(f"companion_lock_dir {path!r} {fault}")
-    if not os.access(path, os.W_OK):
-        raise ConfigError(f"companion_lock_dir {path!r} is not writable")
-    return path
-
-
-def attach_control_server(manager: Manager, cfg, take_over: bool) -> None:
-    server = ControlServer(
-        cfg.companion_control_socket,
-        cfg.companion_control_socket_mode,
-        selector=manager.selector,
-        handle=lambda request, respond: dispatch(manager, request, respond),
-        log=manager.log,
-        # Gunicorn's user owns the socket, even when the manager kept root
-        owner=manager.base_identity,
-    )
-    server.bind(take_over=take_over)
-    manager.control = server
-    manager.extra_fds_to_close.append(server.close_in_child)
-    manager.log.info("Companion control socket listening at %s", server.path)
-
-
 def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
     """The manager's life, in the freshly forked child. Never returns."""
     code = 1
     try:
         # Signals are still blocked (fork_blocking_signals): swap the master's
-        # handlers for ours before anything can arrive.
+        # handlers for ours before anything can arrive (boot.build installs them).
         reset_signals(list(arbiter.SIGNALS) + [signal.SIGCHLD])
-        master_pid = arbiter.pid
         proc_name = arbiter.proc_name
-        cfg = arbiter.cfg
-        # A session of our own holds the whole companion tree, so it can be
-        # found and killed as one even after we are gone (see kill_leftovers);
-        # as subreaper we inherit (and reap, and kill) orphaned descendants.
-        os.setsid()
-        become_subreaper()
-        manager = Manager(
-            arbiter.companion_config,
-            {},
-            log=arbiter.log,
-            sources=arbiter.companion_sources,
-            title=lambda name: util._setproctitle(f"companion {name} [{proc_name}]"),
-            master_pid=master_pid,
-            lock_scope=arbiter.companion_lock_scope(),
-            gc_freeze=bool(cfg.preload_app and cfg.companion_gc_freeze),
-            memory_check_interval=cfg.companion_memory_check_interval,
-        )
-        manager.install_signals()
-        unblock_signals()
-        # PDEATHSIG, then re-check: the master may have died before prctl.
-        # USR2 and not SIGKILL: the manager must live long enough to kill its
-        # companions' own children, which no PDEATHSIG reaches.
-        if set_parent_death_signal(signal.SIGUSR2) and os.getppid() != master_pid:
-            os._exit(1)
         # The manager and its companions serve no HTTP: drop the listeners.
         for listener in arbiter.LISTENERS:
             listener.close()
         util._setproctitle(f"companion manager [{proc_name}]")
-        try:
-            specs = arbiter.companion_config.specs
-            base = privileges.gunicorn_identity(cfg)
-            if problems := privileges.faults(specs, base):
-                raise ConfigError(problems)
-            manager.use_identity(base)
-            if not privileges.keeps_root(specs, base):
-                # Before any user code runs here (the imports below, without
-                # preload). Changing credentials cleared PDEATHSIG: set it again.
-                if privileges.drop_to(base):
-                    if set_parent_death_signal(signal.SIGUSR2) and os.getppid() != master_pid:
-                        os._exit(1)
-                    if any(s.max_memory for s in specs):
-                        arbiter.log.warning(
-                            "max_memory is not enforced: after dropping root, processes are "
-                            "not dumpable and the kernel hides their memory figures from the "
-                            "companion manager (see docs/security.md)")
-            # Without preload nothing was resolved in the master; with it, a
-            # companion added by a reload since the boot was not either.
-            known = arbiter.companion_targets
-            manager.targets = {s.name: known[s.target] for s in specs if s.target in known}
-            manager.targets.update(resolve_all(tuple(s for s in specs
-                                                     if s.target not in known)))
-            if any(s.singleton for s in arbiter.companion_config.specs):
-                manager.lock_dir = prepare_lock_dir(cfg)
-            manager.prepare_lock_dir = lambda: prepare_lock_dir(cfg)
-            if cfg.companion_control_socket:
-                # the new master of a hot upgrade takes the socket over
-                attach_control_server(manager, cfg, take_over=bool(arbiter.master_pid))
-        except (ConfigError, ControlSocketError, privileges.PrivilegeError) as exc:
-            os.write(lifeline, ERROR_PREFIX + str(exc).encode("utf-8", "replace") + b"\n")
-            os._exit(1)
-        os.write(lifeline, READY)
-        arbiter.log.info("Companion manager running (pid: %s) with %d companions",
-                         os.getpid(), len(manager.records))
-        code = manager.run()
+        code = boot.run(boot.BootValues(
+            config=arbiter.companion_config,
+            sources=arbiter.companion_sources,
+            log=arbiter.log,
+            cfg=arbiter.cfg,
+            master_pid=arbiter.pid,
+            lock_scope=arbiter.companion_lock_scope(),
+            title=lambda name: util._setproctitle(f"companion {name} [{proc_name}]"),
+            known_targets=arbiter.companion_targets,
+            take_over_socket=bool(arbiter.master_pid),
+        ), lifeline)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
