@@ -24,7 +24,7 @@ from gunicorn import util
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 
-from . import privileges, procfs, safefs
+from . import privileges, procfs, safefs, sdnotify
 from .commands import dispatch
 from .lifecycle import ExitStatus
 from .loading import CompanionConfig, ConfigSources, load_companion_config
@@ -120,6 +120,7 @@ class ManagerHandle:
         self.booting = False  # a replacement manager has not reported yet
         self.boot_report = b""
         self.boot_deadline = 0.0
+        self.news = b""  # lifeline bytes after the boot line: sdnotify's news
 
     @property
     def log(self):
@@ -278,9 +279,11 @@ class ManagerHandle:
         if not chunk:
             return self._booted(False, "it exited before reporting (see the log above)")
         self.boot_report += chunk
-        if not self.boot_report.endswith(b"\n"):
+        if b"\n" not in self.boot_report:
             return None
-        if self.boot_report == READY:
+        if self.boot_report.startswith(READY):
+            # what follows at once is the manager's first news (sdnotify)
+            self.news = self.boot_report[len(READY):]
             return self._booted(True, "")
         message = self.boot_report[len(ERROR_PREFIX):].decode("utf-8", "replace").rstrip("\n")
         return self._booted(False, message)
@@ -291,6 +294,18 @@ class ManagerHandle:
         else:
             self.log.error("Companion manager failed to boot: %s", message)
         return ok, message
+
+    def read_news(self) -> list[str]:
+        """Lines the running manager wrote after its boot line (sdnotify)."""
+        if not self.pid or self.booting or self.lifeline is None:
+            return []
+        while _wait_readable(self.lifeline, 0.0):
+            chunk = os.read(self.lifeline, 65536)
+            if not chunk:
+                break  # the tree is going: old_tree_gone sees the EOF again
+            self.news += chunk
+        lines, self.news = sdnotify.parse_news(self.news)
+        return lines
 
     def kill(self, sig: int) -> None:
         if self.pid:
@@ -335,6 +350,7 @@ class CompanionArbiter(Arbiter):
         self.manager = ManagerHandle(self)
         self.companions_started = False
         self.reload_failed = False
+        self.systemd: sdnotify.MasterReadiness | None = None  # under Type=notify
         super().__init__(app)  # preloads the app when preload_app is set
         self._reexec_as_started()
         if self.cfg.preload_app:
@@ -356,6 +372,12 @@ class CompanionArbiter(Arbiter):
         main = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")
         if len(args) > 1 and os.path.abspath(args[1]) == main:
             self.START_CTX["args"] = [args[0], "-m", __package__, *args[2:]]
+
+    def start(self):
+        # Before Gunicorn's start(), which would send READY=1 before any
+        # worker or companion exists (sdnotify.py)
+        self.systemd = sdnotify.MasterReadiness.from_environ(os.environ, self.log)
+        super().start()
 
     def companion_lock_scope(self) -> str:
         """What makes two masters "the same deployment" for singleton locks:
@@ -392,8 +414,13 @@ class CompanionArbiter(Arbiter):
                         "preload_app is off: companions import their targets in the manager, "
                         "so their memory is not shared with the HTTP workers")
                 self.manager.spawn(at_boot=True)
+            elif self.systemd:
+                self.systemd.no_companions()
         self.manager.maintain()
         super().manage_workers()
+        if self.systemd:
+            self.systemd.news(self.manager.read_news())
+            self.systemd.after_loop_turn(workers_up=len(self.WORKERS) >= self.num_workers)
 
     def reload(self):
         """Gunicorn's reload, except that an invalid config file no longer
@@ -417,17 +444,27 @@ class CompanionArbiter(Arbiter):
                            "above); keeping the running configuration")
 
     def handle_hup(self):
+        if self.systemd:
+            self.systemd.reloading()  # READY=1 again once the manager settles
         super().handle_hup()
-        if self.reload_failed:
-            return  # rolled back: the companions keep the running config too
-        try:
-            self.companion_config = load_companion_config(self.companion_sources)
-        except ConfigError as exc:
-            self.log.error("Companion config not applied, keeping the running one: %s", exc)
+        if self.reload_failed or not self._reload_companions():
+            if self.systemd:
+                self.systemd.news(["settled"])  # nothing changes: nothing to wait for
             return
         if self.manager.pid:
             # The manager rereads and restarts only what changed.
             self.manager.kill(signal.SIGHUP)
+        elif self.systemd:
+            self.systemd.news(["settled"])
+
+    def _reload_companions(self) -> bool:
+        """Re-read the companion config for a HUP; False keeps the running one."""
+        try:
+            self.companion_config = load_companion_config(self.companion_sources)
+        except ConfigError as exc:
+            self.log.error("Companion config not applied, keeping the running one: %s", exc)
+            return False
+        return True
 
     def kill_workers(self, sig):
         super().kill_workers(sig)
@@ -605,6 +642,10 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
         except (ConfigError, ControlSocketError, privileges.PrivilegeError) as exc:
             os.write(lifeline, ERROR_PREFIX + str(exc).encode("utf-8", "replace") + b"\n")
             os._exit(1)
+        if arbiter.systemd:
+            # the master forwards the companions' news to systemd (sdnotify.py)
+            os.set_blocking(lifeline, False)
+            manager.news = sdnotify.ManagerNews(lifeline, arbiter.systemd.keepalive_every())
         os.write(lifeline, READY)
         arbiter.log.info("Companion manager running (pid: %s) with %d companions",
                          os.getpid(), len(manager.records))

@@ -139,6 +139,7 @@ class Manager:
         self.ignored_signals: tuple[int, ...] = ()  # set by install_signals
         # whom Gunicorn's workers run as (None: companions run as the manager)
         self.base_identity: privileges.Identity | None = None
+        self.news = None  # a sdnotify.ManagerNews under systemd's Type=notify
 
     # -- setup ----------------------------------------------------------------
 
@@ -190,6 +191,9 @@ class Manager:
             if self.strays_pending:
                 self.strays_pending = False
                 self._kill_strays()
+            if self.news is not None:
+                self.news.after_loop_turn([(r.name, str(r.state), r.wanted)
+                                           for r in self.records.values()])
         if self.control is not None:
             self.control.close()
         self._kill_session()
@@ -204,6 +208,9 @@ class Manager:
 
     def _next_timeout(self) -> float | None:
         nearest = self.next_memory_check
+        if self.news is not None and self.news.next_keepalive is not None:
+            nearest = self.news.next_keepalive if nearest is None else min(
+                nearest, self.news.next_keepalive)
         for _, kill_at in self.leftovers.values():
             nearest = kill_at if nearest is None else min(nearest, kill_at)
         while self.timers:
@@ -267,6 +274,8 @@ class Manager:
             for pgid, (name, _) in list(self.leftovers.items()):
                 self._kill_leftovers(pgid, name)
         elif signum == signal.SIGHUP:
+            if self.news is not None:
+                self.news.expect_settle()  # systemd waits for READY=1 again
             self.reread()
         elif signum == signal.SIGUSR1:
             # Gunicorn's "reopen log files", forwarded by the master: for
