@@ -45,6 +45,8 @@ _LOCAL_COMMANDS = {"check": "status"}
 _OTHER_COMMANDS = {
     "serve": "run Gunicorn with companions (everything after it means what it means to gunicorn)",
     "import-supervisor": "print companion_workers for the programs of a supervisord.conf",
+    "import-procfile": "print companion_workers for the processes of a Procfile (honcho, "
+                       "foreman, Heroku)",
 }
 
 _STATUS_HEADER = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "MEMORY", "OUTPUT",
