@@ -11,7 +11,7 @@ VENV_BENCH ?= .venv-bench
 GUNICORN_OLDEST ?= 23.0.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-newest test-oldest lint bench bench-quick clean
+.PHONY: demo test test-newest test-oldest test-matrix lint bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ test-newest: $(VENV)/.installed
 test-oldest: $(VENV_OLDEST)/.installed
 	$(VENV_OLDEST)/bin/python -m pytest $(PYTEST_ARGS)
 
+# The suite on each of Python 3.10 to 3.13 found here (pyenv's too), with
+# the oldest Gunicorn and the newest 27.x; says which Pythons it skipped.
+# MATRIX_PYTHONS="3.10 3.13" picks some.
+MATRIX_PYTHONS ?= 3.10 3.11 3.12 3.13
+test-matrix:
+	GUNICORN_OLDEST=$(GUNICORN_OLDEST) PYTEST_ARGS="$(PYTEST_ARGS)" .ci/test-matrix $(MATRIX_PYTHONS)
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests examples benchmarks docs
 
@@ -53,4 +60,4 @@ bench-quick: $(VENV_BENCH)/.installed
 	$(VENV_BENCH)/bin/python benchmarks/run.py --quick
 
 clean:
-	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_BENCH) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_BENCH) .venv-matrix .pytest_cache .hypothesis
