@@ -102,6 +102,20 @@ def _http_worker_after_fork() -> None:
 os.register_at_fork(after_in_child=_http_worker_after_fork)
 
 
+def manager_stop_timeout(cfg, specs) -> tuple[float, str]:
+    """How long the master waits for the manager to stop, and how that
+    number came about, for --print-config (pure)."""
+    if cfg.companion_manager_stop_timeout is not None:
+        return cfg.companion_manager_stop_timeout, "set"
+    buffer = cfg.companion_manager_shutdown_buffer
+    slowest = max(specs, key=lambda s: s.stop_timeout, default=None)
+    if slowest is None:
+        return buffer, f"derived: no companions, companion_manager_shutdown_buffer {buffer:g}"
+    return slowest.stop_timeout + buffer, (
+        f"derived: the slowest stop_timeout, {slowest.stop_timeout:g} for {slowest.name!r}, "
+        f"+ companion_manager_shutdown_buffer {buffer:g}")
+
+
 class ManagerHandle:
     """The master's record of the companion manager process."""
 
@@ -332,12 +346,8 @@ class ManagerHandle:
         return True
 
     def stop_timeout(self) -> float:
-        cfg = self.arbiter.cfg
-        if cfg.companion_manager_stop_timeout is not None:
-            return cfg.companion_manager_stop_timeout
         specs = self.arbiter.companion_config.specs if self.arbiter.companion_config else ()
-        slowest = max((s.stop_timeout for s in specs), default=0.0)
-        return slowest + cfg.companion_manager_shutdown_buffer
+        return manager_stop_timeout(self.arbiter.cfg, specs)[0]
 
 
 class CompanionArbiter(Arbiter):
