@@ -20,7 +20,7 @@ SEEDS ?= 1000
 SEED ?=
 KEEP ?=
 
-.PHONY: demo test test-newest test-oldest test-workloads lint simulate bench bench-quick clean
+.PHONY: demo test test-newest test-oldest test-workloads test-matrix lint simulate bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,13 @@ test-oldest: $(VENV_OLDEST)/.installed
 test-workloads: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/workloads $(PYTEST_ARGS)
 
+# The suite on each of Python 3.10 to 3.13 found here (pyenv's too), with
+# the oldest Gunicorn and the newest 27.x; says which Pythons it skipped.
+# MATRIX_PYTHONS="3.10 3.13" picks some.
+MATRIX_PYTHONS ?= 3.10 3.11 3.12 3.13
+test-matrix:
+	GUNICORN_OLDEST=$(GUNICORN_OLDEST) PYTEST_ARGS="$(PYTEST_ARGS)" .ci/test-matrix $(MATRIX_PYTHONS)
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests examples benchmarks docs
 
@@ -69,4 +76,4 @@ bench-quick: $(VENV_BENCH)/.installed
 	$(VENV_BENCH)/bin/python benchmarks/run.py --quick
 
 clean:
-	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_BENCH) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_BENCH) .venv-matrix .pytest_cache .hypothesis

@@ -374,7 +374,8 @@ def test_cli_reports_an_unreachable_socket_in_one_line(tmp_path):
     assert "Traceback" not in out.stderr
     out = run_cli("status")
     assert out.returncode == 2
-    assert "no control socket: pass -s PATH or set GUNICORN_COMPANION_SOCKET" in out.stderr
+    assert "no control socket: pass -s PATH or -c gunicorn.conf.py, set " \
+           "GUNICORN_COMPANION_SOCKET" in out.stderr
 
 
 @pytest.mark.parametrize("text,message", [f[1:] for f in REREAD_FAILURES],

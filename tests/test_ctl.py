@@ -414,12 +414,14 @@ def test_options_after_the_command_do_not_reset_those_before(serve, capsys):
     assert json.loads(capsys.readouterr().out) == STATUS_REPLY
 
 
-def test_no_socket_given(capsys, monkeypatch):
+def test_no_socket_given(capsys, monkeypatch, tmp_path):
     monkeypatch.delenv(ctl.SOCKET_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # no gunicorn.conf.py here
     assert main(["status"]) == 2
     assert capsys.readouterr() == (
         "",
-        "gunicorn-companion: no control socket: pass -s PATH or set GUNICORN_COMPANION_SOCKET\n",
+        "gunicorn-companion: no control socket: pass -s PATH or -c gunicorn.conf.py, set "
+        "GUNICORN_COMPANION_SOCKET, or run this where gunicorn.conf.py is\n",
     )
 
 
@@ -685,3 +687,218 @@ def test_format_output(companion, shown):
 def test_format_stopping(stopping, shown):
     from gunicorn_companion.ctl import format_note
     assert format_note({"stopping": stopping, "waiting": "ready()"}) == shown
+
+
+# -- finding the socket: -s, -c FILE, the environment, ./gunicorn.conf.py ------------------
+
+
+def _conf(directory: Path, text: str, name: str = "gunicorn.conf.py") -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("flag_s", "flag_c", "env", "cwd_conf", "expected"),
+    [
+        ("/s.sock", None, "/env.sock", "x = 1\ncompanion_control_socket = '/conf.sock'",
+         "/s.sock"),
+        (None, "other.conf.py", "/env.sock", None, "/other.sock"),
+        (None, None, "/env.sock", "companion_control_socket = '/conf.sock'", "/env.sock"),
+        (None, None, "", "companion_control_socket = '/conf.sock'", "/conf.sock"),
+        # relative: from the directory Gunicorn runs in, its chdir or here
+        (None, None, "", "companion_control_socket = 'var/c.sock'", "{cwd}/var/c.sock"),
+        (None, None, "", "chdir = '/srv/app'\ncompanion_control_socket = 'var/c.sock'",
+         "/srv/app/var/c.sock"),
+        # executed as Gunicorn does: __file__ and __name__ are there
+        (None, None, "", "import os\nassert __name__ == '__config__'\n"
+         "companion_control_socket = os.path.join(os.path.dirname(__file__), 'c.sock')",
+         "{cwd}/c.sock"),
+    ],
+)
+def test_find_socket(tmp_path, flag_s, flag_c, env, cwd_conf, expected):
+    _conf(tmp_path, "companion_control_socket = '/other.sock'", "other.conf.py")
+    if cwd_conf is not None:
+        _conf(tmp_path, cwd_conf)
+    config = str(tmp_path / flag_c) if flag_c else None
+    found = ctl.find_socket(flag_s, config, {ctl.SOCKET_ENV: env}, str(tmp_path))
+    assert found == expected.format(cwd=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("conf", "fragment"),
+    [
+        (None, "no control socket: pass -s PATH or -c gunicorn.conf.py, set "
+               "GUNICORN_COMPANION_SOCKET, or run this where gunicorn.conf.py is"),
+        ("workers = 2\n", "gunicorn.conf.py sets no companion_control_socket"),
+        ("companion_control_socket = 5\n", "companion_control_socket must be a path, got int"),
+        ("workers = (\n", "cannot read config file {cwd}/gunicorn.conf.py: SyntaxError"),
+        ("raise SystemExit(3)\n", "SystemExit: 3"),
+        ("import no_such_module_here\n", "ModuleNotFoundError: No module named"),
+    ],
+)
+def test_find_socket_faults_name_the_file_and_the_fault(tmp_path, conf, fragment):
+    if conf is not None:
+        _conf(tmp_path, conf)
+    with pytest.raises(ctl.SocketNotFound) as caught:
+        ctl.find_socket(None, None, {}, str(tmp_path))
+    assert fragment.format(cwd=tmp_path) in str(caught.value)
+
+
+def test_dash_s_and_dash_c_together_is_a_usage_error(capsys):
+    assert main(["-s", "/a.sock", "-c", "/b.conf.py", "status"]) == 2
+    assert "give -s PATH or -c FILE, not both" in capsys.readouterr().err
+
+
+def test_missing_config_file_named(tmp_path, capsys):
+    assert main(["-c", str(tmp_path / "nope.conf.py"), "status"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read config file {tmp_path}/nope.conf.py: No such file or directory" in err
+
+
+@pytest.mark.parametrize("form", [["-c", "{conf}", "status"], ["status", "--config", "{conf}"],
+                                  ["status"]])
+def test_status_through_the_config_file(serve, capsys, monkeypatch, sock_dir, form):
+    server = serve(_manager)
+    conf = _conf(sock_dir, f"companion_control_socket = {server.server_address!r}\n")
+    monkeypatch.chdir(sock_dir)
+    assert main([arg.format(conf=conf) for arg in form]) == 0
+    assert "scheduler  RUNNING" in capsys.readouterr().out
+
+
+# -- check ---------------------------------------------------------------------------------
+
+RUNNING_ONE = {"name": "a", "state": "RUNNING", "pid": 1}
+FATAL_ONE = {"name": "b", "state": "FATAL", "pid": None, "last_exit": {"code": 3}}
+BACKOFF_ONE = {"name": "c", "state": "BACKOFF", "pid": None, "group": "pool",
+               "last_exit": {"signal": "SIGKILL"},
+               "backoff": {"seconds": 130.2, "failures": 4, "retry_in": 7.5}}
+BY_HAND = {"name": "d", "state": "STOPPED", "pid": None, "wanted": False}
+STARTING_ONE = {"name": "e", "state": "STARTING", "pid": 5, "waiting": "startsecs (2s)"}
+
+
+@pytest.mark.parametrize(
+    ("companions", "names", "healthy", "failing"),
+    [
+        ([RUNNING_ONE, BY_HAND], [], True, []),
+        ([], [], True, []),
+        ([RUNNING_ONE, FATAL_ONE, BACKOFF_ONE], [], False, ["b", "c"]),
+        ([RUNNING_ONE, FATAL_ONE], ["a"], True, []),
+        ([RUNNING_ONE, BACKOFF_ONE], ["pool"], False, ["c"]),
+        ([STARTING_ONE], [], False, ["e"]),
+        ([BY_HAND], ["d"], True, []),
+    ],
+)
+def test_assess_health(companions, names, healthy, failing):
+    verdict = ctl.assess_health(companions, names)
+    assert verdict["healthy"] is healthy
+    assert [p["name"] for p in verdict["not_running"]] == failing
+
+
+@pytest.mark.parametrize(
+    ("companion", "reason"),
+    [
+        (FATAL_ONE, "gave up restarting it, last exit: exit 3"),
+        (BACKOFF_ONE, "backing off for 2m10s, 4 failed starts in a row, next try in 7s, "
+                      "last exit: SIGKILL"),
+        (STARTING_ONE, "waiting for startsecs (2s)"),
+        ({"name": "x", "state": "STOPPING"}, "stopping"),
+    ],
+)
+def test_why_not_running(companion, reason):
+    assert ctl.why_not_running(companion) == reason
+
+
+def _status_of(*companions):
+    return lambda request: _reply({"ok": True, "companions": list(companions)})
+
+
+def test_check_healthy_exits_0(serve, capsys):
+    server = serve(_status_of(RUNNING_ONE, BY_HAND))
+    assert main(["-s", server.server_address, "check"]) == 0
+    assert capsys.readouterr().out == "OK: 1/1 companion RUNNING\nnot counted (stopped): d\n"
+    assert server.requests == [{"cmd": "status"}]
+
+
+def test_check_names_each_failure_and_exits_1(serve, capsys):
+    server = serve(_status_of(RUNNING_ONE, FATAL_ONE, BACKOFF_ONE))
+    assert main(["-s", server.server_address, "check"]) == 1
+    assert capsys.readouterr().out == (
+        "FAIL: 1/3 companions RUNNING\n"
+        "b: FATAL (gave up restarting it, last exit: exit 3)\n"
+        "c: BACKOFF (backing off for 2m10s, 4 failed starts in a row, next try in 7s, "
+        "last exit: SIGKILL)\n")
+
+
+def test_check_json(serve, capsys):
+    server = serve(_status_of(RUNNING_ONE, FATAL_ONE))
+    assert main(["-s", server.server_address, "check", "--json", "a", "b"]) == 1
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict == {"healthy": False, "reachable": True, "checked": ["a", "b"],
+                       "not_running": [{"name": "b", "state": "FATAL",
+                                        "reason": "gave up restarting it, last exit: exit 3"}],
+                       "stopped_by_hand": []}
+
+
+def test_check_unreachable_exits_2(sock_dir, capsys):
+    path = str(sock_dir / "gone.sock")
+    assert main(["-s", path, "check", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out)["reachable"] is False
+    assert path in err
+
+
+def test_check_unknown_name_exits_2(serve, capsys):
+    server = serve(_status_of(RUNNING_ONE))
+    assert main(["-s", server.server_address, "check", "a", "zz"]) == 2
+    assert "no companion or group named 'zz'" in capsys.readouterr().err
+
+
+# -- the status table fits the terminal ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "width", "shown"),
+    [
+        ("/srv/app/logs/worker.log", 30, "/srv/app/logs/worker.log"),
+        ("/srv/app/logs/worker.log", 16, "/srv...orker.log"),
+        ("abcdef", 3, "abc"),
+    ],
+)
+def test_shorten_middle(text, width, shown):
+    assert ctl.shorten_middle(text, width) == shown
+    assert len(shown) == min(len(text), width)
+
+
+LONG_OUTPUT = {"name": "rq-default", "state": "RUNNING", "pid": 4242, "uptime": 75,
+               "restarts": 0, "stdout": "/srv/frappe-bench/logs/" + "w" * 40 + ".log",
+               "stderr": "/srv/frappe-bench/logs/" + "w" * 40 + ".error.log",
+               "waiting": "nothing at all but a long note to cut at the end"}
+
+
+@pytest.mark.parametrize("width", [60, 80, 100, 120])
+def test_format_status_fits_the_width(width):
+    text = format_status({"ok": True, "companions": [LONG_OUTPUT]}, width)
+    assert all(len(line) <= width for line in text.splitlines()), text
+    assert "..." in text
+
+
+def test_format_status_wide_keeps_every_path_whole():
+    text = format_status({"ok": True, "companions": [LONG_OUTPUT]}, None)
+    assert LONG_OUTPUT["stdout"] in text and LONG_OUTPUT["stderr"] in text
+
+
+def test_status_uses_columns_and_wide_overrides_it(serve, capsys, monkeypatch):
+    server = serve(_status_of(LONG_OUTPUT))
+    monkeypatch.setenv("COLUMNS", "72")
+    assert main(["-s", server.server_address, "status"]) == 0
+    assert max(map(len, capsys.readouterr().out.splitlines())) <= 72
+    assert main(["-s", server.server_address, "status", "--wide"]) == 0
+    assert LONG_OUTPUT["stderr"] in capsys.readouterr().out
+
+
+def test_status_into_a_pipe_keeps_paths_whole(serve, capsys, monkeypatch):
+    server = serve(_status_of(LONG_OUTPUT))
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert main(["-s", server.server_address, "status"]) == 0  # capsys: not a terminal
+    assert LONG_OUTPUT["stderr"] in capsys.readouterr().out

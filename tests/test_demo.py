@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -31,6 +32,7 @@ from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
 import pytest
+from support import short_socket_path
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO / "examples" / "demo"
@@ -488,6 +490,7 @@ def test_demo_end_to_end(tmp_path):
     port = _free_port()
     db_file = tmp_path / "demo.sqlite3"
     log_path = tmp_path / "server.log"
+    control_socket = short_socket_path("demo.sock")
     env = dict(
         os.environ,
         DEMO_BIND=f"127.0.0.1:{port}",
@@ -497,6 +500,8 @@ def test_demo_end_to_end(tmp_path):
         # Gunicorn >= 27 puts its control socket in $XDG_RUNTIME_DIR (else ~/.gunicorn/):
         # keep this run's apart from any other Gunicorn on the machine.
         XDG_RUNTIME_DIR=str(tmp_path),
+        # its own control socket, not the one in examples/demo/var/ that `make demo` uses
+        DEMO_CONTROL_SOCKET=str(control_socket),
     )
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -537,6 +542,17 @@ def test_demo_end_to_end(tmp_path):
         assert job["created_at"] <= job["started_at"] <= job["finished_at"], server.explain(
             str(job)
         )
+
+        # The CLI finds the control socket in the demo's config file.
+        cli = subprocess.run([executable, "-c", str(CONF), "status"], env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert cli.returncode == 0 and "worker" in cli.stdout, server.explain(str(cli))
+        check = server.wait_for(
+            lambda: (r := subprocess.run([executable, "-c", str(CONF), "check"], env=env,
+                                         capture_output=True, text=True, timeout=60,
+                                         check=False)).returncode == 0 and r,
+            "check to exit 0")
+        assert check.stdout == "OK: 2/2 companions RUNNING\n", server.explain(str(check))
 
         # The HTML form: 303 back to the page.
         status, headers, body = server.request(
@@ -614,6 +630,7 @@ def test_demo_end_to_end(tmp_path):
         assert "Traceback" not in log, server.explain("the log shows an exception")
     finally:
         _kill_tree(proc)
+        shutil.rmtree(control_socket.parent, ignore_errors=True)
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:

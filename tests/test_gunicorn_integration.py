@@ -53,14 +53,20 @@ def test_scalar_settings_have_command_line_flags_that_win_over_the_file(server):
     srv.wait_log("exited unexpectedly with exit code 3; restarting in 0.2s")
 
 
-def test_print_config_shows_the_companion_settings(tmp_path):
-    srv = Server(tmp_path, 'companion_workers = [{"name": "a", "target": "compapp:sleeper"}]\n'
-                           'companion_stop_timeout = 7\n')
+def _print_config(tmp_path, config: str) -> tuple[str, dict[str, str]]:
+    """--print-config's output, and its ``name = value`` lines as a dict."""
+    srv = Server(tmp_path, config)
     out = subprocess.run([*srv.argv[:-1], "--print-config", "compapp:app"], cwd=tmp_path,
                          env=srv.env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    lines = {line.split("=")[0].strip(): line.split("=", 1)[1].strip()
-             for line in out.stdout.splitlines() if "=" in line}
+    return out.stdout, {line.split("=")[0].strip(): line.split("=", 1)[1].strip()
+                        for line in out.stdout.splitlines() if "=" in line}
+
+
+def test_print_config_shows_the_companion_settings(tmp_path):
+    _, lines = _print_config(tmp_path, 'companion_workers = [{"name": "a", '
+                                       '"target": "compapp:sleeper"}]\n'
+                                       'companion_stop_timeout = 7\n')
     assert lines["companion_stop_timeout"] == "7"
     assert "'target': 'compapp:sleeper'" in lines["companion_workers"]
 
@@ -130,3 +136,14 @@ def test_a_relative_config_path_with_chdir_is_found_again_on_reload(tmp_path):
         srv.wait_log("Companion config reread: no changes")
     finally:
         srv.cleanup()
+
+
+def test_print_config_shows_values_as_written_and_derived_ones_with_their_derivation(
+        tmp_path):
+    out, lines = _print_config(
+        tmp_path, 'companion_workers = [{"name": "a", "target": "compapp:sleeper", '
+                  '"stop_timeout": 30}, {"name": "b", "target": "compapp:sleeper"}]\n'
+                  'companion_control_socket_mode = 0o660\n')
+    assert lines["companion_control_socket_mode"] == "0o660"
+    assert ("  companion_manager_stop_timeout = 35 (derived: the slowest stop_timeout, 30 "
+            "for 'a', + companion_manager_shutdown_buffer 5)") in out.splitlines()

@@ -163,11 +163,11 @@ TRANSITIONS = [
     pytest.param(FATAL, Tick(), NOW, {}, [], [], id="Tick:FATAL-stale"),
     # Exited
     pytest.param(STARTING, Exited(EXIT_1), NOW,
-                 {"state": State.BACKOFF, "pid": None, "deadline": NOW + 3.0,
+                 {"down_since": NOW, "state": State.BACKOFF, "pid": None, "deadline": NOW + 3.0,
                   "last_exit": EXIT_1, "failures": 1},
                  [], [logging.ERROR], id="Exited:STARTING->BACKOFF"),
     pytest.param(RUNNING, Exited(BY_KILL), NOW,
-                 {"state": State.BACKOFF, "pid": None, "deadline": NOW + 3.0,
+                 {"down_since": NOW, "state": State.BACKOFF, "pid": None, "deadline": NOW + 3.0,
                   "last_exit": BY_KILL},
                  [], [logging.ERROR], id="Exited:RUNNING->BACKOFF"),
     pytest.param(STOPPING, Exited(EXIT_0), NOW,
@@ -247,25 +247,30 @@ TRANSITIONS = [
                  id="Reconfigure:STOPPING-restart"),
     # SpawnFailed
     pytest.param(FORKING, SpawnFailed("No such file or directory: '/x/out.log'"), NOW,
-                 {"state": State.BACKOFF, "deadline": NOW + 3.0},
+                 {"down_since": NOW, "state": State.BACKOFF, "deadline": NOW + 3.0},
                  [], [logging.ERROR], id="SpawnFailed:STARTING->BACKOFF"),
     # Crash loops: failures, backoff, startretries
     pytest.param(LOOP_STARTING, Exited(EXIT_1), NOW,
-                 {"state": State.BACKOFF, "pid": None, "deadline": NOW + 12.0, "failures": 3},
+                 {"down_since": NOW, "state": State.BACKOFF,
+                  "pid": None, "deadline": NOW + 12.0, "failures": 3},
                  [], [logging.ERROR], id="Exited:crash-loop-3rd-failure-backs-off-12s"),
     pytest.param(replace(LOOP_STARTING, failures=3), Exited(EXIT_1), NOW,
-                 {"state": State.FATAL, "pid": None, "deadline": None, "failures": 4},
+                 {"down_since": NOW, "state": State.FATAL,
+                  "pid": None, "deadline": None, "failures": 4},
                  [], [logging.ERROR], id="Exited:startretries3-4th-failure->FATAL"),
     pytest.param(replace(LOOP_STARTING, spec=replace(LOOP, startretries=None), failures=30),
                  Exited(EXIT_1), NOW,
-                 {"state": State.BACKOFF, "pid": None, "deadline": NOW + 20.0, "failures": 31},
+                 {"down_since": NOW, "state": State.BACKOFF,
+                  "pid": None, "deadline": NOW + 20.0, "failures": 31},
                  [], [logging.ERROR], id="Exited:startretries-None-never-FATAL"),
     pytest.param(replace(STARTING, spec=replace(SPEC, startretries=0)), Exited(EXIT_1), NOW,
-                 {"state": State.FATAL, "pid": None, "deadline": None, "last_exit": EXIT_1,
+                 {"down_since": NOW, "state": State.FATAL,
+                  "pid": None, "deadline": None, "last_exit": EXIT_1,
                   "failures": 1},
                  [], [logging.ERROR], id="Exited:startretries0-first-failure->FATAL"),
     pytest.param(replace(RUNNING, spec=LOOP), Exited(EXIT_1, jitter=1.0), NOW,
-                 {"state": State.BACKOFF, "pid": None, "deadline": NOW + 3.0, "last_exit": EXIT_1},
+                 {"down_since": NOW, "state": State.BACKOFF,
+                  "pid": None, "deadline": NOW + 3.0, "last_exit": EXIT_1},
                  [], [logging.ERROR], id="Exited:RUNNING-plain-restart_delay"),
     pytest.param(LOOP_BACKOFF, Tick(), 103.0,
                  {"state": State.STARTING, "deadline": None, "restarts": 3, "started_at": 103.0},
@@ -1360,3 +1365,31 @@ def test_history_crash_loop_lifetime_watchdog_stop():
     assert errors == 4
     assert (record.restarts, record.failures, record.last_recycle, record.wanted) == (
         4, 0, "watchdog", False)
+
+
+def test_down_since_marks_the_start_of_a_crash_loop_until_running_again():
+    # RUNNING at 100, exits at 150: down since 150, through each failed retry
+    record = Record(replace(SPEC, startretries=2), state=State.RUNNING, pid=PID, wanted=True,
+                    started_at=NOW)
+    record, _ = step(record, Exited(EXIT_1), 150.0)
+    assert (record.state, record.down_since) == (State.BACKOFF, 150.0)
+    for now in (160.0, 170.0):
+        record, _ = step(record, Tick(), record.deadline)
+        record, _ = step(record, Spawned(PID + 1), record.deadline or now)
+        record, _ = step(record, Exited(EXIT_1), now)
+        assert record.down_since == 150.0
+    record, _ = step(record, Tick(), record.deadline)
+    record, _ = step(record, Spawned(PID + 2), 180.0)
+    record, _ = step(record, Exited(EXIT_1), 181.0)
+    assert (record.state, record.down_since) == (State.FATAL, 150.0)
+    # a start by hand that reaches RUNNING ends it
+    record, _ = step(record, Start(), 200.0)
+    record, _ = step(record, Spawned(PID + 3), 200.0)
+    record, _ = step(record, Tick(), 202.0)
+    assert (record.state, record.down_since) == (State.RUNNING, None)
+
+
+def test_a_stop_in_backoff_clears_down_since():
+    record = Record(SPEC, state=State.BACKOFF, wanted=True, deadline=110.0, down_since=90.0)
+    record, _ = step(record, Stop(), NOW)
+    assert (record.state, record.down_since) == (State.STOPPED, None)

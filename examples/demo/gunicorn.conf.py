@@ -43,6 +43,16 @@ companion_workers = [
     {"name": "scheduler", "target": "demo.tasks:run_scheduler"},
 ]
 
+# The control socket, for `gunicorn-companion status`, `restart` and `tail`. Its
+# directory (examples/demo/var/, where the database lives too) must not be
+# writable by others; it is created here when missing. The CLI finds this
+# setting by reading this file: run it with `-c examples/demo/gunicorn.conf.py`,
+# or from examples/demo/ with no option at all.
+_var = os.path.join(pythonpath, "var")
+os.makedirs(_var, mode=0o700, exist_ok=True)
+companion_control_socket = (os.environ.get("DEMO_CONTROL_SOCKET")
+                            or os.path.join(_var, "companions.sock"))
+
 # How many seconds a companion gets to exit after SIGTERM before it is killed
 # with SIGKILL. Both demo targets stop within a second.
 companion_stop_timeout = 5

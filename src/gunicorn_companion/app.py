@@ -19,7 +19,7 @@ from gunicorn.app.wsgiapp import WSGIApplication
 from gunicorn.config import Config, get_default_config_file
 
 from . import settings
-from .arbiter import CompanionArbiter
+from .arbiter import CompanionArbiter, manager_stop_timeout
 from .loading import CompanionConfig, ConfigSources, load_companion_config
 from .spec import ConfigError
 from .targets import resolve_all
@@ -33,10 +33,14 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-def format_effective_companions(specs) -> str:
+def format_effective_companions(specs, cfg=None) -> str:
     """--print-config's closing section: what each companion runs with once
-    the defaults and derived values (reload_timeout) are filled in."""
+    the defaults and derived values (reload_timeout) are filled in, and the
+    manager's stop timeout with how it was derived."""
     lines = ["", "companions (effective values):"]
+    if cfg is not None:
+        timeout, how = manager_stop_timeout(cfg, specs)
+        lines.append(f"  companion_manager_stop_timeout = {timeout:g} ({how})")
     for spec in specs:
         lines.append(
             f"  {spec.name:<20} stop_signal = {spec.stop_signal_name}, "
@@ -157,7 +161,7 @@ class CompanionWSGIApplication(CompanionApplicationMixin, WSGIApplication):
         if self.cfg.print_config or self.cfg.check_config:
             self.load_companions()
             if self.cfg.print_config:
-                print(format_effective_companions(self.companion_config.specs))
+                print(format_effective_companions(self.companion_config.specs, self.cfg))
             try:
                 self.load()
                 self._set_pythonpath()

@@ -22,7 +22,7 @@ from gunicorn import util
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 
-from . import boot, handshake, procfs
+from . import boot, handshake, procfs, sdnotify
 from .lifecycle import ExitStatus
 from .loading import CompanionConfig, ConfigSources, load_companion_config
 from .spawn import (
@@ -91,6 +91,20 @@ def _http_worker_after_fork() -> None:
 os.register_at_fork(after_in_child=_http_worker_after_fork)
 
 
+def manager_stop_timeout(cfg, specs) -> tuple[float, str]:
+    """How long the master waits for the manager to stop, and how that
+    number came about, for --print-config (pure)."""
+    if cfg.companion_manager_stop_timeout is not None:
+        return cfg.companion_manager_stop_timeout, "set"
+    buffer = cfg.companion_manager_shutdown_buffer
+    slowest = max(specs, key=lambda s: s.stop_timeout, default=None)
+    if slowest is None:
+        return buffer, f"derived: no companions, companion_manager_shutdown_buffer {buffer:g}"
+    return slowest.stop_timeout + buffer, (
+        f"derived: the slowest stop_timeout, {slowest.stop_timeout:g} for {slowest.name!r}, "
+        f"+ companion_manager_shutdown_buffer {buffer:g}")
+
+
 class ManagerHandle:
     """The master's record of the companion manager process."""
 
@@ -109,6 +123,7 @@ class ManagerHandle:
         self.booting = False  # a replacement manager has not reported yet
         self.boot_report = b""
         self.boot_deadline = 0.0
+        self.news = b""  # lifeline bytes after the boot line: sdnotify's news
 
     @property
     def log(self):
@@ -264,8 +279,12 @@ class ManagerHandle:
         if not chunk:
             return self._booted(False, "it exited before reporting (see the log above)")
         self.boot_report += chunk
-        if not self.boot_report.endswith(b"\n"):
+        if b"\n" not in self.boot_report:
             return None
+        if self.boot_report.startswith(handshake.READY):
+            # what follows at once is the manager's first news (sdnotify)
+            self.news = self.boot_report[len(handshake.READY):]
+            return self._booted(True, "")
         return self._booted(*handshake.parse(self.boot_report))
 
     def _booted(self, ok: bool, message: str) -> tuple[bool, str]:
@@ -274,6 +293,18 @@ class ManagerHandle:
         else:
             self.log.error("Companion manager failed to boot: %s", message)
         return ok, message
+
+    def read_news(self) -> list[str]:
+        """Lines the running manager wrote after its boot line (sdnotify)."""
+        if not self.pid or self.booting or self.lifeline is None:
+            return []
+        while _wait_readable(self.lifeline, 0.0):
+            chunk = os.read(self.lifeline, 65536)
+            if not chunk:
+                break  # the tree is going: old_tree_gone sees the EOF again
+            self.news += chunk
+        lines, self.news = sdnotify.parse_news(self.news)
+        return lines
 
     def kill(self, sig: int) -> None:
         if self.pid:
@@ -300,12 +331,8 @@ class ManagerHandle:
         return True
 
     def stop_timeout(self) -> float:
-        cfg = self.arbiter.cfg
-        if cfg.companion_manager_stop_timeout is not None:
-            return cfg.companion_manager_stop_timeout
         specs = self.arbiter.companion_config.specs if self.arbiter.companion_config else ()
-        slowest = max((s.stop_timeout for s in specs), default=0.0)
-        return slowest + cfg.companion_manager_shutdown_buffer
+        return manager_stop_timeout(self.arbiter.cfg, specs)[0]
 
 
 class CompanionArbiter(Arbiter):
@@ -318,6 +345,7 @@ class CompanionArbiter(Arbiter):
         self.manager = ManagerHandle(self)
         self.companions_started = False
         self.reload_failed = False
+        self.systemd: sdnotify.MasterReadiness | None = None  # under Type=notify
         super().__init__(app)  # preloads the app when preload_app is set
         self._reexec_as_started()
         if self.cfg.preload_app:
@@ -339,6 +367,12 @@ class CompanionArbiter(Arbiter):
         main = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")
         if len(args) > 1 and os.path.abspath(args[1]) == main:
             self.START_CTX["args"] = [args[0], "-m", __package__, *args[2:]]
+
+    def start(self):
+        # Before Gunicorn's start(), which would send READY=1 before any
+        # worker or companion exists (sdnotify.py)
+        self.systemd = sdnotify.MasterReadiness.from_environ(os.environ, self.log)
+        super().start()
 
     def companion_lock_scope(self) -> str:
         """What makes two masters "the same deployment" for singleton locks:
@@ -375,8 +409,13 @@ class CompanionArbiter(Arbiter):
                         "preload_app is off: companions import their targets in the manager, "
                         "so their memory is not shared with the HTTP workers")
                 self.manager.spawn(at_boot=True)
+            elif self.systemd:
+                self.systemd.no_companions()
         self.manager.maintain()
         super().manage_workers()
+        if self.systemd:
+            self.systemd.news(self.manager.read_news())
+            self.systemd.after_loop_turn(workers_up=len(self.WORKERS) >= self.num_workers)
 
     def reload(self):
         """Gunicorn's reload, except that an invalid config file no longer
@@ -400,17 +439,27 @@ class CompanionArbiter(Arbiter):
                            "above); keeping the running configuration")
 
     def handle_hup(self):
+        if self.systemd:
+            self.systemd.reloading()  # READY=1 again once the manager settles
         super().handle_hup()
-        if self.reload_failed:
-            return  # rolled back: the companions keep the running config too
-        try:
-            self.companion_config = load_companion_config(self.companion_sources)
-        except ConfigError as exc:
-            self.log.error("Companion config not applied, keeping the running one: %s", exc)
+        if self.reload_failed or not self._reload_companions():
+            if self.systemd:
+                self.systemd.news(["settled"])  # nothing changes: nothing to wait for
             return
         if self.manager.pid:
             # The manager rereads and restarts only what changed.
             self.manager.kill(signal.SIGHUP)
+        elif self.systemd:
+            self.systemd.news(["settled"])
+
+    def _reload_companions(self) -> bool:
+        """Re-read the companion config for a HUP; False keeps the running one."""
+        try:
+            self.companion_config = load_companion_config(self.companion_sources)
+        except ConfigError as exc:
+            self.log.error("Companion config not applied, keeping the running one: %s", exc)
+            return False
+        return True
 
     def kill_workers(self, sig):
         super().kill_workers(sig)
@@ -492,6 +541,9 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
             title=lambda name: util._setproctitle(f"companion {name} [{proc_name}]"),
             known_targets=arbiter.companion_targets,
             take_over_socket=bool(arbiter.master_pid),
+            # the master forwards the companions' news to systemd (sdnotify.py)
+            notify_systemd=bool(arbiter.systemd),
+            systemd_keepalive=arbiter.systemd.keepalive_every() if arbiter.systemd else None,
         ), lifeline)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import handshake, privileges, safefs
+from . import handshake, privileges, safefs, sdnotify
 from .commands import dispatch
 from .host import OsHost
 from .loading import CompanionConfig, ConfigSources, load_companion_config
@@ -97,6 +97,10 @@ class BootValues:
     title: Callable[[str], None]
     known_targets: dict[str, Callable]  # by target string, resolved in the master
     take_over_socket: bool  # the new master of a hot upgrade takes the socket over
+    # under systemd's Type=notify the manager writes its news on the lifeline
+    # for the master to forward (sdnotify.py), and a keep-alive this often
+    notify_systemd: bool = False
+    systemd_keepalive: float | None = None
 
 
 def _rearm_parent_death(master_pid: int) -> None:
@@ -176,6 +180,10 @@ def run(values: BootValues, lifeline: int) -> int:
     except (ConfigError, ControlSocketError, privileges.PrivilegeError) as exc:
         os.write(lifeline, handshake.error_line(str(exc)))
         os._exit(1)
+    if values.notify_systemd:
+        # never blocks the loop: a master that stopped reading loses news only
+        os.set_blocking(lifeline, False)
+        loop.news = sdnotify.ManagerNews(lifeline, values.systemd_keepalive)
     os.write(lifeline, handshake.READY)
     values.log.info("Companion manager running (pid: %s) with %d companions",
                     os.getpid(), len(loop.supervisor.records))

@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         from .supervisor_import import main as import_main
 
         return import_main(argv[1:])
+    if argv[:1] == ["import-procfile"]:
+        from .procfile_import import main as procfile_main
+
+        return procfile_main(argv[1:])
     from .ctl import main as control_main
 
     return control_main(argv)

@@ -17,6 +17,9 @@ from .protocol import COMMANDS
 PROG = "gunicorn-companion"
 SOCKET_ENV = "GUNICORN_COMPANION_SOCKET"
 DEFAULT_TIMEOUT = 30.0
+# Gunicorn's own default config file, looked for in the current directory.
+DEFAULT_CONFIG = "gunicorn.conf.py"
+SOCKET_SETTING = "companion_control_socket"
 
 EXIT_OK = 0
 EXIT_REFUSED = 1  # the manager answered ok: false
@@ -31,13 +34,19 @@ _HELP = {
     "restart": "stop a companion, then start it again",
     "reread": "re-read the companion configuration",
     "tail": "print a companion's latest output lines (-f: keep following)",
+    "check": "health probe: exit 0 when every companion that should run is RUNNING",
 }
+
+# Commands of this CLI alone: ``check`` asks for a status and judges it here.
+_LOCAL_COMMANDS = {"check": "status"}
 
 # Subcommands that cli.main runs before this parser ever sees them; listed
 # here so that `gunicorn-companion --help` shows them.
 _OTHER_COMMANDS = {
     "serve": "run Gunicorn with companions (everything after it means what it means to gunicorn)",
     "import-supervisor": "print companion_workers for the programs of a supervisord.conf",
+    "import-procfile": "print companion_workers for the processes of a Procfile (honcho, "
+                       "foreman, Heroku)",
 }
 
 _STATUS_HEADER = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "MEMORY", "OUTPUT",
@@ -45,8 +54,17 @@ _STATUS_HEADER = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "ME
 
 _EPILOG = (
     "exit status: 0 when the manager did it, 1 when it refused (the reason is on stderr), "
-    "2 for usage errors or when the control socket cannot be reached"
+    "2 for usage errors or when the control socket cannot be reached. "
+    f"The socket: -s PATH, else companion_control_socket from -c FILE, else ${SOCKET_ENV}, "
+    f"else from ./{DEFAULT_CONFIG}"
 )
+_CHECK_EPILOG = (
+    "exit status: 0 when every companion that should run (autostart, or started by hand) "
+    "is RUNNING; companions stopped by hand do not count. 1 naming each one that is not "
+    "RUNNING and why. 2 when the manager cannot be reached or a NAME matches no companion"
+)
+
+EXIT_UNHEALTHY = 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,11 +78,16 @@ def main(argv: list[str] | None = None) -> int:
             # argparse exits on --help and on usage errors; callers want a code.
             return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
-    path = args.socket if args.socket is not None else os.environ.get(SOCKET_ENV, "")
-    if not path:
-        _complain(f"no control socket: pass -s PATH or set {SOCKET_ENV}")
+    try:
+        path = find_socket(args.socket, args.config, os.environ, os.getcwd())
+    except SocketNotFound as exc:
+        if args.command == "check" and args.json:
+            print(json.dumps({"healthy": False, "reachable": False, "error": str(exc)}))
+        _complain(str(exc))
         return EXIT_USAGE
 
+    if args.command == "check":
+        return _check(path, args)
     request: dict[str, object] = {"cmd": args.command}
     if COMMANDS[args.command]:
         request["name"] = args.name
@@ -89,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     if not args.json:
         if args.command == "status":
-            text = format_status(reply)
+            text = format_status(reply, None if getattr(args, 'wide', False) else terminal_width())
         elif args.command == "tail":
             text = "\n".join(str(line) for line in reply.get("lines") or [])
         else:
@@ -97,6 +120,171 @@ def main(argv: list[str] | None = None) -> int:
         if text:
             print(text)
     return EXIT_OK
+
+
+class SocketNotFound(Exception):
+    """No control socket could be named; the message says what was tried."""
+
+
+def find_socket(socket_flag: str | None, config_flag: str | None, environ, cwd: str) -> str:
+    """The control socket to ask: -s, else the -c file's setting, else the
+    environment, else ``./gunicorn.conf.py``'s setting (as Gunicorn finds its
+    config)."""
+    if socket_flag is not None and config_flag is not None:
+        raise SocketNotFound("give -s PATH or -c FILE, not both")
+    if socket_flag:
+        return socket_flag
+    if config_flag:
+        return socket_from_config(config_flag, cwd)
+    if environ.get(SOCKET_ENV):
+        return environ[SOCKET_ENV]
+    default = os.path.join(cwd, DEFAULT_CONFIG)
+    if os.path.exists(default):
+        return socket_from_config(default, cwd)
+    raise SocketNotFound(f"no control socket: pass -s PATH or -c {DEFAULT_CONFIG}, set "
+                         f"{SOCKET_ENV}, or run this where {DEFAULT_CONFIG} is")
+
+
+def socket_from_config(location: str, cwd: str) -> str:
+    """``companion_control_socket`` as a Gunicorn config file sets it.
+
+    The file is executed as Gunicorn executes it (a module named
+    ``__config__`` with ``__file__`` set), but without importing Gunicorn or
+    the package's config loader: those cost more than the whole command.
+    """
+    namespace = read_config_namespace(location)
+    value = namespace.get(SOCKET_SETTING)
+    if not value:
+        raise SocketNotFound(f"{location} sets no {SOCKET_SETTING}: set it there, or pass -s PATH")
+    if not isinstance(value, (str, os.PathLike)):
+        raise SocketNotFound(f"{location}: {SOCKET_SETTING} must be a path, "
+                             f"got {type(value).__name__}")
+    path = os.fspath(value)
+    # Gunicorn binds a relative path from the directory it runs in: its
+    # `chdir` setting when the file sets one, else where it was started,
+    # which is here for anyone using this command next to the file.
+    chdir = namespace.get("chdir")
+    base = os.path.join(cwd, chdir) if isinstance(chdir, str) and chdir else cwd
+    return os.path.normpath(os.path.join(base, path))
+
+
+def read_config_namespace(location: str) -> dict:
+    """Execute a Gunicorn config file (a path, ``file:PATH`` or
+    ``python:MODULE``) and return its names; a fault raises SocketNotFound."""
+    try:
+        if location.startswith("python:"):
+            import importlib
+
+            return dict(vars(importlib.import_module(location[len("python:"):])))
+        path = location[len("file:"):] if location.startswith("file:") else location
+        try:
+            with open(path, "rb") as file:
+                source = file.read()
+        except OSError as exc:
+            raise SocketNotFound(f"cannot read config file {path}: {exc.strerror}") from None
+        namespace = {"__name__": "__config__", "__file__": os.path.abspath(path),
+                     "__builtins__": __builtins__}
+        exec(compile(source, path, "exec"), namespace)
+        return namespace
+    except SocketNotFound:
+        raise
+    except SyntaxError as exc:
+        raise SocketNotFound(f"cannot read config file {location}: SyntaxError: {exc.msg} "
+                             f"(line {exc.lineno})") from None
+    except BaseException as exc:  # a config file may even call sys.exit()
+        raise SocketNotFound(f"cannot read config file {location}: "
+                             f"{type(exc).__name__}: {exc}") from None
+
+
+def _check(path: str, args) -> int:
+    """``check [NAME...]``: judge a status reply for a probe."""
+    try:
+        reply = client.call(path, {"cmd": "status"}, timeout=args.timeout)
+    except client.ClientError as exc:
+        message = " ".join(str(exc).split("\n"))
+        if args.json:
+            print(json.dumps({"healthy": False, "reachable": False, "error": message}))
+        _complain(message)
+        return EXIT_USAGE
+    if reply.get("ok") is not True:
+        message = str(reply.get("error") or "the manager refused the status request")
+        if args.json:
+            print(json.dumps({"healthy": False, "reachable": True, "error": message}))
+        _complain(message)
+        return EXIT_USAGE
+    companions = [c for c in reply.get("companions") or [] if isinstance(c, dict)]
+    names = list(getattr(args, "names", None) or [])
+    unknown = [n for n in names
+               if not any(n in (c.get("name"), c.get("group")) for c in companions)]
+    if unknown:
+        message = f"no companion or group named {', '.join(map(repr, unknown))}"
+        if args.json:
+            print(json.dumps({"healthy": False, "reachable": True, "error": message}))
+        _complain(message)
+        return EXIT_USAGE
+    verdict = assess_health(companions, names)
+    if args.json:
+        print(json.dumps(verdict, indent=2, sort_keys=True))
+    else:
+        print(format_check(verdict))
+    return EXIT_OK if verdict["healthy"] else EXIT_UNHEALTHY
+
+
+def assess_health(companions: list[dict], names: list[str]) -> dict:
+    """Which companions count (those that should run, of those named) and
+    why each that is not RUNNING fails (pure)."""
+    counted, problems, ignored = [], [], []
+    for companion in companions:
+        name = str(companion.get("name", "?"))
+        if names and not (name in names or companion.get("group") in names):
+            continue
+        if companion.get("wanted") is False:
+            ignored.append(name)  # stopped by hand, or not autostarted: not a fault
+            continue
+        counted.append(name)
+        if companion.get("state") != "RUNNING":
+            problems.append({"name": name, "state": str(companion.get("state", "?")),
+                             "reason": why_not_running(companion)})
+    return {"healthy": not problems, "reachable": True, "checked": counted,
+            "not_running": problems, "stopped_by_hand": ignored}
+
+
+def why_not_running(companion: dict) -> str:
+    """'FATAL after 3 failed starts, last exit 1', 'BACKOFF for 2m10s, ...' (pure)."""
+    state = companion.get("state")
+    last_exit = format_exit(companion.get("last_exit"))
+    backoff = companion.get("backoff")
+    parts = []
+    if state == "BACKOFF" and isinstance(backoff, dict):
+        parts.append(f"backing off for {format_duration(backoff.get('seconds'))}")
+        failures = backoff.get("failures")
+        if isinstance(failures, int) and failures:
+            parts.append(f"{failures} failed start{'' if failures == 1 else 's'} in a row")
+        if isinstance(backoff.get("retry_in"), (int, float)):
+            parts.append(f"next try in {format_duration(backoff['retry_in'])}")
+    elif state == "FATAL":
+        parts.append("gave up restarting it")
+    elif state == "STARTING":
+        parts.append(format_note(companion) or "not up yet")
+    elif state == "STOPPING":
+        parts.append(format_note(companion) or "stopping")
+    if last_exit != "-":
+        parts.append(f"last exit: {last_exit}")
+    return ", ".join(parts)
+
+
+def format_check(verdict: dict) -> str:
+    """The probe's answer: one summary line, then one line per failing companion."""
+    checked, failing = verdict["checked"], verdict["not_running"]
+    running = len(checked) - len(failing)
+    lines = [f"{'OK' if verdict['healthy'] else 'FAIL'}: {running}/{len(checked)} "
+             f"companion{'' if len(checked) == 1 else 's'} RUNNING"]
+    for problem in failing:
+        lines.append(f"{problem['name']}: {problem['state']}"
+                     + (f" ({problem['reason']})" if problem["reason"] else ""))
+    if verdict["stopped_by_hand"]:
+        lines.append(f"not counted (stopped): {', '.join(verdict['stopped_by_hand'])}")
+    return "\n".join(lines)
 
 
 def _follow(path: str, request: dict, as_json: bool) -> int:
@@ -139,27 +327,37 @@ def _parse_common(argv: list[str]) -> object | None:
     Anything else (help, tail's options, mistakes) returns None for argparse."""
     import types
 
-    socket_path, as_json, words = None, False, []
+    options = {"socket": None, "config": None}
+    flags = {"json": False, "wide": False}
+    words: list[str] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg in ("-s", "--socket") and i + 1 < len(argv):
-            socket_path, i = argv[i + 1], i + 2
+        if arg in ("-s", "--socket", "-c", "--config") and i + 1 < len(argv):
+            option = "socket" if arg in ("-s", "--socket") else "config"
+            if options[option] is not None:
+                return None  # given twice: argparse's rules decide
+            options[option], i = argv[i + 1], i + 2
             continue
-        if arg == "--json":
-            as_json, i = True, i + 1
+        if arg in ("--json", "--wide"):
+            flags[arg[2:]], i = True, i + 1
             continue
         if arg.startswith("-"):
             return None
         words.append(arg)
         i += 1
-    if not words or words[0] not in COMMANDS or words[0] == "tail":
+    if not words or words[0] == "tail":
         return None
-    needs_name = COMMANDS[words[0]]
-    if len(words) != 1 + needs_name:
+    if words[0] == "check":
+        names = words[1:]
+    elif words[0] in COMMANDS and len(words) == 1 + COMMANDS[words[0]]:
+        names = words[1:]
+    else:
         return None
-    return types.SimpleNamespace(socket=socket_path, json=as_json, timeout=DEFAULT_TIMEOUT,
-                                 command=words[0], name=words[1] if needs_name else None)
+    if flags["wide"] and words[0] != "status":
+        return None
+    return types.SimpleNamespace(**options, **flags, timeout=DEFAULT_TIMEOUT, command=words[0],
+                                 name=names[0] if names else None, names=names)
 
 
 def build_parser():
@@ -180,11 +378,17 @@ def build_parser():
     _add_global_options(after, suppress=True)
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for cmd, needs_name in COMMANDS.items():
+    for cmd, needs_name in {**COMMANDS, **dict.fromkeys(_LOCAL_COMMANDS, False)}.items():
         sub = commands.add_parser(
-            cmd, parents=[after], help=_HELP.get(cmd), description=_HELP.get(cmd), epilog=_EPILOG,
-            formatter_class=_formatter,
+            cmd, parents=[after], help=_HELP.get(cmd), description=_HELP.get(cmd),
+            epilog=_CHECK_EPILOG if cmd == "check" else _EPILOG, formatter_class=_formatter,
         )
+        if cmd == "check":
+            sub.add_argument("names", metavar="NAME", nargs="*",
+                             help="check only these companions (names or group names)")
+        if cmd == "status":
+            sub.add_argument("--wide", action="store_true",
+                             help="show output paths whole instead of fitting the terminal")
         if needs_name:
             sub.add_argument("name", metavar="NAME",
                              help="a companion's name, or the name of a group of instances")
@@ -212,6 +416,14 @@ def _add_global_options(parser, suppress: bool) -> None:
         metavar="PATH",
         default=default(None),
         help=f"the manager's control socket (default: ${SOCKET_ENV})",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        default=default(None),
+        help=f"read companion_control_socket from this Gunicorn config file "
+             f"(default: ./{DEFAULT_CONFIG} when neither -s nor ${SOCKET_ENV} is given)",
     )
     parser.add_argument(
         "--json",
@@ -252,8 +464,46 @@ def _message(reply: dict) -> str:
     return message if isinstance(message, str) else ""
 
 
-def format_status(reply: dict) -> str:
-    """Render a status reply as an aligned table, header first, no trailing newline."""
+def terminal_width() -> int | None:
+    """The width to fit the status table into: $COLUMNS, else the terminal's;
+    None when stdout is no terminal (a pipe or a file gets whole paths).
+
+    shutil.get_terminal_size's rules, without importing shutil (and bz2,
+    lzma and zlib behind it) in a command that must start fast."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+        if columns > 0:
+            return columns
+    except ValueError:
+        pass
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+# Output paths are shortened no further than this, to stay recognisable.
+_MIN_OUTPUT_WIDTH = 16
+_ELLIPSIS = "..."
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """'/srv...worker.log': the start and, longer, the end (the file name) stay (pure)."""
+    if len(text) <= width:
+        return text
+    if width <= len(_ELLIPSIS):
+        return text[:width]
+    keep = width - len(_ELLIPSIS)
+    head = keep // 3
+    return text[:head] + _ELLIPSIS + text[len(text) - (keep - head):]
+
+
+def format_status(reply: dict, width: int | None = None) -> str:
+    """Render a status reply as an aligned table, header first, no trailing newline.
+
+    With a ``width``, the OUTPUT column's paths are shortened in the middle
+    and the NOTE cut at the end so that no line is longer: a terminal would
+    wrap it and break the table. None shows everything (``--wide``, pipes)."""
     rows = [_STATUS_HEADER]
     companions = reply.get("companions")
     for companion in companions if isinstance(companions, list) else []:
@@ -274,11 +524,37 @@ def format_status(reply: dict) -> str:
                 "; ".join(filter(None, (format_note(companion), format_dropped(companion)))),
             )
         )
+    if width is not None:
+        rows = _fit(rows, width)
     widths = [max(len(row[i]) for row in rows) for i in range(len(_STATUS_HEADER))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    if width is not None:
+        # a terminal narrower than the fixed columns: cut, never wrap
+        lines = [_cut_end(line, max(width, len(_ELLIPSIS) + 1)) for line in lines]
+    return "\n".join(lines)
+
+
+def _fit(rows: list[tuple[str, ...]], width: int) -> list[tuple[str, ...]]:
+    """Shorten the OUTPUT cells, then cut the NOTE cells, until every row fits."""
+    output, note = _STATUS_HEADER.index("OUTPUT"), _STATUS_HEADER.index("NOTE")
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_STATUS_HEADER))]
+    # every column but NOTE is padded and followed by two spaces
+    before_note = sum(widths[:note]) + 2 * note
+    excess = before_note + widths[note] - width
+    if excess > 0 and widths[output] > _MIN_OUTPUT_WIDTH:
+        widths[output] = max(_MIN_OUTPUT_WIDTH, widths[output] - excess)
+        before_note = sum(widths[:note]) + 2 * note
+        rows = [row[:output] + (shorten_middle(row[output], widths[output]),) + row[output + 1:]
+                for row in rows]
+    room = width - before_note
+    if room < len("NOTE"):
+        return rows  # no room for notes at all: format_status cuts the lines
+    return [row[:note] + (_cut_end(row[note], room),) for row in rows]
+
+
+def _cut_end(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - len(_ELLIPSIS)] + _ELLIPSIS
 
 
 def format_duration(seconds: object) -> str:

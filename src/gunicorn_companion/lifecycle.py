@@ -190,6 +190,9 @@ class Record:
     # the old spec says, and the new spec takes over when it has exited.
     next_spec: CompanionSpec | None = None
     stopping: Stopping | None = None  # STOPPING: since when, with which signal
+    # BACKOFF/FATAL: since when it has been down on its own (its first exit of
+    # this crash loop), for status and health checks
+    down_since: float | None = None
 
     @property
     def name(self) -> str:
@@ -216,7 +219,7 @@ def _running(record: Record, now: float, how: str) -> tuple[Record, list[Action]
     spec = record.spec
     watchdog_at = now + spec.watchdog_timeout if spec.watchdog_timeout else None
     record = replace(record, state=State.RUNNING, failures=0, waiting=None,
-                     watchdog_at=watchdog_at)
+                     watchdog_at=watchdog_at, down_since=None)
     return _rearm(record), [Log(logging.INFO, f"{_label(record)} {how}")]
 
 
@@ -277,7 +280,7 @@ def _stop(record: Record, event: Stop, now: float):
         return record, []
     if record.state == State.BACKOFF:
         # BACKOFF -> STOPPED
-        return replace(record, state=State.STOPPED, deadline=None), []
+        return replace(record, state=State.STOPPED, deadline=None, down_since=None), []
     return record, []  # STOPPED/FATAL: nothing to do
 
 
@@ -371,7 +374,8 @@ def _spawn_failed(record: Record, event: SpawnFailed, now: float):
     # STARTING -> BACKOFF: the fork itself (or opening its output) failed
     delay = record.spec.restart_delay
     return (
-        replace(record, state=State.BACKOFF, pid=None, deadline=now + delay),
+        replace(record, state=State.BACKOFF, pid=None, deadline=now + delay,
+                down_since=record.down_since or now),
         [Log(logging.ERROR, f"{_label(record)} could not be started: {event.reason}; "
                             f"retrying in {delay:.3g}s")],
     )
@@ -405,11 +409,16 @@ def _exited(record: Record, event: Exited, now: float):
             new, actions = _spawn(record, now)
             return new, [Log(logging.INFO, f"{label} stopped ({how}); starting it again")] + actions
         # STOPPING -> STOPPED
-        return replace(record, state=State.STOPPED), [Log(logging.INFO, f"{label} stopped ({how})")]
+        return replace(record, state=State.STOPPED, down_since=None), [
+            Log(logging.INFO, f"{label} stopped ({how})")]
     if was not in (State.STARTING, State.RUNNING):
         raise AssertionError(f"exit of {label} in state {was}")
     # it exited on its own; an exit before RUNNING is a failed start
     failures = record.failures + 1 if was == State.STARTING else 0
+    # a failed restart continues the crash loop that made it; a RUNNING
+    # companion that exits starts a new one
+    down_since = record.down_since if was == State.STARTING and record.down_since else now
+    record = replace(record, down_since=down_since)
     retries = record.spec.startretries
     if was == State.STARTING and retries is not None and failures > retries:
         # STARTING -> FATAL: the first start and every retry failed

@@ -100,6 +100,7 @@ class ManagerLoop:
         self.log = supervisor.log
         self.selector = selector
         self.control = None  # a ControlServer, when companion_control_socket is set
+        self.news = None  # a sdnotify.ManagerNews under systemd's Type=notify
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         # One datagram socket for every companion's ready()/heartbeat(): the
         # companions inherit the sending end (see notify.py).
@@ -147,10 +148,15 @@ class ManagerLoop:
         supervisor.start()
         while not supervisor.finished():
             deadline = supervisor.next_deadline()
+            if self.news is not None and self.news.next_keepalive is not None:
+                deadline = min(d for d in (deadline, self.news.next_keepalive) if d is not None)
             timeout = None if deadline is None else max(0.0, deadline - self.host.now())
             for key, mask in self.selector.select(timeout):
                 key.data(key, mask)
             supervisor.fire_due()
+            if self.news is not None:
+                self.news.after_loop_turn([(r.name, str(r.state), r.wanted)
+                                           for r in supervisor.records.values()])
         if self.control is not None:
             self.control.close()
         supervisor.finish()
@@ -165,6 +171,8 @@ class ManagerLoop:
             return
         # Several SIGCHLDs may arrive as several bytes: reaping once handles them all.
         for signum in dict.fromkeys(data):
+            if signum == signal.SIGHUP and self.news is not None:
+                self.news.expect_settle()  # systemd waits for READY=1 again
             handle_signal(self.supervisor, signum)
 
     def _on_notify(self, key, mask) -> None:

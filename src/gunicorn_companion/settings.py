@@ -81,6 +81,19 @@ def validate_optional_seconds(value: Any) -> float | None:
     return spec.validate_seconds(_from_cli(value))
 
 
+class FileMode(int):
+    """A permission mode that prints as people write it (``0o660``, not 432):
+    Gunicorn's --print-config shows the validated value."""
+
+    def __repr__(self) -> str:
+        return f"{int(self):#o}"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self) if not spec else format(int(self), spec)
+
+
 def validate_mode(value: Any) -> int:
     if isinstance(value, str):
         value = int(value, 8)
@@ -88,7 +101,7 @@ def validate_mode(value: Any) -> int:
         raise ValueError(f"expected a permission mode like 0o600, got {value!r}")
     if value & (stat.S_IRUSR | stat.S_IWUSR) != stat.S_IRUSR | stat.S_IWUSR:
         raise ValueError(f"mode {value:#o} must let the owner read and write the socket")
-    return value
+    return FileMode(value)
 
 
 class CompanionWorkers(Setting):

@@ -487,6 +487,12 @@ class Supervisor:
                                ("last_recycle", record.last_recycle)):
                 if value is not None:
                     entry[key] = value
+            if record.state == State.BACKOFF and record.down_since is not None:
+                entry["backoff"] = {  # for `check`: how long it has been failing
+                    "seconds": round(now - record.down_since, 3),
+                    "failures": record.failures,
+                    "retry_in": round(max(0.0, (record.deadline or now) - now), 3),
+                }
             if self.output.dropped[record.name]:  # output lines lost, since boot
                 entry["output_dropped"] = self.output.dropped[record.name]
             entries.append(entry)
