@@ -90,6 +90,16 @@ def test_decoder_accepts_a_line_of_exactly_max_line():
     assert not decoder.overflowed
 
 
+def test_the_line_limit_is_the_documented_64_kib():
+    # docs/control.md promises 65536 bytes; the tests above take the constant,
+    # so only this one notices the limit itself changing
+    assert MAX_LINE == 65536
+    decoder = LineDecoder()
+    assert decoder.feed(b"x" * 65536 + b"\n") == [b"x" * 65536]
+    assert decoder.feed(b"x" * 65537 + b"\n") == []
+    assert decoder.overflowed
+
+
 def test_decoder_refuses_a_complete_line_over_max_line():
     decoder = LineDecoder()
     assert decoder.feed(b"first\n" + b"x" * (MAX_LINE + 1) + b"\nlast\n") == [b"first"]
@@ -313,6 +323,22 @@ def test_parse_request_truncates_long_values_in_messages():
     assert isinstance(result, ProtocolError)
     assert len(result.message) < 200
     assert "..." in result.message
+
+
+@pytest.mark.parametrize(
+    ("cmd", "shown"),
+    [
+        # repr() of at most 60 characters is shown whole...
+        ("x" * 58, repr("x" * 58)),
+        # ...a longer one is cut to 57 characters and "...", 60 in all
+        ("x" * 59, "'" + "x" * 56 + "..."),
+        ("y" * 10_000, "'" + "y" * 56 + "..."),
+    ],
+)
+def test_parse_request_shows_at_most_60_characters_of_a_value(cmd, shown):
+    result = parse_request(encode({"cmd": cmd})[:-1])
+    assert result == ProtocolError(f"unknown command {shown}; known commands: "
+                                   + ", ".join(COMMANDS))
 
 
 def test_parse_request_handles_huge_integers():
