@@ -52,6 +52,7 @@ def test_failed_starts_back_off_then_go_fatal_and_start_resets_the_count(server,
     # `start` from FATAL gives it a fresh count: four more runs
     reply = Control(sock_path).request({"cmd": "start", "name": "crash"})
     assert reply["ok"] is False and "exited with exit code 3 while starting" in reply["error"]
+    assert reply["code"] == "exited_while_starting"
     srv.wait_log("giving up (FATAL)", count=2)
     assert len(srv.starts("crash")) == 8
 
