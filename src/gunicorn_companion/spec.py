@@ -22,8 +22,12 @@ INHERIT = "inherit"
 MERGE_WITH_STDOUT = "stdout"
 
 # Names end up in process titles, log lines, the control protocol and file
-# names, so keep them to characters that need no quoting anywhere.
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+# names, so keep them to characters that need no quoting anywhere. (Character
+# classes, shared with supervisor_import, which makes names that fit.)
+NAME_FIRST_CHARACTERS = "A-Za-z0-9"
+NAME_CHARACTERS = "A-Za-z0-9_.@-"
+NAME_MAX_LENGTH = 64
+_NAME_RE = re.compile(f"[{NAME_FIRST_CHARACTERS}][{NAME_CHARACTERS}]{{0,{NAME_MAX_LENGTH - 1}}}")
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 _TARGET_RE = re.compile(rf"{_DOTTED}:{_DOTTED}")
 
