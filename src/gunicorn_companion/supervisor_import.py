@@ -192,8 +192,9 @@ def parse_environment(value: str) -> dict[str, str]:
 
     Pairs are separated by commas outside quotes. Double quotes allow ``\\"``
     and ``\\\\`` escapes, single quotes none, and a backslash outside quotes
-    escapes the next character (POSIX shell rules). Whitespace around an
-    unquoted key or value is dropped.
+    escapes the next character (POSIX shell rules; a trailing one, escaping
+    nothing, is kept as it is). Whitespace around an unquoted key or value is
+    dropped.
     """
     pairs: dict[str, str] = {}
     pos, end = 0, len(value)
