@@ -208,10 +208,6 @@ def pool():
     _record_start()
     name = os.environ["GUNICORN_COMPANION_NAME"]
     kids = []
-    # SIGTERM waits (blocked) until the parent can handle it: a stop sent once
-    # the children say they work must not find the parent still forking, with
-    # the default action that kills it and leaves its children to the manager.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     for _ in range(int(os.environ.get("POOL_SIZE", "2"))):
         read_end, write_end = os.pipe()
         pid = os.fork()
@@ -223,7 +219,6 @@ def pool():
                 os._exit(1)
 
             signal.signal(signal.SIGTERM, killed)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             _note(f"{name}.pool", f"{os.getpid()} working")
             os.read(read_end, 1)  # "finish now", or EOF: the parent is gone
             time.sleep(float(os.environ.get("POOL_FINISH_SECONDS", "0.3")))
@@ -231,9 +226,6 @@ def pool():
             os._exit(0)
         os.close(read_end)
         kids.append((pid, write_end))
-    # the time a loaded machine may take between a child saying it works and
-    # the parent getting ready for SIGTERM (tests stretch it)
-    time.sleep(float(os.environ.get("POOL_SETUP_SECONDS", "0")))
 
     def stop(signum, frame):
         for _, write_end in kids:
@@ -244,7 +236,6 @@ def pool():
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     while True:
         signal.pause()
 
