@@ -33,3 +33,27 @@ def sock_path():
     for leftover in path.parent.iterdir():
         leftover.unlink()
     os.rmdir(path.parent)
+
+
+# Durations a test measures but must not assert on: a bound tight enough to
+# mean something flakes on a loaded machine, so the value is reported instead
+# (in the summary at the end of the run) for a person to judge.
+_MEASURED: list[tuple[str, str, float]] = []
+
+
+@pytest.fixture
+def measured(request):
+    """``measured("what", seconds)`` reports a duration at the end of the run."""
+
+    def record(what: str, seconds: float) -> None:
+        _MEASURED.append((request.node.nodeid, what, seconds))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _MEASURED:
+        return
+    terminalreporter.section("measured durations (reported, not asserted)")
+    for nodeid, what, seconds in _MEASURED:
+        terminalreporter.write_line(f"{seconds:8.3f}s  {what}  ({nodeid})")

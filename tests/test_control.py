@@ -152,22 +152,26 @@ def test_pipelined_requests_are_answered_in_order(ctl):
 
 
 BAD_LINES = [
-    (b"not json", "request is not valid JSON"),
-    (b"[1, 2]", "request must be a JSON object"),
-    (b'{"name": "alpha"}', 'request has no "cmd" field'),
-    (b'{"cmd": "stauts"}', "unknown command 'stauts' (did you mean 'status'?)"),
-    (b'{"cmd": "stop"}', "command 'stop' needs a \"name\" field"),
-    (b'{"cmd": "stop", "name": 5}', '"name" must be a string'),
-    (b'{"cmd": "stop", "name": "alhpa"}', "no companion named 'alhpa' (did you mean 'alpha'?)"),
-    (b'{"cmd": "status", "x": "\xff\xfe"}', "request is not valid UTF-8"),
+    (b"not json", "not_json", "request is not valid JSON"),
+    (b"[1, 2]", "not_an_object", "request must be a JSON object"),
+    (b'{"name": "alpha"}', "missing_field", 'request has no "cmd" field'),
+    (b'{"cmd": "stauts"}', "unknown_command", "unknown command 'stauts' (did you mean 'status'?)"),
+    (b'{"cmd": "stop"}', "missing_field", "command 'stop' needs a \"name\" field"),
+    (b'{"cmd": "stop", "name": 5}', "bad_field", '"name" must be a string'),
+    (b'{"cmd": "stop", "name": "alhpa"}', "no_such_companion",
+     "no companion named 'alhpa' (did you mean 'alpha'?)"),
+    (b'{"cmd": "status", "x": "\xff\xfe"}', "not_utf8", "request is not valid UTF-8"),
+    (b'{"cmd": "tail", "name": "alpha", "lines": -1}', "bad_field", '"lines" must be'),
+    (b'{"cmd": "tail", "name": "alpha", "follow": 1}', "bad_field", '"follow" must be'),
 ]
 
 
-@pytest.mark.parametrize("line,message", BAD_LINES, ids=[m for _, m in BAD_LINES])
-def test_bad_input_gets_a_clear_error_and_the_connection_stays_usable(ctl, line, message):
+@pytest.mark.parametrize("line,code,message", BAD_LINES, ids=[m for _, _, m in BAD_LINES])
+def test_bad_input_gets_a_clear_error_and_the_connection_stays_usable(ctl, line, code, message):
     ctl.send(line + b"\n")
     reply = ctl.reply()
     assert reply["ok"] is False and message in reply["error"], reply
+    assert reply["code"] == code
     assert ctl.request({"cmd": "status"})["ok"] is True
     assert alive(ctl.server.starts("alpha")[-1])
 
@@ -175,7 +179,7 @@ def test_bad_input_gets_a_clear_error_and_the_connection_stays_usable(ctl, line,
 def test_an_overlong_line_is_refused_and_the_connection_closed(ctl):
     ctl.send(b"x" * (64 * 1024 + 10))
     reply = ctl.reply()
-    assert reply == {"ok": False,
+    assert reply == {"ok": False, "code": "line_too_long",
                      "error": "request line longer than 65536 bytes; closing the connection"}
     assert wait_until(ctl.closed_by_peer)
     assert Control(ctl.path).request({"cmd": "status"})["ok"]  # the manager is fine
@@ -247,6 +251,7 @@ def test_reread_of_an_invalid_config_changes_nothing(ctl, text, message):
     srv.write_config(f"companion_control_socket = {str(ctl.path)!r}\n{text}\n")
     reply = ctl.request({"cmd": "reread"})
     assert reply["ok"] is False and message in reply["error"], reply
+    assert reply["code"] == "invalid_config"
     time_passes(srv)
     after = ctl.request({"cmd": "status"})["companions"]
     assert [(c["name"], c["pid"] if c["name"] == "alpha" else None) for c in after] == \
@@ -323,6 +328,7 @@ def test_peers_of_another_uid_are_refused_whatever_the_mode(server, sock_path):
     os.chmod(sock_path.parent, 0o755)
     reply = request_as(sock_path, {"cmd": "stop", "name": "alpha"}, uid=65534, gid=65534)
     assert reply.get("ok") is False and "permission denied: uid 65534" in reply["error"], reply
+    assert reply["code"] == "permission_denied"
     assert alive(srv.starts("alpha")[-1])
 
 

@@ -382,10 +382,10 @@ def test_ctrl_c_during_a_graceful_stop_hurries_the_companions(server):
     stubborn, = srv.wait_starts("stubborn")
     srv.signal(signal.SIGTERM)
     srv.wait_log("Companion manager stopping companions (graceful)")
-    started = time.monotonic()
     srv.signal(signal.SIGINT)
-    srv.wait_exit(timeout=20)
-    assert time.monotonic() - started < 10  # not the 60 s stop_timeout
+    # Waiting out the 60 s stop_timeout would fail this deadline, which is
+    # generous enough for a loaded machine: no tighter wall-clock bound needed.
+    srv.wait_exit(timeout=30)
     assert not alive(stubborn)
 
 

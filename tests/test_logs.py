@@ -101,8 +101,8 @@ def test_tail_shows_recent_lines_of_captured_output_even_inherited(server, sock_
     assert Control(sock_path).request({"cmd": "tail", "name": "t", "lines": 0}) == {
         "ok": True, "lines": []}
     bad = Control(sock_path).request({"cmd": "tail", "name": "t", "lines": -1})
-    assert bad == {"ok": False, "error": '"lines" must be a whole number from 0 to 1000, '
-                                         'got -1'}
+    assert bad == {"ok": False, "code": "bad_field",
+                   "error": '"lines" must be a whole number from 0 to 1000, got -1'}
 
 
 def test_tail_follow_streams_new_lines_until_the_client_leaves(server, sock_path):

@@ -160,8 +160,8 @@ def test_heartbeat_in_a_tight_loop_is_rate_limited(channel, fresh, watchdog, eve
     got = received(manager_end)
     assert set(got) == {HEARTBEAT}
     # the first call sends; every further datagram needs `every` seconds to pass
+    # (relative to the time the loop took, so a slow machine cannot fail it)
     assert 1 <= len(got) <= 1 + int(elapsed / every)
-    assert len(got) <= 5, (len(got), elapsed)
 
 
 def test_ready_is_not_rate_limited_by_heartbeats(channel):
@@ -204,15 +204,14 @@ def test_channel_is_looked_up_once_per_process(channel, fresh):
 def test_full_channel_neither_blocks_nor_raises(channel):
     manager_end, companion_end = channel
     assert fill(companion_end) > 0
-    with must_not_block():
-        started = time.monotonic()
+    # A blocking send would hang for ever: any deadline tells the two apart,
+    # so take one no loaded machine comes near.
+    with must_not_block(60.0):
         for _ in range(1000):
             notify.ready()
         for _ in range(10_000):
             notify.heartbeat()
         assert notify.send("heartbeat") is False
-        elapsed = time.monotonic() - started
-    assert elapsed < 5.0
     # nothing of ours got in: only the filler is queued
     assert set(received(manager_end)) == {b"filler"}
 

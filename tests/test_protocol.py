@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 
 from gunicorn_companion.protocol import (
     COMMANDS,
+    ERROR_CODES,
     MAX_LINE,
     LineDecoder,
     ProtocolError,
@@ -33,7 +36,24 @@ def test_encode_is_one_compact_ascii_line():
 def test_ok_and_error_replies():
     assert ok() == {"ok": True}
     assert ok(message="started", pid=12) == {"ok": True, "message": "started", "pid": 12}
-    assert error("no such companion 'x'") == {"ok": False, "error": "no such companion 'x'"}
+    assert error("no_such_companion", "no such companion 'x'") == {
+        "ok": False, "code": "no_such_companion", "error": "no such companion 'x'"}
+
+
+def test_error_codes_are_all_documented():
+    # docs/control.md lists every code in its table of errors
+    docs = (Path(__file__).parent.parent / "docs" / "control.md").read_text()
+    table = docs[docs.index("## Errors"):docs.index("## The `gunicorn-companion` CLI")]
+    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", table, re.MULTILINE))
+    assert documented == ERROR_CODES
+
+
+@pytest.mark.parametrize("code", ["", "no such companion", "No_Such_Companion", None])
+def test_an_error_without_a_known_code_is_a_bug(code):
+    with pytest.raises(AssertionError):
+        error(code, "message")
+    with pytest.raises(AssertionError):
+        ProtocolError(code, "message")
 
 
 def test_commands_table():
@@ -88,6 +108,16 @@ def test_decoder_accepts_a_line_of_exactly_max_line():
     assert not decoder.overflowed
     assert decoder.feed(b"\n") == [line]
     assert not decoder.overflowed
+
+
+def test_the_line_limit_is_the_documented_64_kib():
+    # docs/control.md promises 65536 bytes; the tests above take the constant,
+    # so only this one notices the limit itself changing
+    assert MAX_LINE == 65536
+    decoder = LineDecoder()
+    assert decoder.feed(b"x" * 65536 + b"\n") == [b"x" * 65536]
+    assert decoder.feed(b"x" * 65537 + b"\n") == []
+    assert decoder.overflowed
 
 
 def test_decoder_refuses_a_complete_line_over_max_line():
@@ -243,38 +273,48 @@ _KNOWN = "known commands: status, start, stop, restart, reread, tail"
 
 
 @pytest.mark.parametrize(
-    ("line", "message"),
+    ("line", "code", "message"),
     [
-        (b"\xff", "request is not valid UTF-8 (byte 0xff at offset 0)"),
-        (b'{"cmd":"st\xc3"}', "request is not valid UTF-8 (byte 0xc3 at offset 10)"),
-        (b"", "request is not valid JSON: Expecting value at column 1"),
-        (b"status", "request is not valid JSON: Expecting value at column 1"),
+        (b"\xff", "not_utf8", "request is not valid UTF-8 (byte 0xff at offset 0)"),
+        (b'{"cmd":"st\xc3"}', "not_utf8", "request is not valid UTF-8 (byte 0xc3 at offset 10)"),
+        (b"", "not_json", "request is not valid JSON: Expecting value at column 1"),
+        (b"status", "not_json", "request is not valid JSON: Expecting value at column 1"),
         (
             b'{"cmd":"status"',
+            "not_json",
             "request is not valid JSON: Expecting ',' delimiter at column 16",
         ),
-        (b'{"cmd":"status"} x', "request is not valid JSON: Extra data at column 18"),
-        (b"[" * 100_000, "request is not valid JSON: it is nested too deeply"),
-        (b"[]", 'request must be a JSON object like {"cmd": "status"}, got a list'),
+        (b'{"cmd":"status"} x', "not_json", "request is not valid JSON: Extra data at column 18"),
+        (b"[" * 100_000, "not_json", "request is not valid JSON: it is nested too deeply"),
+        (b"[]", "not_an_object",
+         'request must be a JSON object like {"cmd": "status"}, got a list'),
         (
             b'"status"',
+            "not_an_object",
             'request must be a JSON object like {"cmd": "status"}, got a string (\'status\')',
         ),
-        (b"3", 'request must be a JSON object like {"cmd": "status"}, got a number (3)'),
-        (b"null", 'request must be a JSON object like {"cmd": "status"}, got null'),
-        (b"true", 'request must be a JSON object like {"cmd": "status"}, got a boolean (true)'),
-        (b"{}", f'request has no "cmd" field; {_KNOWN}'),
-        (b'{"command":"status"}', f'request has no "cmd" field; {_KNOWN}'),
-        (b'{"cmd":5}', f'"cmd" must be a string, got a number (5); {_KNOWN}'),
-        (b'{"cmd":null}', f'"cmd" must be a string, got null; {_KNOWN}'),
-        (b'{"cmd":["status"]}', f'"cmd" must be a string, got a list; {_KNOWN}'),
-        (b'{"cmd":"stauts"}', f"unknown command 'stauts' (did you mean 'status'?); {_KNOWN}"),
-        (b'{"cmd":"STATUS"}', f"unknown command 'STATUS' (did you mean 'status'?); {_KNOWN}"),
-        (b'{"cmd":"restrat"}', f"unknown command 'restrat' (did you mean 'restart'?); {_KNOWN}"),
-        (b'{"cmd":"xyzzy"}', f"unknown command 'xyzzy'; {_KNOWN}"),
-        (b'{"cmd":""}', f"unknown command ''; {_KNOWN}"),
+        (b"3", "not_an_object",
+         'request must be a JSON object like {"cmd": "status"}, got a number (3)'),
+        (b"null", "not_an_object",
+         'request must be a JSON object like {"cmd": "status"}, got null'),
+        (b"true", "not_an_object",
+         'request must be a JSON object like {"cmd": "status"}, got a boolean (true)'),
+        (b"{}", "missing_field", f'request has no "cmd" field; {_KNOWN}'),
+        (b'{"command":"status"}', "missing_field", f'request has no "cmd" field; {_KNOWN}'),
+        (b'{"cmd":5}', "bad_field", f'"cmd" must be a string, got a number (5); {_KNOWN}'),
+        (b'{"cmd":null}', "bad_field", f'"cmd" must be a string, got null; {_KNOWN}'),
+        (b'{"cmd":["status"]}', "bad_field", f'"cmd" must be a string, got a list; {_KNOWN}'),
+        (b'{"cmd":"stauts"}', "unknown_command",
+         f"unknown command 'stauts' (did you mean 'status'?); {_KNOWN}"),
+        (b'{"cmd":"STATUS"}', "unknown_command",
+         f"unknown command 'STATUS' (did you mean 'status'?); {_KNOWN}"),
+        (b'{"cmd":"restrat"}', "unknown_command",
+         f"unknown command 'restrat' (did you mean 'restart'?); {_KNOWN}"),
+        (b'{"cmd":"xyzzy"}', "unknown_command", f"unknown command 'xyzzy'; {_KNOWN}"),
+        (b'{"cmd":""}', "unknown_command", f"unknown command ''; {_KNOWN}"),
         (
             b'{"cmd":"start"}',
+            "missing_field",
             (
                 "command 'start' needs a \"name\" field naming a companion, "
                 'e.g. {"cmd": "start", "name": "scheduler"}'
@@ -282,6 +322,7 @@ _KNOWN = "known commands: status, start, stop, restart, reread, tail"
         ),
         (
             b'{"cmd":"stop","name":null}',
+            "missing_field",
             (
                 "command 'stop' needs a \"name\" field naming a companion, "
                 'e.g. {"cmd": "stop", "name": "scheduler"}'
@@ -289,23 +330,25 @@ _KNOWN = "known commands: status, start, stop, restart, reread, tail"
         ),
         (
             b'{"cmd":"restart"}',
+            "missing_field",
             (
                 "command 'restart' needs a \"name\" field naming a companion, "
                 'e.g. {"cmd": "restart", "name": "scheduler"}'
             ),
         ),
-        (b'{"cmd":"start","name":7}', '"name" must be a string, got a number (7)'),
-        (b'{"cmd":"start","name":false}', '"name" must be a string, got a boolean (false)'),
-        (b'{"cmd":"start","name":["a"]}', '"name" must be a string, got a list'),
-        (b'{"cmd":"start","name":{}}', '"name" must be a string, got an object'),
-        (b'{"cmd":"status","name":1}', '"name" must be a string, got a number (1)'),
-        (b'{"cmd":"start","name":""}', "\"name\" must not be empty (got '')"),
-        (b'{"cmd":"start","name":"  "}', "\"name\" must not be empty (got '  ')"),
+        (b'{"cmd":"start","name":7}', "bad_field", '"name" must be a string, got a number (7)'),
+        (b'{"cmd":"start","name":false}', "bad_field",
+         '"name" must be a string, got a boolean (false)'),
+        (b'{"cmd":"start","name":["a"]}', "bad_field", '"name" must be a string, got a list'),
+        (b'{"cmd":"start","name":{}}', "bad_field", '"name" must be a string, got an object'),
+        (b'{"cmd":"status","name":1}', "bad_field", '"name" must be a string, got a number (1)'),
+        (b'{"cmd":"start","name":""}', "bad_field", "\"name\" must not be empty (got '')"),
+        (b'{"cmd":"start","name":"  "}', "bad_field", "\"name\" must not be empty (got '  ')"),
     ],
 )
-def test_parse_request_refuses(line, message):
+def test_parse_request_refuses(line, code, message):
     result = parse_request(line)
-    assert result == ProtocolError(message)
+    assert result == ProtocolError(code, message)
 
 
 def test_parse_request_truncates_long_values_in_messages():
@@ -315,10 +358,27 @@ def test_parse_request_truncates_long_values_in_messages():
     assert "..." in result.message
 
 
+@pytest.mark.parametrize(
+    ("cmd", "shown"),
+    [
+        # repr() of at most 60 characters is shown whole...
+        ("x" * 58, repr("x" * 58)),
+        # ...a longer one is cut to 57 characters and "...", 60 in all
+        ("x" * 59, "'" + "x" * 56 + "..."),
+        ("y" * 10_000, "'" + "y" * 56 + "..."),
+    ],
+)
+def test_parse_request_shows_at_most_60_characters_of_a_value(cmd, shown):
+    result = parse_request(encode({"cmd": cmd})[:-1])
+    assert result == ProtocolError("unknown_command", f"unknown command {shown}; known commands: "
+                                   + ", ".join(COMMANDS))
+
+
 def test_parse_request_handles_huge_integers():
     result = parse_request(b'{"cmd":' + b"9" * 10_000 + b"}")
     assert isinstance(result, ProtocolError)
-    assert result == ProtocolError("request is not valid JSON: it holds a number too long to read")
+    assert result == ProtocolError(
+        "not_json", "request is not valid JSON: it holds a number too long to read")
 
 
 def test_parse_request_accepts_what_the_decoder_splits():

@@ -21,10 +21,12 @@ from gunicorn_companion.spec import (
     parse_companions,
     parse_defaults,
     suggest,
+    validate_backups,
     validate_bool,
     validate_command,
     validate_cwd,
     validate_env,
+    validate_maxbytes,
     validate_name,
     validate_optional_positive_seconds,
     validate_processes,
@@ -35,6 +37,7 @@ from gunicorn_companion.spec import (
     validate_stderr,
     validate_stdout,
     validate_target,
+    validate_timestamp_format,
 )
 
 MISSING_TARGET = "missing 'target' (a 'module:callable') or 'command' (a program to run)"
@@ -1268,3 +1271,87 @@ def test_newer_keys_make_specs_differ(a, b):
     # a reread must notice any of them changed
     (sa,), specs_b = parse_companions([a]), parse_companions([b])
     assert sa != specs_b[0]
+
+
+# -- output rotation and timestamps: *_maxbytes, *_backups, timestamp_format ------------
+
+STREAMS = ("stdout", "stderr")
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+@pytest.mark.parametrize(
+    "value, size",
+    [(0, 0), ("0", 0), (1, 1), (1024, 1024), ("50MB", 50 * MiB), ("1k", 1024),
+     ("1.5M", 3 * MiB // 2), (" 2g ", 2 * 1024 * MiB)],
+)
+def test_maxbytes_accepted(stream, value, size):
+    assert validate_maxbytes(value) == size
+    assert getattr(_one(entry(**{f"{stream}_maxbytes": value})), f"{stream}_maxbytes") == size
+
+
+MAXBYTES_MESSAGE = "must be 0 (never rotate), a number of bytes or a size like '50MB', got "
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+@pytest.mark.parametrize("value", [-1, "-1", "50XB", "", None, True, False, 1.5, "MB", [1]])
+def test_maxbytes_rejected(stream, value):
+    with pytest.raises(ValueError, match=r"^must be 0 \(never rotate\)"):
+        validate_maxbytes(value)
+    assert only_problem([entry(**{f"{stream}_maxbytes": value})]) == (
+        f"companion 'w': {stream}_maxbytes {MAXBYTES_MESSAGE}{value!r}")
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+@pytest.mark.parametrize("value", [0, 1, 10, 1000])
+def test_backups_accepted(stream, value):
+    assert validate_backups(value) == value
+    assert getattr(_one(entry(**{f"{stream}_backups": value})), f"{stream}_backups") == value
+
+
+@pytest.mark.parametrize("stream", STREAMS)
+@pytest.mark.parametrize("value", [-1, 1.0, "3", None, True, False])
+def test_backups_rejected(stream, value):
+    with pytest.raises(ValueError):
+        validate_backups(value)
+    assert only_problem([entry(**{f"{stream}_backups": value})]) == (
+        f"companion 'w': {stream}_backups must be a whole number >= 0, got {value!r}")
+
+
+@pytest.mark.parametrize("value", ["%Y-%m-%d %H:%M:%S", "%s", "[%H:%M]", "plain text", "%%"])
+def test_timestamp_format_accepted(value):
+    assert validate_timestamp_format(value) == value
+    assert _one(entry(timestamp_format=value)).timestamp_format == value
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("", "must be a strftime format like '%Y-%m-%d %H:%M:%S', got ''"),
+        (None, "must be a strftime format like '%Y-%m-%d %H:%M:%S', got None"),
+        (b"%Y", "must be a strftime format like '%Y-%m-%d %H:%M:%S', got b'%Y'"),
+        ("a\0b", "'a\\x00b' is not a valid strftime format: embedded null character"),
+    ],
+)
+def test_timestamp_format_rejected(value, message):
+    with pytest.raises(ValueError):
+        validate_timestamp_format(value)
+    assert only_problem([entry(timestamp_format=value)]) == (
+        f"companion 'w': timestamp_format {message}")
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("stdout_maxbytes", "1k"), ("stderr_maxbytes", "1k"), ("stdout_backups", 2),
+     ("stderr_backups", 2), ("timestamp_format", "%H")],
+)
+def test_rotation_and_timestamp_keys_have_globals(key, value):
+    (spec,) = parse_companions([entry()], {f"companion_{key}": value})
+    assert getattr(spec, key) == (1024 if value == "1k" else value)
+    assert parse_defaults({f"companion_{key}": -1})[1] == [
+        f"companion_{key}: " + str(_error_of(DEFAULTABLE_KEYS[key][0], -1))]
+
+
+def _error_of(validator, value) -> ValueError:
+    with pytest.raises(ValueError) as info:
+        validator(value)
+    return info.value

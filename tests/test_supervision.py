@@ -7,6 +7,7 @@ import time
 
 import pytest
 from support import (
+    DEFAULT_TIMEOUT,
     Control,
     alive,
     children,
@@ -51,6 +52,7 @@ def test_failed_starts_back_off_then_go_fatal_and_start_resets_the_count(server,
     # `start` from FATAL gives it a fresh count: four more runs
     reply = Control(sock_path).request({"cmd": "start", "name": "crash"})
     assert reply["ok"] is False and "exited with exit code 3 while starting" in reply["error"]
+    assert reply["code"] == "exited_while_starting"
     srv.wait_log("giving up (FATAL)", count=2)
     assert len(srv.starts("crash")) == 8
 
@@ -97,7 +99,8 @@ def test_a_companion_that_crashes_leaves_no_children(server, sock_path):
 
 
 @pytest.mark.parametrize("victim", ["master", "manager"])
-def test_sigkill_of_master_or_manager_leaves_no_grandchildren(server, sock_path, victim):
+def test_sigkill_of_master_or_manager_leaves_no_grandchildren(server, sock_path, victim,
+                                                             measured):
     srv = server(control_config(sock_path, '[{"name": "f", "target": "compapp:forker"}]'))
     child, escaped = _children_of_forker(srv)
     companion = srv.starts("f")[0]
@@ -105,10 +108,12 @@ def test_sigkill_of_master_or_manager_leaves_no_grandchildren(server, sock_path,
     try:
         os.kill(srv.pid if victim == "master" else manager, signal.SIGKILL)
         started = time.monotonic()
-        wait_until(lambda: not any(alive(p) for p in (companion, child)), 5,
+        wait_until(lambda: not any(alive(p) for p in (companion, child)),
                    message="companion and its child to die")
-        took = time.monotonic() - started
-        assert took < 2.0, took  # "within about a second"
+        # "within about a second" is PDEATHSIG's promise: reported, since an
+        # assertion on it would flake on a loaded machine
+        measured(f"SIGKILL of the {victim}: companion and its child gone",
+                 time.monotonic() - started)
         if victim == "master":
             # the manager lives on just long enough to kill what PDEATHSIG misses
             wait_until(lambda: not alive(manager) and not alive(escaped), 5)
@@ -259,7 +264,7 @@ def _live_running(srv, name):
     return [p for p in reversed(srv.starts(name)) if running_code(p)]
 
 
-def test_two_hot_upgrades_never_run_a_singleton_twice(server, sock_path, tmp_path):
+def test_two_hot_upgrades_never_run_a_singleton_twice(server, sock_path, tmp_path, measured):
     srv = server(control_config(sock_path, """[
         {"name": "beat", "target": "compapp:sleeper", "singleton": True, "startsecs": 0},
         {"name": "web2", "target": "compapp:sleeper", "startsecs": 0}]""",
@@ -283,11 +288,18 @@ def test_two_hot_upgrades_never_run_a_singleton_twice(server, sock_path, tmp_pat
         old_beat = srv.starts("beat")[-1]
         os.kill(master, signal.SIGTERM)
         died_at = None
+        # Sample often (an overlap may be short) but yield the CPU between
+        # samples (on two cores a busy loop slows the very handover it
+        # watches), and never for ever: the handover has one deadline.
+        deadline = time.monotonic() + DEFAULT_TIMEOUT
         while len(srv.starts("beat")) == beats_before:
             most = max(most, len(_live_running(srv, "beat")))
             if died_at is None and not alive(old_beat):
                 died_at = time.monotonic()
-            assert time.monotonic() - (died_at or time.monotonic()) < 10, srv.log()
+            assert time.monotonic() < deadline, (
+                f"no new singleton within {DEFAULT_TIMEOUT}s (old one "
+                f"{'gone' if died_at else 'still alive'}):\n{srv.log()}")
+            time.sleep(0.001)
         started_at = time.monotonic()
         most = max(most, len(_live_running(srv, "beat")))
         handoffs.append(started_at - (died_at or started_at))
@@ -296,7 +308,8 @@ def test_two_hot_upgrades_never_run_a_singleton_twice(server, sock_path, tmp_pat
         # Gunicorn refuses USR2 until the new master has noticed its promotion
         srv.wait_log("Master has been promoted.", count=round_)
     assert most == 1
-    assert max(handoffs) < 1.0, handoffs
+    for round_, seconds in enumerate(handoffs, 1):
+        measured(f"hot upgrade {round_}: singleton lock handed over", seconds)
     assert status(sock_path)["beat"]["state"] == "RUNNING"
     os.kill(master, signal.SIGTERM)
     wait_until(lambda: not alive(master))

@@ -22,6 +22,7 @@ def _unknown(manager, name: str) -> dict:
     groups = list(dict.fromkeys(r.spec.group_name for r in manager.records.values()))
     known = ", ".join(groups) or "none"
     return protocol.error(
+        "no_such_companion",
         f"no companion named {name!r}{suggest(name, groups + list(manager.records))}; "
         f"known: {known}")
 
@@ -36,7 +37,7 @@ def resolve(manager, name: str) -> list[str]:
 
 def _refuse_while_shutting_down(manager) -> dict | None:
     if manager.shutting_down:
-        return protocol.error("the companion manager is shutting down")
+        return protocol.error("shutting_down", "the companion manager is shutting down")
     return None
 
 
@@ -54,10 +55,11 @@ def _outcome_of_start(name: str, old_pid: int | None):
         if record.state == State.BACKOFF:
             how = record.last_exit.describe() if record.last_exit else "an error"
             return protocol.error(
+                "exited_while_starting",
                 f"{name} exited with {how} while starting; it will be retried "
                 f"(see the Gunicorn log)")
         if record.state in QUIESCENT_STATES:
-            return protocol.error(f"{name} is {record.state} and did not start")
+            return protocol.error("did_not_start", f"{name} is {record.state} and did not start")
         return None
 
     return settled
@@ -69,7 +71,7 @@ def _outcome_of_stop(name: str):
             how = f" ({record.last_exit.describe()})" if record.last_exit else ""
             return protocol.ok(message=f"{name} stopped{how}")
         if record.state not in PROCESS_STATES | {State.BACKOFF} or record.wanted:
-            return protocol.error(f"{name} was started again before it stopped")
+            return protocol.error("started_again", f"{name} was started again before it stopped")
         return None
 
     return settled
@@ -88,9 +90,12 @@ def _gather(names: list[str], respond: Respond) -> Callable[[str], Respond]:
             if len(names) == 1:
                 return respond(reply)
             ordered = [replies[n] for n in names]
-            errors = [r["error"] for r in ordered if not r["ok"]]
+            errors = [r for r in ordered if not r["ok"]]
             if errors:
-                return respond(protocol.error("; ".join(errors)))
+                # one code when every instance failed the same way
+                codes = {r.get("code") for r in errors}
+                code = codes.pop() if len(codes) == 1 and None not in codes else "mixed"
+                return respond(protocol.error(code, "; ".join(r["error"] for r in errors)))
             respond(protocol.ok(message="; ".join(r.get("message", "") for r in ordered)))
         return done
 
@@ -145,9 +150,11 @@ def cmd_stop(manager, request, respond: Respond) -> None:
 
 
 def cmd_reread(manager, request, respond: Respond) -> None:
+    if refusal := _refuse_while_shutting_down(manager):
+        return respond(refusal)
     ok, message, changes = manager.reread()
-    if not ok:
-        return respond(protocol.error(message))
+    if not ok:  # shutting down is refused above: the configuration is invalid
+        return respond(protocol.error("invalid_config", message))
     respond(protocol.ok(message=message, **changes))
 
 
@@ -158,10 +165,11 @@ def cmd_tail(manager, request, respond) -> None:
     count = request.raw.get("lines", 10)
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= TAIL_LINES:
         return respond(protocol.error(
-            f'"lines" must be a whole number from 0 to {TAIL_LINES}, got {count!r}'))
+            "bad_field", f'"lines" must be a whole number from 0 to {TAIL_LINES}, got {count!r}'))
     follow = request.raw.get("follow", False)
     if not isinstance(follow, bool):
-        return respond(protocol.error(f'"follow" must be true or false, got {follow!r}'))
+        return respond(protocol.error("bad_field",
+                                      f'"follow" must be true or false, got {follow!r}'))
     lines = manager.output.tail(names, count)
     if not follow:
         return respond(protocol.ok(lines=lines))

@@ -5,8 +5,10 @@ the tests share it and every rule here is pinned by table tests.
 
 A client sends one request line such as ``{"cmd": "start", "name": "beat"}``
 and the manager answers with one reply line, ``{"ok": true, ...}`` or
-``{"ok": false, "error": "..."}``. Streaming commands (a future ``tail -f``)
-send several reply lines and end by closing the connection.
+``{"ok": false, "code": "...", "error": "..."}``: ``code`` is one of
+ERROR_CODES, stable for programs to test, and ``error`` an English message for
+people (its wording may change). ``tail`` with ``follow`` sends several reply
+lines.
 """
 
 from __future__ import annotations
@@ -32,6 +34,19 @@ COMMANDS: dict[str, bool] = {
     "reread": False,
     "tail": True,
 }
+
+# The "code" of every error reply (docs/control.md explains each). Stable:
+# clients may test them, so a code is added, never renamed or reused.
+ERROR_CODES = frozenset({
+    # the request line itself (parse_request)
+    "not_utf8", "not_json", "not_an_object", "missing_field", "bad_field",
+    "unknown_command", "unreadable_request", "line_too_long",
+    # the connection (server)
+    "permission_denied", "too_many_connections", "internal_error",
+    # the command (commands, manager)
+    "no_such_companion", "shutting_down", "exited_while_starting", "did_not_start",
+    "started_again", "removed", "invalid_config", "mixed",
+})
 
 # Error messages quote values the peer sent; a 64 KiB name must not turn into a
 # 64 KiB error line.
@@ -114,11 +129,14 @@ class Request:
 
 
 class ProtocolError:
-    """Why a request line was refused, worded for the person who sent it."""
+    """Why a request line was refused: a code for programs (one of
+    ERROR_CODES) and a message worded for the person who sent it."""
 
-    __slots__ = ("message",)
+    __slots__ = ("code", "message")
 
-    def __init__(self, message: str):
+    def __init__(self, code: str, message: str):
+        assert code in ERROR_CODES, code
+        object.__setattr__(self, "code", code)
         object.__setattr__(self, "message", message)
 
     def __setattr__(self, attr: str, value: object) -> None:
@@ -127,13 +145,13 @@ class ProtocolError:
     def __eq__(self, other: object) -> bool:
         if type(other) is not ProtocolError:
             return NotImplemented
-        return self.message == other.message
+        return (self.code, self.message) == (other.code, other.message)
 
     def __hash__(self) -> int:
-        return hash(self.message)
+        return hash((self.code, self.message))
 
     def __repr__(self) -> str:
-        return f"ProtocolError(message={self.message!r})"
+        return f"ProtocolError(code={self.code!r}, message={self.message!r})"
 
 
 def parse_request(line: bytes) -> Request | ProtocolError:
@@ -141,7 +159,8 @@ def parse_request(line: bytes) -> Request | ProtocolError:
     try:
         return _parse(line)
     except Exception as exc:
-        return ProtocolError(f"request could not be read: {type(exc).__name__}: {exc}")
+        return ProtocolError("unreadable_request",
+                             f"request could not be read: {type(exc).__name__}: {exc}")
 
 
 def _parse(line: bytes) -> Request | ProtocolError:
@@ -154,29 +173,35 @@ def _parse(line: bytes) -> Request | ProtocolError:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             return ProtocolError(
+                "not_utf8",
                 f"request is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})"
             )
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        return ProtocolError(f"request is not valid JSON: {exc.msg} at column {exc.colno}")
+        return ProtocolError("not_json",
+                             f"request is not valid JSON: {exc.msg} at column {exc.colno}")
     except RecursionError:
-        return ProtocolError("request is not valid JSON: it is nested too deeply")
+        return ProtocolError("not_json", "request is not valid JSON: it is nested too deeply")
     except ValueError:
         # json.loads of a str raises a plain ValueError only for an integer
         # longer than Python's int/str conversion limit.
-        return ProtocolError("request is not valid JSON: it holds a number too long to read")
+        return ProtocolError("not_json",
+                             "request is not valid JSON: it holds a number too long to read")
     if not isinstance(obj, dict):
         return ProtocolError(
+            "not_an_object",
             f'request must be a JSON object like {{"cmd": "status"}}, got {_kind(obj)}'
         )
 
     known = ", ".join(COMMANDS)
     if "cmd" not in obj:
-        return ProtocolError(f'request has no "cmd" field; known commands: {known}')
+        return ProtocolError("missing_field",
+                             f'request has no "cmd" field; known commands: {known}')
     cmd = obj["cmd"]
     if not isinstance(cmd, str):
-        return ProtocolError(f'"cmd" must be a string, got {_kind(cmd)}; known commands: {known}')
+        return ProtocolError(
+            "bad_field", f'"cmd" must be a string, got {_kind(cmd)}; known commands: {known}')
     if cmd not in COMMANDS:
         # Imported here: only a typo pays for it, not every CLI start.
         import difflib
@@ -184,23 +209,24 @@ def _parse(line: bytes) -> Request | ProtocolError:
         # Match case-insensitively so "STATUS" still gets a suggestion.
         match = difflib.get_close_matches(cmd.lower(), list(COMMANDS), n=1, cutoff=0.6)
         hint = f" (did you mean {match[0]!r}?)" if match else ""
-        return ProtocolError(f"unknown command {_show(cmd)}{hint}; known commands: {known}")
+        return ProtocolError(
+            "unknown_command", f"unknown command {_show(cmd)}{hint}; known commands: {known}")
 
     needs_name = COMMANDS[cmd]
     name = obj.get("name")
     if name is None:
         if needs_name:
             return ProtocolError(
-                f'command {cmd!r} needs a "name" field naming a companion, '
+                "missing_field", f'command {cmd!r} needs a "name" field naming a companion, '
                 f'e.g. {{"cmd": "{cmd}", "name": "scheduler"}}'
             )
         return Request(cmd=cmd, name=None, raw=obj)
     # A name on a command that does not need one is still checked: a later
     # version may use it (e.g. `status NAME`), and garbage there is a client bug.
     if not isinstance(name, str):
-        return ProtocolError(f'"name" must be a string, got {_kind(name)}')
+        return ProtocolError("bad_field", f'"name" must be a string, got {_kind(name)}')
     if not name.strip():
-        return ProtocolError(f'"name" must not be empty (got {_show(name)})')
+        return ProtocolError("bad_field", f'"name" must not be empty (got {_show(name)})')
     return Request(cmd=cmd, name=name, raw=obj)
 
 
@@ -236,6 +262,8 @@ def ok(**fields: object) -> dict:
     return {"ok": True, **fields}
 
 
-def error(message: str) -> dict:
-    """A refusal reply carrying a message for the operator."""
-    return {"ok": False, "error": message}
+def error(code: str, message: str) -> dict:
+    """A refusal reply: ``code`` (one of ERROR_CODES) for programs, ``message``
+    for the operator."""
+    assert code in ERROR_CODES, code
+    return {"ok": False, "code": code, "error": message}

@@ -153,7 +153,7 @@ class Connection:
             self.inbox_bytes -= len(line)
             if not line:  # the overflow mark: refuse, then close
                 self.send(protocol.error(
-                    f"request line longer than {protocol.MAX_LINE} bytes; "
+                    "line_too_long", f"request line longer than {protocol.MAX_LINE} bytes; "
                     "closing the connection"))
                 self.closing = True
                 return
@@ -162,7 +162,7 @@ class Connection:
     def _answer(self, line: bytes) -> None:
         request = protocol.parse_request(line)
         if isinstance(request, protocol.ProtocolError):
-            self.send(protocol.error(request.message))
+            self.send(protocol.error(request.code, request.message))
             return
         self.busy = True
         respond = Responder(self)
@@ -170,7 +170,7 @@ class Connection:
             self.server.handle(request, respond)
         except Exception as exc:  # a bug in a handler must not take the manager down
             self.server.log.exception("Control command %r failed", request.cmd)
-            respond(protocol.error(f"internal error in {request.cmd!r}: {exc}"))
+            respond(protocol.error("internal_error", f"internal error in {request.cmd!r}: {exc}"))
         respond.in_handler = False
 
     def send(self, reply: dict) -> None:
@@ -357,7 +357,7 @@ class ControlServer:
             self.connections.add(conn)
             refusal = self._refusal(sock)
             if refusal:
-                conn.send(protocol.error(refusal))
+                conn.send(protocol.error(*refusal))
                 conn.refused = True
             conn._settle()
 
@@ -366,9 +366,11 @@ class ControlServer:
             self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
             self.accepting = True
 
-    def _refusal(self, sock: socket.socket) -> str | None:
+    def _refusal(self, sock: socket.socket) -> tuple[str, str] | None:
+        """Why this peer gets no service: (error code, message), or None."""
         if len(self.connections) > MAX_CONNECTIONS:
-            return f"too many control connections (at most {MAX_CONNECTIONS}); try again later"
+            return ("too_many_connections",
+                    f"too many control connections (at most {MAX_CONNECTIONS}); try again later")
         try:
             pid, uid, gid = _UCRED.unpack(
                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
@@ -378,7 +380,8 @@ class ControlServer:
             who = "the owner or root"
             if self.mode & 0o060:
                 who = f"the owner, root or group {self.gid}"
-            return f"permission denied: uid {uid} may not control this manager (only {who})"
+            return ("permission_denied",
+                    f"permission denied: uid {uid} may not control this manager (only {who})")
         return None
 
     def peer_allowed(self, uid: int, gid: int, groups: Callable[[], set[int]]) -> bool:

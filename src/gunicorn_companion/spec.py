@@ -22,8 +22,12 @@ INHERIT = "inherit"
 MERGE_WITH_STDOUT = "stdout"
 
 # Names end up in process titles, log lines, the control protocol and file
-# names, so keep them to characters that need no quoting anywhere.
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+# names, so keep them to characters that need no quoting anywhere. (Character
+# classes, shared with supervisor_import, which makes names that fit.)
+NAME_FIRST_CHARACTERS = "A-Za-z0-9"
+NAME_CHARACTERS = "A-Za-z0-9_.@-"
+NAME_MAX_LENGTH = 64
+_NAME_RE = re.compile(f"[{NAME_FIRST_CHARACTERS}][{NAME_CHARACTERS}]{{0,{NAME_MAX_LENGTH - 1}}}")
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 _TARGET_RE = re.compile(rf"{_DOTTED}:{_DOTTED}")
 
@@ -201,17 +205,22 @@ _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?|b)?\s*", re.IGNORECASE)
 
 
+def _bytes(value: Any) -> int | None:
+    """An int, or a string like "512MB", "1.5G", "800k" (units of 1024), as a
+    number of bytes; None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and (match := _SIZE_RE.fullmatch(value)):
+        return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+    return None
+
+
 def validate_size(value: Any) -> int | None:
     """Bytes, or a string like "512MB", "1.5G", "800k" (units of 1024)."""
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise ValueError(f"must be a size like '512MB' or a number of bytes, got {value!r}")
-    if isinstance(value, int):
-        size = value
-    elif isinstance(value, str) and (match := _SIZE_RE.fullmatch(value)):
-        size = int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
-    else:
+    size = _bytes(value)
+    if size is None:
         raise ValueError(f"must be a size like '512MB' or a number of bytes, got {value!r}")
     if size <= 0:
         raise ValueError(f"must be more than 0 bytes, got {value!r}")
@@ -219,14 +228,13 @@ def validate_size(value: Any) -> int | None:
 
 
 def validate_maxbytes(value: Any) -> int:
-    """0 (never rotate) or a size like validate_size takes."""
-    if value == 0 and not isinstance(value, bool):
-        return 0
-    try:
-        return validate_size(value)
-    except ValueError:
+    """0 (never rotate) or a size like validate_size takes ("0" too: a string
+    from a file means the same as the number)."""
+    size = _bytes(value)
+    if size is None or size < 0:
         raise ValueError(f"must be 0 (never rotate), a number of bytes or a size like "
-                         f"'50MB', got {value!r}") from None
+                         f"'50MB', got {value!r}")
+    return size
 
 
 def validate_backups(value: Any) -> int:

@@ -26,9 +26,26 @@ import shlex
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from .spec import (
+    INHERIT,
+    MERGE_WITH_STDOUT,
+    NAME_CHARACTERS,
+    NAME_FIRST_CHARACTERS,
+    NAME_MAX_LENGTH,
+    validate_backups,
+    validate_command,
+    validate_env,
+    validate_maxbytes,
+    validate_name,
+    validate_processes,
+    validate_seconds,
+    validate_signal,
+    validate_startretries,
+)
 
 PROG = "gunicorn-companion import-supervisor"
 
@@ -104,16 +121,17 @@ SERVER_SECTIONS = {
     "supervisorctl": "settings of supervisorctl; use `gunicorn-companion -s SOCKET status`",
 }
 
+# Values of stdout/stderr that the spec reads as a destination, not a file.
+_OUTPUT_WORDS = (INHERIT, MERGE_WITH_STDOUT, "stderr")
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
-_SIZE_SUFFIXES = {"kb": 1024, "mb": 1024**2, "gb": 1024**3}
 
 # %% or %(name)<printf spec>; a lone '%' matches the empty alternative.
 _EXPANSION_RE = re.compile(
     r"%(?:%|\((?P<name>[^()]*)\)(?P<spec>[#0 +-]*\d*(?:\.\d+)?[diouxXeEfFgGcrsa])?|)"
 )
-_NAME_CHAR_RE = re.compile(r"[^A-Za-z0-9_.@-]")
-_NAME_MAX = 64
+_NAME_CHAR_RE = re.compile(f"[^{NAME_CHARACTERS}]")
+_NAME_LEAD_RE = re.compile(f"^[^{NAME_FIRST_CHARACTERS}]+")
 
 
 class SupervisorConfigError(Exception):
@@ -136,50 +154,37 @@ def parse_bool(value: str) -> bool:
     raise ValueError(f"{value!r} is not a boolean (true/false, yes/no, on/off, 1/0)")
 
 
-def parse_size(value: str) -> int:
-    """supervisord's byte sizes: "1024", "1KB", "50MB", "1GB" (units of 1024)."""
-    text = value.strip().lower()
-    multiplier = 1
-    if text[-2:] in _SIZE_SUFFIXES:
-        multiplier = _SIZE_SUFFIXES[text[-2:]]
-        text = text[:-2].strip()
-    if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"{value!r} is not a size (a number of bytes, or like '50MB', '1KB')")
-    return int(text) * multiplier
-
-
 def parse_count(value: str) -> int:
+    """supervisord's whole numbers, as text; the range is the spec validator's."""
     text = value.strip()
     if not (text.isascii() and text.isdigit()):
         raise ValueError(f"{value!r} is not a whole number >= 0")
     return int(text)
 
 
-def parse_seconds(value: str) -> int | float:
+# The value parsers below take supervisord's text and leave every rule to the
+# validators of spec.py, so what they accept is exactly what a companion
+# accepts: the output can never hold a value the config would then refuse.
+
+
+def _seconds(value: str) -> int | float:
+    """A number of seconds, written back as an int when it was written as one."""
+    seconds = validate_seconds(value)
     text = value.strip()
-    if text.isascii() and text.isdigit():
-        return int(text)
-    try:
-        number = float(text)
-    except ValueError:
-        number = -1.0
-    if not (0 <= number < float("inf")):
-        raise ValueError(f"{value!r} is not a number of seconds")
-    return number
+    return int(seconds) if text.isascii() and text.isdigit() else seconds
 
 
-def parse_signal(value: str) -> str:
+def _signal_name(value: str) -> str:
     """"TERM", "SIGTERM", "term" or "15" -> "SIGTERM"."""
-    text = value.strip()
-    if text.isascii() and text.isdigit():
-        try:
-            return signal.Signals(int(text)).name
-        except ValueError:
-            raise ValueError(f"{value!r} is not a signal number on this system") from None
-    name = text.upper().removeprefix("SIG")
-    if not name or not isinstance(getattr(signal.Signals, "SIG" + name, None), signal.Signals):
-        raise ValueError(f"{value!r} is not a signal name")
-    return "SIG" + name
+    return signal.Signals(validate_signal(value)).name
+
+
+def _startretries(value: str) -> int | None:
+    return validate_startretries(parse_count(value))
+
+
+def _backups(value: str) -> int:
+    return validate_backups(parse_count(value))
 
 
 def parse_environment(value: str) -> dict[str, str]:
@@ -187,8 +192,9 @@ def parse_environment(value: str) -> dict[str, str]:
 
     Pairs are separated by commas outside quotes. Double quotes allow ``\\"``
     and ``\\\\`` escapes, single quotes none, and a backslash outside quotes
-    escapes the next character (POSIX shell rules). Whitespace around an
-    unquoted key or value is dropped.
+    escapes the next character (POSIX shell rules; a trailing one, escaping
+    nothing, is kept as it is). Whitespace around an unquoted key or value is
+    dropped.
     """
     pairs: dict[str, str] = {}
     pos, end = 0, len(value)
@@ -246,10 +252,10 @@ def _env_word(text: str, pos: int, stops: str) -> tuple[str, int, str]:
 
 
 def sanitize_name(name: str) -> str:
-    """A program name to a valid companion name: letters, digits and '_.@-',
-    starting with a letter or digit, at most 64 characters."""
-    cleaned = _NAME_CHAR_RE.sub("_", name).lstrip("_.@-")[:_NAME_MAX]
-    return cleaned or "program"
+    """A program name to a valid companion name (spec's rules: letters, digits
+    and '_.@-', starting with a letter or digit, at most 64 characters)."""
+    cleaned = _NAME_LEAD_RE.sub("", _NAME_CHAR_RE.sub("_", name))[:NAME_MAX_LENGTH]
+    return validate_name(cleaned or "program")
 
 
 # -- %(name)s expansions -----------------------------------------------------------
@@ -317,6 +323,7 @@ class Section:
     shown: str  # that file as the header comment names it
     values: dict[str, str]
     also_in: list[str] = field(default_factory=list)  # display names of other files
+    repeated_in: list[str] = field(default_factory=list)  # files with it more than once
 
 
 @dataclass
@@ -349,7 +356,7 @@ class _Reader:
         real = os.path.realpath(absolute)
         self.read.add(real)
         self.files.append(shown)
-        parser = _parse(absolute, shown)
+        parser, repeated = _parse(absolute, shown)
         for header in parser.sections():
             values = dict(parser.items(header, raw=True))
             if header in self.sections:
@@ -359,7 +366,11 @@ class _Reader:
                 section.file = absolute
                 section.shown = shown
             else:
-                self.sections[header] = Section(header, absolute, shown, values)
+                section = self.sections[header] = Section(header, absolute, shown, values)
+            if header in repeated:
+                # configparser merges a repeated section silently, the last
+                # value of a key winning: say so, or the others are lost unseen
+                section.repeated_in.append(shown)
         if parser.has_section("include"):
             self.follow_includes(parser, absolute, shown, stack + [real])
 
@@ -399,7 +410,8 @@ class _Reader:
                     self.read_file(match, self.display(match), stack)
 
 
-def _parse(absolute: str, shown: str) -> configparser.RawConfigParser:
+def _parse(absolute: str, shown: str) -> tuple[configparser.RawConfigParser, set[str]]:
+    """The parsed file, and the headers of the sections it has more than once."""
     try:
         with open(absolute, encoding="utf-8") as fp:
             text = fp.read()
@@ -413,7 +425,7 @@ def _parse(absolute: str, shown: str) -> configparser.RawConfigParser:
         raise SupervisorConfigError(f"{shown}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
         raise SupervisorConfigError(f"{shown}: cannot read: {exc.strerror or exc}") from None
-    _check_section_headers(text, shown)
+    headers = _check_section_headers(text, shown)
     # Like supervisord's own parser: no interpolation (it expands %(...)s
     # itself), inline comments after whitespace, repeated sections merged.
     parser = configparser.RawConfigParser(
@@ -434,12 +446,14 @@ def _parse(absolute: str, shown: str) -> configparser.RawConfigParser:
         ) from None
     except configparser.Error as exc:
         raise SupervisorConfigError(f"{shown}: {_one_line(str(exc))}") from None
-    return parser
+    return parser, {h for h in headers if headers.count(h) > 1}
 
 
-def _check_section_headers(text: str, shown: str) -> None:
+def _check_section_headers(text: str, shown: str) -> list[str]:
     """Reject a malformed ``[section`` line that configparser would otherwise
-    take for a key; the header is then read the way configparser reads it."""
+    take for a key; the header is then read the way configparser reads it.
+    Returns the headers, in order."""
+    headers = []
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.startswith("["):
             continue
@@ -454,6 +468,8 @@ def _check_section_headers(text: str, shown: str) -> None:
             raise SupervisorConfigError(
                 f"{shown}, line {lineno}: section [{kind}:] has no name"
             )
+        headers.append(match.group("header"))
+    return headers
 
 
 # -- one program to one companion -----------------------------------------------------
@@ -467,240 +483,233 @@ class Companion:
     notes: list[str]
 
 
-def _program_companion(
-    section: Section,
-    program: str,
-    name: str,
-    group: str | None,
-    base_env: Mapping[str, str],
-    global_env: Mapping[str, str],
-) -> Companion:
-    values = section.values
-    fields: dict[str, Any] = {"name": name}
-    notes: list[str] = []
-    if name != program:
-        notes.append(f"name: {program!r} is not a valid companion name; renamed to {name!r}")
-    if group:
+# What a converter found: companion fields, and notes for the comment above it.
+Found = tuple[dict[str, Any], list[str]]
+
+
+@dataclass
+class _Program:
+    """One [program:x] section being converted: what the converters read.
+
+    Converters return what they found rather than adding to shared lists; the
+    few facts later keys depend on (numprocs, the environment) are set here by
+    the converter of their key, which comes first in the table.
+    """
+
+    section: Section
+    program: str
+    name: str
+    group: str | None
+    expander: Expander
+    global_env: Mapping[str, str]
+    base_env: Mapping[str, str]
+    numprocs: int = 1
+    start: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def values(self) -> dict[str, str]:
+        return self.section.values
+
+    def expanded(self, key: str) -> str | None:
+        value = self.values.get(key)
+        return None if value is None else self.expander.expand(value, key)
+
+    def parsed(self, key: str, parse: Callable[[str], Any]) -> tuple[Any, list[str]]:
+        """(value, []), or (None, [why it is not carried over]); (None, []) if absent."""
+        value = self.expanded(key)
+        if value is None:
+            return None, []
+        try:
+            return parse(value), []
+        except ValueError as exc:
+            return None, [f"{key}={_one_line(value)}: {exc}; not carried over"]
+
+
+def _names(p: _Program) -> Found:
+    notes = []
+    if p.name != p.program:
+        notes.append(f"name: {p.program!r} is not a valid companion name; renamed to {p.name!r}")
+    if p.group:
         notes.append(
-            f"was in supervisord's [group:{group}]; companions have no groups: "
+            f"was in supervisord's [group:{p.group}]; companions have no groups: "
             "control it by its own name"
         )
+    return {}, notes
 
-    here = os.path.dirname(section.file)
-    names: dict[str, Any] = {
-        "program_name": program,
-        "group_name": group or program,
-        "here": here,
-        "host_node_name": socket.gethostname(),
-    }
-    expander = Expander(names, dict(base_env))
 
-    def raw(key: str) -> str | None:
-        return values.get(key)
-
-    def expanded(key: str) -> str | None:
-        value = values.get(key)
-        return None if value is None else expander.expand(value, key)
-
-    def parsed(key: str, parse: Any) -> Any:
-        value = expanded(key)
-        if value is None:
-            return None
-        try:
-            return parse(value)
-        except ValueError as exc:
-            notes.append(f"{key}={_one_line(value)}: {exc}; not carried over")
-            return None
-
-    # numprocs first: it decides whether %(process_num)d can be resolved.
-    numprocs = parsed("numprocs", parse_count)
+def _numprocs(p: _Program) -> Found:
+    # First: it decides whether %(process_num)d can be resolved.
+    numprocs, notes = p.parsed("numprocs", parse_count)
     if numprocs == 0:
         notes.append("numprocs=0: supervisord needs at least 1; taken as 1")
-    numprocs = numprocs or 1
-    start = parsed("numprocs_start", parse_count) or 0
-    if numprocs > 1:
-        expander.per_instance["process_num"] = None
+    elif numprocs is not None:
+        try:
+            validate_processes(numprocs)
+        except ValueError as exc:
+            notes.append(f"numprocs={numprocs}: {exc}; taken as 1")
+            numprocs = 1
+    p.numprocs = numprocs or 1
+    start, more = p.parsed("numprocs_start", parse_count)
+    p.start = start or 0
+    if p.numprocs > 1:
+        p.expander.per_instance["process_num"] = None
     else:
-        names["process_num"] = start
-    names["numprocs"] = numprocs
+        p.expander.names["process_num"] = p.start
+    p.expander.names["numprocs"] = p.numprocs
+    return {}, notes + more
 
+
+def _environment(p: _Program) -> Found:
     # environment= is expanded with supervisord's environment only; the
     # program's own variables then join the ENV_ expansions of its other keys
     # (as supervisord 4.2 does).
-    env = dict(global_env)
-    env_text = expanded("environment")
-    if env_text is not None:
+    env = dict(p.global_env)
+    notes = []
+    text = p.expanded("environment")
+    if text is not None:
         try:
-            env.update(parse_environment(env_text))
+            own = parse_environment(text)
+            validate_env(own)
         except ValueError as exc:
-            notes.append(f"environment={_one_line(env_text)}: {exc}; not carried over")
-    expander.env = {**base_env, **env}
+            notes.append(f"environment={_one_line(text)}: {exc}; not carried over")
+        else:
+            env.update(own)
+    p.env = env
+    p.expander.env = {**p.base_env, **env}
+    return ({"env": env} if env else {}), notes
 
-    command = expanded("command")
+
+def _command(p: _Program) -> Found:
+    command = p.expanded("command")
     if command is None:
-        notes.append("no command= in this section: supervisord would refuse it; add one")
-    else:
-        try:
-            argv = shlex.split(command)
-        except ValueError as exc:
-            argv = []
-            notes.append(f"command={_one_line(command)} cannot be split: {exc}; fix it by hand")
-        else:
-            if not argv:
-                notes.append("command= is empty; add one")
-        if argv:
-            fields["command"] = argv
-            if _runs_gunicorn(argv):
-                notes.append(
-                    "this program runs Gunicorn itself: if it is the Gunicorn these companions "
-                    "will run under, leave this entry out"
-                )
+        return {}, ["no command= in this section: supervisord would refuse it; add one"]
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        return {}, [f"command={_one_line(command)} cannot be split: {exc}; fix it by hand"]
+    if not argv:
+        return {}, ["command= is empty; add one"]
+    try:
+        validate_command(argv)
+    except ValueError as exc:
+        return {}, [f"command={_one_line(command)}: {exc}; fix it by hand"]
+    notes = []
+    if _runs_gunicorn(argv):
+        notes.append(
+            "this program runs Gunicorn itself: if it is the Gunicorn these companions "
+            "will run under, leave this entry out"
+        )
+    return {"command": argv}, notes
 
-    directory = expanded("directory")
-    if directory is not None:
-        if directory:
-            fields["cwd"] = directory
-        else:
-            notes.append("directory= is empty; not carried over")
-    user = raw("user")
-    if user is not None:
-        if user.strip():
-            fields["user"] = user.strip()
-            notes.append(f"user={_one_line(user)}: switching users needs Gunicorn started as "
-                         "root; the key may be left out when Gunicorn's own user is this one")
-        else:
-            notes.append("user= is empty; not carried over")
-    if env:
-        fields["env"] = env
 
-    if numprocs > 1:
-        fields["processes"] = numprocs
-        if start:
+def _directory(p: _Program) -> Found:
+    directory = p.expanded("directory")
+    if directory is None:
+        return {}, []
+    if not directory:
+        return {}, ["directory= is empty; not carried over"]
+    return {"cwd": directory}, []
+
+
+def _user(p: _Program) -> Found:
+    user = p.values.get("user")
+    if user is None:
+        return {}, []
+    if not user.strip():
+        return {}, ["user= is empty; not carried over"]
+    return {"user": user.strip()}, [
+        f"user={_one_line(user)}: switching users needs Gunicorn started as "
+        "root; the key may be left out when Gunicorn's own user is this one"
+    ]
+
+
+def _instances(p: _Program) -> Found:
+    fields, notes = {}, []
+    if p.numprocs > 1:
+        fields["processes"] = p.numprocs
+        if p.start:
             notes.append(
-                f"numprocs_start={start}: instance numbers (GUNICORN_COMPANION_INSTANCE) "
+                f"numprocs_start={p.start}: instance numbers (GUNICORN_COMPANION_INSTANCE) "
                 "start at 0 here"
             )
-    elif raw("numprocs_start") is not None and start:
-        notes.append(f"numprocs_start={start}: %(process_num)d was taken as {start}")
-    process_name = raw("process_name")
+    elif p.values.get("numprocs_start") is not None and p.start:
+        notes.append(f"numprocs_start={p.start}: %(process_num)d was taken as {p.start}")
+    process_name = p.values.get("process_name")
     if process_name is not None and process_name.strip() != "%(program_name)s":
-        if numprocs > 1:
-            instances = f"{name}:0 to {name}:{numprocs - 1}"
-            notes.append(
-                f"process_name={_one_line(process_name)}: not carried over; "
-                f"the instances are named {instances}"
-            )
+        if p.numprocs > 1:
+            named = f"the instances are named {p.name}:0 to {p.name}:{p.numprocs - 1}"
         else:
-            notes.append(
-                f"process_name={_one_line(process_name)}: not carried over; "
-                f"the companion is named {name!r}"
-            )
+            named = f"the companion is named {p.name!r}"
+        notes.append(f"process_name={_one_line(process_name)}: not carried over; {named}")
+    return fields, notes
 
-    autostart = parsed("autostart", parse_bool)
-    if autostart is not None:
-        fields["autostart"] = autostart
-    startsecs = parsed("startsecs", parse_seconds)
-    if startsecs is not None:
-        fields["startsecs"] = startsecs
-    startretries = parsed("startretries", parse_count)
-    if startretries is not None:
-        fields["startretries"] = startretries
-    stop_signal = parsed("stopsignal", parse_signal)
-    if stop_signal is not None:
-        fields["stop_signal"] = stop_signal
-    stop_timeout = parsed("stopwaitsecs", parse_seconds)
-    if stop_timeout is not None:
-        fields["stop_timeout"] = stop_timeout
+
+def _key(key: str, out_key: str, parse: Callable[[str], Any]) -> Callable[[_Program], Found]:
+    """A converter for a key that maps to one companion key."""
+
+    def convert(p: _Program) -> Found:
+        value, notes = p.parsed(key, parse)
+        return ({} if value is None else {out_key: value}), notes
+
+    return convert
+
+
+def _stop_as_group(p: _Program) -> Found:
     # supervisord: stopasgroup sends the stop signal to the whole group (and
     # implies killasgroup); killasgroup only sends the final SIGKILL there,
     # which every companion's stop does here
-    if parsed("stopasgroup", parse_bool):
-        fields["stop_as_group"] = True
-    killasgroup = parsed("killasgroup", parse_bool)
-    if killasgroup is not None and not fields.get("stop_as_group"):
+    stopasgroup, notes = p.parsed("stopasgroup", parse_bool)
+    killasgroup, more = p.parsed("killasgroup", parse_bool)
+    notes += more
+    if killasgroup is not None and not stopasgroup:
         notes.append(
-            f"killasgroup={_one_line(values['killasgroup'])}: not carried over; SIGKILL at "
+            f"killasgroup={_one_line(p.values['killasgroup'])}: not carried over; SIGKILL at "
             "stop_timeout always goes to the companion's whole process group"
         )
+    return ({"stop_as_group": True} if stopasgroup else {}), notes
 
-    autorestart = expanded("autorestart")
-    if autorestart is not None:
-        text = autorestart.strip().lower()
-        if text == "unexpected" or (text in _TRUE):
-            pass  # companions are restarted whenever they exit
-        elif text in _FALSE:
+
+def _autorestart(p: _Program) -> Found:
+    autorestart = p.expanded("autorestart")
+    if autorestart is None:
+        return {}, []
+    text = autorestart.strip().lower()
+    if text == "unexpected" or text in _TRUE:
+        return {}, []  # companions are restarted whenever they exit
+    if text in _FALSE:
+        return {}, [
+            f"autorestart={_one_line(autorestart)}: not carried over; "
+            "companions are always restarted when they exit"
+        ]
+    return {}, [
+        f"autorestart={_one_line(autorestart)}: not true, false or unexpected; "
+        "not carried over (companions are always restarted when they exit)"
+    ]
+
+
+def _output(p: _Program) -> Found:
+    redirect, notes = p.parsed("redirect_stderr", parse_bool)
+    fields, more = _logfile(p, "stdout")
+    notes += more
+    if not redirect:
+        found, more = _logfile(p, "stderr")
+        return {**fields, **found}, notes + more
+    fields["stderr"] = MERGE_WITH_STDOUT
+    for key in ("stderr_logfile", "stderr_logfile_maxbytes", "stderr_logfile_backups"):
+        if key in p.values:
             notes.append(
-                f"autorestart={_one_line(autorestart)}: not carried over; "
-                "companions are always restarted when they exit"
+                f"{key}={_one_line(p.values[key])}: ignored, as supervisord does, "
+                "because redirect_stderr is true"
             )
-        else:
-            notes.append(
-                f"autorestart={_one_line(autorestart)}: not true, false or unexpected; "
-                "not carried over (companions are always restarted when they exit)"
-            )
-
-    redirect = parsed("redirect_stderr", parse_bool)
-    for stream in ("stdout", "stderr"):
-        if stream == "stderr" and redirect:
-            fields["stderr"] = "stdout"
-            for key in ("stderr_logfile", "stderr_logfile_maxbytes", "stderr_logfile_backups"):
-                if key in values:
-                    notes.append(
-                        f"{key}={_one_line(values[key])}: ignored, as supervisord does, "
-                        "because redirect_stderr is true"
-                    )
-            continue
-        _logfile(stream, values, fields, notes, expanded, parsed)
-
-    for key, value in values.items():
-        if key in NOT_CARRIED_OVER:
-            notes.append(f"{key}={_one_line(value)}: not carried over; {NOT_CARRIED_OVER[key]}")
-        elif key not in HANDLED_KEYS:
-            hint = difflib.get_close_matches(key, PROGRAM_KEYS, n=1, cutoff=0.7)
-            did_you_mean = f" (did you mean {hint[0]}?)" if hint else ""
-            notes.append(
-                f"{key}={_one_line(value)}: not a supervisord program option{did_you_mean}; "
-                "not carried over"
-            )
-
-    if expander.instance_keys:
-        keys = ", ".join(expander.instance_keys)
-        notes.append(
-            f"%(process_num)d in {keys} is different for each of the {numprocs} instances "
-            "and is left as is: each instance now gets GUNICORN_COMPANION_INSTANCE (0 to "
-            f"{numprocs - 1}) in its environment instead"
-        )
-        shared = [k for k in expander.instance_keys if k.endswith("_logfile")]
-        if shared:
-            notes.append(
-                f"the {numprocs} instances now write to one file for {', '.join(shared)}: "
-                "edit the path"
-            )
-    for key, text, why in expander.unresolved:
-        notes.append(f"unresolved: {text} in {key} left as is ({why})")
-    baked = [v for v in expander.env_used if v not in env]  # not from the config itself
-    if baked:
-        used = ", ".join(baked)
-        notes.append(f"%(ENV_...)s resolved from the environment at conversion time: {used}")
-    if section.also_in:
-        notes.append(
-            f"[{section.header}] is defined in more than one file; values merged, "
-            "the last file read wins"
-        )
-    return Companion(section.header, section.shown, fields, notes)
+    return fields, notes
 
 
-def _logfile(
-    stream: str,
-    values: Mapping[str, str],
-    fields: dict[str, Any],
-    notes: list[str],
-    expanded: Any,
-    parsed: Any,
-) -> None:
+def _logfile(p: _Program, stream: str) -> Found:
     key = f"{stream}_logfile"
-    path = expanded(key)
-    has_file = False
+    fields: dict[str, Any] = {}
+    notes: list[str] = []
+    path = p.expanded(key)
     if path is not None:
         special = path.strip()
         if special.upper() == "NONE" or special == "/dev/null":
@@ -718,29 +727,131 @@ def _logfile(
         elif not special:
             notes.append(f"{key}= is empty; left out")
         else:
-            fields[stream] = path
-            has_file = True
             if not os.path.isabs(path):
                 notes.append(
                     f"{key}={_one_line(path)} is relative: supervisord took it from its own "
                     "working directory, companions take it from their cwd"
                 )
-    for suffix, out_key, parse in (
-        ("maxbytes", f"{stream}_maxbytes", parse_size),
-        ("backups", f"{stream}_backups", parse_count),
-    ):
+            if path in _OUTPUT_WORDS:
+                # a file of that name to supervisord, a destination to the spec
+                notes.append(f"{key}={path}: written as './{path}' ({path!r} alone is not a "
+                             "file to companions)")
+                path = os.path.join(".", path)
+            fields[stream] = path
+    for suffix, parse in (("maxbytes", validate_maxbytes), ("backups", _backups)):
         option = f"{key}_{suffix}"
-        if option not in values:
+        if option not in p.values:
             continue
-        value = parsed(option, parse)
+        value, more = p.parsed(option, parse)
+        notes += more
         if value is None:
             continue
-        if not has_file:
+        if stream not in fields:
             notes.append(
-                f"{option}={_one_line(values[option])}: ignored, there is no {stream} file"
+                f"{option}={_one_line(p.values[option])}: ignored, there is no {stream} file"
             )
             continue
-        fields[out_key] = value
+        fields[f"{stream}_{suffix}"] = value
+    return fields, notes
+
+
+def _other_keys(p: _Program) -> Found:
+    notes = []
+    for key, value in p.values.items():
+        if key in NOT_CARRIED_OVER:
+            notes.append(f"{key}={_one_line(value)}: not carried over; {NOT_CARRIED_OVER[key]}")
+        elif key not in HANDLED_KEYS:
+            hint = difflib.get_close_matches(key, PROGRAM_KEYS, n=1, cutoff=0.7)
+            did_you_mean = f" (did you mean {hint[0]}?)" if hint else ""
+            notes.append(
+                f"{key}={_one_line(value)}: not a supervisord program option{did_you_mean}; "
+                "not carried over"
+            )
+    return {}, notes
+
+
+def _expansions(p: _Program) -> Found:
+    """Last: what the expansions of every key above could not resolve."""
+    notes = []
+    expander = p.expander
+    if expander.instance_keys:
+        keys = ", ".join(expander.instance_keys)
+        notes.append(
+            f"%(process_num)d in {keys} is different for each of the {p.numprocs} instances "
+            "and is left as is: each instance now gets GUNICORN_COMPANION_INSTANCE (0 to "
+            f"{p.numprocs - 1}) in its environment instead"
+        )
+        shared = [k for k in expander.instance_keys if k.endswith("_logfile")]
+        if shared:
+            notes.append(
+                f"the {p.numprocs} instances now write to one file for {', '.join(shared)}: "
+                "edit the path"
+            )
+    for key, text, why in expander.unresolved:
+        notes.append(f"unresolved: {text} in {key} left as is ({why})")
+    baked = [v for v in expander.env_used if v not in p.env]  # not from the config itself
+    if baked:
+        used = ", ".join(baked)
+        notes.append(f"%(ENV_...)s resolved from the environment at conversion time: {used}")
+    for shown in p.section.repeated_in:
+        notes.append(
+            f"[{p.section.header}] appears more than once in {shown}; values merged, "
+            "the last one wins"
+        )
+    if p.section.also_in:
+        notes.append(
+            f"[{p.section.header}] is defined in more than one file; values merged, "
+            "the last file read wins"
+        )
+    return {}, notes
+
+
+# The table: each converter reads its keys of a [program:x] section, in this
+# order, which is the order of the notes above the companion.
+CONVERTERS: tuple[Callable[[_Program], Found], ...] = (
+    _names,
+    _numprocs,
+    _environment,
+    _command,
+    _directory,
+    _user,
+    _instances,
+    _key("autostart", "autostart", parse_bool),
+    _key("startsecs", "startsecs", _seconds),
+    _key("startretries", "startretries", _startretries),
+    _key("stopsignal", "stop_signal", _signal_name),
+    _key("stopwaitsecs", "stop_timeout", _seconds),
+    _stop_as_group,
+    _autorestart,
+    _output,
+    _other_keys,
+    _expansions,
+)
+
+
+def _program_companion(
+    section: Section,
+    program: str,
+    name: str,
+    group: str | None,
+    base_env: Mapping[str, str],
+    global_env: Mapping[str, str],
+) -> Companion:
+    names: dict[str, Any] = {
+        "program_name": program,
+        "group_name": group or program,
+        "here": os.path.dirname(section.file),
+        "host_node_name": socket.gethostname(),
+    }
+    p = _Program(section, program, name, group, Expander(names, dict(base_env)), global_env,
+                 base_env)
+    fields: dict[str, Any] = {"name": name}
+    notes: list[str] = []
+    for convert in CONVERTERS:
+        found, more = convert(p)
+        fields.update(found)
+        notes += more
+    return Companion(section.header, section.shown, fields, notes)
 
 
 def _runs_gunicorn(argv: list[str]) -> bool:
@@ -835,9 +946,9 @@ def convert(path: str, environ: Mapping[str, str] | None = None) -> str:
         name = sanitize_name(program)
         if name in taken:
             number = 2
-            while f"{name[: _NAME_MAX - 4]}-{number}" in taken:
+            while f"{name[: NAME_MAX_LENGTH - 4]}-{number}" in taken:
                 number += 1
-            name = f"{name[: _NAME_MAX - 4]}-{number}"
+            name = validate_name(f"{name[: NAME_MAX_LENGTH - 4]}-{number}")
         taken.add(name)
         companions.append(
             _program_companion(section, program, name, groups.get(program), base_env, global_env)
