@@ -92,3 +92,17 @@ def test_a_single_instance_gets_its_own_reply():
     got = []
     commands._gather(["w"], got.append)("w")(error("did_not_start", "w is FATAL"))
     assert got == [error("did_not_start", "w is FATAL")]
+
+
+def test_a_request_still_waiting_when_its_companion_is_removed_gets_the_removed_code():
+    import simulation
+
+    sim = simulation.Simulation(seed=1, schedule=[])
+    sup = sim.sup
+    name = next(iter(sup.records))
+    replies = []
+    sup.wait_for(name, lambda record: None, replies.append)  # never settles by itself
+    del sup.records[name]  # what retiring a removed companion ends with
+    sup._settle_waiters(name)
+    assert replies == [{"ok": False, "code": "removed",
+                        "error": f"{name} was removed from the configuration"}]

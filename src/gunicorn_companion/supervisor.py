@@ -21,7 +21,7 @@ import signal
 from collections.abc import Callable
 
 from . import lifecycle as lc
-from . import privileges
+from . import privileges, protocol
 from .host import Host
 from .loading import CompanionConfig
 from .spec import CompanionSpec, ConfigError
@@ -197,7 +197,7 @@ class Supervisor:
         for settled, respond in waiting:
             record = self.records.get(name)
             if record is None:
-                respond({"ok": False, "error": f"{name} was removed from the configuration"})
+                respond(protocol.error("removed", f"{name} was removed from the configuration"))
                 continue
             reply = settled(record)
             if reply is None:
