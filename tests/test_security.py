@@ -448,3 +448,20 @@ def test_a_reread_cannot_add_a_user_once_the_manager_dropped_root(serve, users, 
             f"gid {users[OTHER].pw_gid} ({OTHER}): the companion manager runs as "
             f"uid {users[SERVICE].pw_uid} ({SERVICE}) without root") in reply["error"]
     assert [c["name"] for c in Control(sock).request({"cmd": "status"})["companions"]] == ["a"]
+
+
+@as_root
+def test_max_memory_is_enforced_after_the_drop(serve, users):
+    srv = serve(f"""
+        preload_app = True
+        workers = 1
+        user = {SERVICE!r}
+        group = {SERVICE!r}
+        companion_memory_check_interval = 0.2
+        companion_workers = [{{"name": "hog", "target": "compapp:grower", "startsecs": 0,
+                               "max_memory": "40MB"}}]
+        """, env={"GROW_MB": "64"})
+    # the manager (now the service user) reads the companion's memory and
+    # recycles it: the companion stays readable to its own user after the drop
+    srv.wait_log("max_memory exceeded")
+    assert "max_memory is not enforced" not in srv.log()

@@ -147,11 +147,6 @@ def build(values: BootValues) -> ManagerLoop:
         # preload). Changing credentials cleared PDEATHSIG: set it again.
         if privileges.drop_to(base):
             _rearm_parent_death(values.master_pid)
-            if any(s.max_memory for s in specs):
-                log.warning(
-                    "max_memory is not enforced: after dropping root, processes are "
-                    "not dumpable and the kernel hides their memory figures from the "
-                    "companion manager (see docs/security.md)")
     # Without preload nothing was resolved in the master; with it, a
     # companion added by a reload since the boot was not either.
     supervisor.targets = resolve_targets(specs, values.known_targets)

@@ -29,6 +29,7 @@ EXIT_SETUP_FAILED = 71
 EXIT_EXEC_FAILED = 127
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 
 _ALL_SIGNALS = set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}
@@ -48,6 +49,15 @@ def _libc():
 
 
 _LIBC = _libc() if sys.platform.startswith("linux") else None
+
+
+def set_dumpable() -> bool:
+    """Undo the kernel's "not dumpable" after a change of credentials, so that
+    processes of our own user (the companion manager, dropped to that same
+    user) may read our /proc/PID/smaps_rollup (Linux only)."""
+    if _LIBC is None:
+        return False
+    return _LIBC.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0) == 0
 
 
 def set_parent_death_signal(sig: int) -> bool:
@@ -224,6 +234,13 @@ def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, t
                 print(f"gunicorn-companion: companion {spec.name!r}: {exc}", file=sys.stderr,
                       flush=True)
                 os._exit(EXIT_SETUP_FAILED)
+        if spec.max_memory and os.geteuid() != 0:
+            # A drop (ours, or the manager's we inherited) made us non-dumpable,
+            # which hides our memory figures from the manager (dropped to this
+            # user too): max_memory could not be enforced. Dumpable again, we
+            # are readable by our own user only, who can read the same
+            # preloaded memory in an HTTP worker anyway.
+            set_dumpable()
         # PDEATHSIG first, then re-check: if the manager died between fork and
         # prctl, no signal will ever come, and getppid() tells us instead.
         if set_parent_death_signal(signal.SIGKILL):
