@@ -236,3 +236,4 @@ def test_ready_after_a_full_channel_drains(channel):
     received(manager_end)
     notify.ready()
     assert received(manager_end) == [READY]
+

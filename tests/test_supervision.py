@@ -313,3 +313,15 @@ def test_two_hot_upgrades_never_run_a_singleton_twice(server, sock_path, tmp_pat
     assert status(sock_path)["beat"]["state"] == "RUNNING"
     os.kill(master, signal.SIGTERM)
     wait_until(lambda: not alive(master))
+
+
+def test_a_companion_cannot_speak_for_another(server, sock_path):
+    """The sender is who the kernel says it is (SCM_CREDENTIALS), not the pid
+    written in the message: a compromised companion cannot make another look
+    ready."""
+    srv = server(control_config(sock_path, """[
+        {"name": "victim", "target": "compapp:sleeper", "wait_ready": True},
+        {"name": "forger", "target": "compapp:forger", "startsecs": 0}]"""))
+    srv.until(lambda: (srv.state / "forger.done").exists(), message="the forged messages")
+    victim = status(sock_path)["victim"]
+    assert victim["state"] == "STARTING" and victim["waiting"] == "ready()", victim

@@ -20,6 +20,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 
 from .supervisor import Supervisor
 
@@ -87,6 +88,19 @@ def handle_signal(supervisor: Supervisor, signum: int) -> None:
     # sure their default action (some terminate) cannot kill the manager.
 
 
+_PASSCRED = getattr(socket, "SO_PASSCRED", None)  # Linux
+_UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
+_CREDENTIALS_SPACE = socket.CMSG_SPACE(_UCRED.size) if _PASSCRED is not None else 0
+
+
+def _sender_pid(ancillary) -> int | None:
+    for level, kind, data in ancillary:
+        if (level == socket.SOL_SOCKET and kind == getattr(socket, "SCM_CREDENTIALS", None)
+                and len(data) >= _UCRED.size):
+            return _UCRED.unpack_from(data)[0]
+    return None
+
+
 def _record_only(signum, frame):
     """The C handler already wrote ``signum`` to the wakeup socket: nothing to do."""
 
@@ -130,6 +144,9 @@ class ManagerLoop:
         self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._on_wakeup)
         for sock in (self._notify_r, self.notify_w):
             sock.setblocking(False)
+        if _PASSCRED is not None:
+            # the kernel attaches each sender's pid to its datagram
+            self._notify_r.setsockopt(socket.SOL_SOCKET, _PASSCRED, 1)
         self.selector.register(self._notify_r, selectors.EVENT_READ, self._on_notify)
 
     def attach_control(self, server) -> None:
@@ -178,9 +195,14 @@ class ManagerLoop:
     def _on_notify(self, key, mask) -> None:
         while True:
             try:
-                data = self._notify_r.recv(256)
+                data, ancillary, _, _ = self._notify_r.recvmsg(256, _CREDENTIALS_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             what, _, pid = data.decode("ascii", "replace").partition(" ")
-            if pid.isdigit():
-                self.supervisor.notified(int(pid), what)
+            sender = _sender_pid(ancillary)
+            if sender is not None:
+                # Who sent it is what the kernel says: every companion holds
+                # this socket, and a compromised one could write another's pid.
+                self.supervisor.notified(sender, what)
+            elif pid.isdigit():
+                self.supervisor.notified(int(pid), what)  # no SO_PASSCRED here
