@@ -217,8 +217,10 @@ def pool():
         _note(f"{name}.pool", f"{os.getpid()} parent done")
         os._exit(0)
 
-    # before the children exist: once one says it works, a stop may come
+    # SIGTERM held until every child is known (a stop may come as soon as
+    # one says it works) and, in each child, until it has its own handler
     signal.signal(signal.SIGTERM, stop)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     for _ in range(int(os.environ.get("POOL_SIZE", "2"))):
         read_end, write_end = os.pipe()
         pid = os.fork()
@@ -230,6 +232,7 @@ def pool():
                 os._exit(1)
 
             signal.signal(signal.SIGTERM, killed)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             _note(f"{name}.pool", f"{os.getpid()} working")
             os.read(read_end, 1)  # "finish now", or EOF: the parent is gone
             time.sleep(float(os.environ.get("POOL_FINISH_SECONDS", "0.3")))
@@ -237,6 +240,7 @@ def pool():
             os._exit(0)
         os.close(read_end)
         kids.append((pid, write_end))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     while True:
         signal.pause()
 
