@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support import Control, proc_stat, running_code, wait_until
 
-from gunicorn_companion.arbiter import respawn_delay
+from gunicorn_companion.handle import respawn_delay
 
 # Stray signals whose default action would terminate (or stop) a process and
 # that mean nothing to the manager: it ignores them.
