@@ -23,7 +23,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 
 from . import boot, procfs
-from .handle import KILL_WAIT, ManagerBootFailed, ManagerDriver, Phase
+from .handle import ManagerBootFailed, ManagerDriver, Phase
 from .loading import CompanionConfig, ConfigSources, load_companion_config
 from .spawn import (
     EXIT_ORPHANED,
@@ -140,12 +140,6 @@ class OsMasterHost:
         if not data:
             self._close_lifeline()
         return data
-
-    def wait_lifeline(self, timeout: float) -> None:
-        if self.lifeline is not None:
-            _wait_readable(self.lifeline, timeout)
-        else:
-            time.sleep(timeout)
 
     def sweep_session(self, leader: int) -> None:
         """The manager leads a session holding its whole tree; once it is dead
@@ -307,23 +301,10 @@ class CompanionArbiter(Arbiter):
         return slowest + cfg.companion_manager_shutdown_buffer
 
     def stop(self, graceful=True):
-        manager = self.manager
-        timeout = self.companion_stop_timeout()
-        deadline = time.monotonic() + timeout
-        manager.stop(graceful)
-        super().stop(graceful)
-        quick = not graceful
-        while not manager.wait_exit(min(0.1, max(0.0, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline:
-                break
-            if not quick and self._quick_stop_requested():
-                quick = True  # Ctrl-C (or QUIT) while companions drain: hurry them
-                self.log.info("Quick shutdown requested")
-                manager.stop(graceful=False)
-        if manager.pid:
-            manager.stop_overdue(timeout)
-            manager.wait_exit(KILL_WAIT)
-        manager.finish_stop()
+        self.manager.shutdown(
+            graceful, self.companion_stop_timeout(),
+            then=lambda: super(CompanionArbiter, self).stop(graceful),
+            quick_requested=self._quick_stop_requested)
 
 
 def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:

@@ -289,7 +289,6 @@ class MasterHost(Protocol):
     def signal(self, pid: int, sig: int) -> None: ...  # a process already gone is no error
     def claim(self, pid: int) -> tuple[bool, int | None]: ...  # (reaped, wait status or None)
     def read_lifeline(self, wait: float) -> bytes | None: ...  # None: nothing yet; b"": EOF
-    def wait_lifeline(self, timeout: float) -> None: ...  # until readable (EOF, say) or timeout
     def sweep_session(self, leader: int) -> None: ...
 
 
@@ -406,6 +405,28 @@ class ManagerDriver:
     def stop_overdue(self, timeout: float) -> None:
         self.apply(StopOverdue(timeout))
 
+    def shutdown(self, graceful: bool, timeout: float, *, then=lambda: None,
+                 quick_requested=lambda: False) -> None:
+        """The master stops: tell the manager, run ``then`` (Gunicorn's own
+        stop of its workers), wait up to ``timeout`` for the manager (a quick
+        stop requested meanwhile hurries it), SIGKILL it if overdue, and
+        sweep what is left of its tree."""
+        deadline = self.host.now() + timeout
+        self.stop(graceful)
+        then()
+        quick = not graceful
+        while not self.wait_exit(min(0.1, max(0.0, deadline - self.host.now()))):
+            if self.host.now() >= deadline:
+                break
+            if not quick and quick_requested():
+                quick = True  # Ctrl-C (or QUIT) while companions drain: hurry them
+                self.host.log.info("Quick shutdown requested")
+                self.stop(graceful=False)
+        if self.handle.pid:
+            self.stop_overdue(timeout)
+            self.wait_exit(KILL_WAIT)
+        self.finish_stop()
+
     def wait_exit(self, timeout: float) -> bool:
         """Wait (in the master's main loop, not a handler) until the manager is reaped."""
         deadline = self.host.now() + timeout
@@ -417,8 +438,11 @@ class ManagerDriver:
             remaining = deadline - self.host.now()
             if remaining <= 0:
                 return False
-            # woken early by the lifeline's EOF when the whole tree is gone
-            self.host.wait_lifeline(min(remaining, 0.05))
+            # woken early by the lifeline's EOF when the whole tree is gone;
+            # reading drops the boot line of a manager stopped before it
+            # reported, which would otherwise keep the lifeline readable
+            # (and this loop busy)
+            self.host.read_lifeline(min(remaining, 0.05))
 
     def finish_stop(self) -> None:
         """The master's last word: SIGKILL what is left of the tree and wait
