@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 
-from gunicorn_companion import commands, protocol
+from gunicorn_companion import commands, handle, handshake, protocol
 from gunicorn_companion.loading import CompanionConfig
 from gunicorn_companion.loop import handle_signal
 from gunicorn_companion.spec import CompanionSpec
@@ -124,6 +124,10 @@ class World:
         self.spawn_faults: list[int] = []
         self.output = SimOutput()
         self.supervisor: Supervisor | None = None
+        self.manager: SimManager | None = None  # the last manager forked
+
+    def manager_up(self) -> bool:
+        return self.manager is not None and self.manager.alive
 
     def at(self, when: float, what) -> None:
         heapq.heappush(self.happenings, (when, next(self._seq), what))
@@ -138,7 +142,7 @@ class World:
 
     def notify(self, pid: int, what: str) -> None:
         proc = self.procs[pid]
-        if proc.alive and proc.generation == self.generation and self.supervisor:
+        if proc.alive and proc.generation == self.generation and self.manager_up():
             self.supervisor.notified(pid, what)
 
     # -- process life -----------------------------------------------------------
@@ -235,7 +239,7 @@ class World:
         for child in self.procs.values():
             if child.parent == proc.pid and child.alive:
                 child.parent = MANAGER  # the manager is the subreaper
-        if proc.parent == MANAGER and proc.generation == self.generation:
+        if proc.parent == MANAGER and proc.generation == self.generation and self.manager_up():
             self.sigchld = True
         else:
             proc.reaped = True  # its parent (or init, for a dead manager's) reaps it
@@ -320,6 +324,78 @@ class SimHost:
 
     def close(self):
         pass
+
+
+@dataclass
+class SimManager:
+    """A manager process as its master sees it: a pid, an exit, a lifeline."""
+    pid: int
+    generation: int
+    alive: bool = True
+    status: int | None = None
+    reaped: bool = False
+    report: bytes = b""  # written on the lifeline, not read yet
+
+
+class SimMaster:
+    """The master's host (handle.MasterHost) over the World: the real
+    ManagerDriver forks, signals, claims and reads lifelines through it."""
+
+    def __init__(self, sim: "Simulation"):
+        self.sim = sim
+        self.world = sim.world
+        self.log = sim.log
+
+    def now(self):
+        return self.world.now
+
+    def fork_manager(self, at_boot):
+        return self.sim.fork_manager()
+
+    def signal(self, pid, sig):
+        manager = self.world.manager
+        if manager is None or manager.pid != pid or not manager.alive:
+            return
+        if sig == signal.SIGKILL:
+            self.sim.manager_dies(signal.SIGKILL)
+        else:
+            self.sim.manager_signal(sig)
+
+    def claim(self, pid):
+        manager = self.world.manager
+        if manager is None or manager.pid != pid or manager.alive or manager.reaped:
+            return False, None
+        manager.reaped = True
+        return True, manager.status
+
+    def _readable(self) -> bool:
+        return bool(self.world.manager and self.world.manager.report) or self.tree_gone()
+
+    def tree_gone(self) -> bool:
+        """EOF on the lifeline: the manager and every process of its tree exited."""
+        world = self.world
+        return (world.manager is None or not world.manager.alive) and not any(
+            p.generation == world.generation for p in world.live())
+
+    def read_lifeline(self, wait):
+        self.sim.wait_world(wait, self._readable)
+        manager = self.world.manager
+        if manager is not None and manager.report:
+            data, manager.report = manager.report, b""
+            return data
+        return b"" if self.tree_gone() else None
+
+    def sweep_session(self, leader):
+        world = self.world
+        for proc in world.live():
+            if world.manager and world.manager.pid == leader and (
+                    proc.generation == world.manager.generation):
+                # a process in uninterruptible sleep (disk I/O, say) dies of
+                # SIGKILL only when that ends: the lifeline's EOF, not the
+                # sweep, says the tree is gone
+                delay = world.behaviour(proc.pid).choice([0.0, 0.0, 0.0, 0.5, 2.0])
+                world.at(world.now + delay,
+                         lambda p=proc: world._die_unless_dead(p, exit_status(sig=signal.SIGKILL)))
 
 
 # -- configs and schedules -----------------------------------------------------
@@ -431,13 +507,20 @@ class Simulation:
         self.requests: list[Request] = []
         self.steps = 0
         self.log = SimLog(self.world)
-        self.final = False  # the closing shutdown: no replacement manager after it
-        self.boot()
+        self.final = False  # the closing shutdown has begun
+        self.killed_at_final = False  # the master had to SIGKILL the manager then
+        self.handle = handle.ManagerDriver(SimMaster(self))
+        self.handle.start_at_boot()
 
-    def boot(self) -> None:
-        """A new manager (at the start, or replacing one that died or stopped)."""
+    def fork_manager(self) -> int:
+        """The master forks a manager (at the start, or replacing one that
+        died or stopped): a fresh supervisor over the current config."""
         world = self.world
+        # the replacement starts only after the old tree is gone
+        if left := [p.pid for p in world.live()]:
+            raise Violation(f"a new manager forked while the old tree lives: pids {left}")
         world.generation += 1
+        world.manager = SimManager(next(world._pids), world.generation)
         sup = Supervisor(
             self.config, {s.name: None for s in self.config.specs},
             host=SimHost(world), log=self.log,
@@ -448,7 +531,9 @@ class Simulation:
         )
         world.supervisor = sup
         sup.start()
+        world.manager.report = handshake.READY
         self.settle()
+        return world.manager.pid
 
     @property
     def sup(self) -> Supervisor:
@@ -459,14 +544,26 @@ class Simulation:
     def settle(self) -> None:
         """What the loop does after each readiness event: reap on SIGCHLD,
         fire what is due, until nothing more happens at this instant."""
+        if not self.world.manager_up():
+            return
         for _ in range(1000):
             if self.world.sigchld:
                 self.world.sigchld = False
                 handle_signal(self.sup, signal.SIGCHLD)
             self.sup.fire_due()
             if not self.world.sigchld:
-                return
-        raise Violation("the loop does not settle: endless work at one instant")
+                break
+        else:
+            raise Violation("the loop does not settle: endless work at one instant")
+        if self.sup.finished():
+            # a manager that finished on a signal exits 0 (the master replaces it)
+            self.sup.finish()
+            self.manager_gone(exit_status(code=0))
+
+    def master_turn(self) -> None:
+        """A turn of the master's main loop: reap the manager, maintain it."""
+        self.handle.claim()
+        self.handle.maintain(wanted=bool(self.config.specs))
 
     def run(self) -> None:
         pending = collections.deque(self.schedule)
@@ -476,17 +573,14 @@ class Simulation:
             if when is None or when > horizon:
                 break
             self._advance(when, pending)
-        # the end: a graceful stop must finish with nothing left
+        # the end: the master stops; the manager's graceful stop must finish
+        # in time, with nothing left
         self.world.now = max(self.world.now, horizon)
         self.final = True
-        handle_signal(self.sup, signal.SIGTERM)
-        limit = self.world.now + 20 * max([s.stop_timeout for s in self.config.specs] + [1.0])
-        while not self.sup.finished():
-            when = self._next_time(collections.deque())
-            if when is None or when > limit:
-                raise Violation(f"the final shutdown did not finish by t={limit:.3f}")
-            self._advance(when, collections.deque())
-        self.sup.finish()
+        limit = 20 * max([s.stop_timeout for s in self.config.specs] + [1.0])
+        self.handle.shutdown(graceful=True, timeout=limit)
+        if self.killed_at_final:
+            raise Violation(f"the final shutdown did not finish in {limit:.3f}s")
         self.world.now += 0.001  # PDEATHSIG and the session kill land
         self.check()
         if left := [p.pid for p in self.world.live()]:
@@ -496,18 +590,22 @@ class Simulation:
                 raise Violation(f"{request.cmd} {request.name} got {len(request.answers)} "
                                 "answers, not one")
 
-    def _next_time(self, pending) -> float | None:
+    def _next_time(self, pending, master: bool = True) -> float | None:
         times = []
         if self.world.happenings:
             times.append(self.world.happenings[0][0])
         if pending:
             times.append(pending[0].at)
-        deadline = self.sup.next_deadline()
-        if deadline is not None:
-            times.append(deadline)
+        if self.world.manager_up():
+            deadline = self.sup.next_deadline()
+            if deadline is not None:
+                times.append(deadline)
+        state = self.handle.handle
+        if master and state.phase is handle.Phase.IDLE and self.config.specs:
+            times.append(state.next_spawn_at)
         return min(times) if times else None
 
-    def _advance(self, when: float, pending) -> None:
+    def _advance(self, when: float, pending, master: bool = True) -> None:
         world = self.world
         world.now = max(world.now, when)
         if world.happenings and world.happenings[0][0] <= world.now:
@@ -516,17 +614,26 @@ class Simulation:
         elif pending and pending[0].at <= world.now:
             self.perform(pending.popleft())
         self.settle()
-        if self.sup.finished() and not self.final:
-            # a manager that finished on a signal exits 0: the master replaces it
-            self.sup.finish()
-            self.check()
-            self.boot()
+        if master:
+            self.master_turn()
         self.steps += 1
         self.check()
+
+    def wait_world(self, timeout: float, until) -> None:
+        """The master blocks (a select on the lifeline) while the world goes on."""
+        deadline = self.world.now + timeout
+        while not until():
+            when = self._next_time(collections.deque(), master=False)
+            if when is None or when > deadline:
+                self.world.now = max(self.world.now, deadline)
+                return
+            self._advance(when, collections.deque(), master=False)
 
     # -- events --------------------------------------------------------------
 
     def main_proc(self, name: str) -> Proc | None:
+        if not self.world.manager_up():
+            return None
         record = self.sup.records.get(name)
         if record is None or record.pid is None:
             return None
@@ -570,6 +677,10 @@ class Simulation:
             raise ValueError(kind)
 
     def _manager_signal(self, signum: int) -> None:
+        if self.world.manager_up():
+            self.manager_signal(signum)
+
+    def manager_signal(self, signum: int) -> None:
         handle_signal(self.sup, signum)
         self.settle()
 
@@ -577,6 +688,9 @@ class Simulation:
         proc = self.main_proc(name) if name else None
         request = Request(cmd, name, proc.pid if proc else None)
         self.requests.append(request)
+        if not self.world.manager_up():
+            request.answers.append({"ok": False, "error": "connection refused"})
+            return
 
         def respond(reply: dict) -> None:
             request.answers.append(reply)
@@ -589,19 +703,32 @@ class Simulation:
 
         commands.dispatch(self.sup, protocol.Request(cmd, name), respond)
 
-    def manager_dies(self) -> None:
-        """SIGKILLed: PDEATHSIG takes its companions, the master's session
-        sweep the rest; open control connections close (an answer: EOF)."""
+    def manager_dies(self, sig: int = signal.SIGKILL) -> None:
+        """SIGKILLed: PDEATHSIG takes its companions; what they forked lives
+        on until the master sweeps the session."""
+        if not self.world.manager_up():
+            return
+        world = self.world
+        if self.final:
+            self.killed_at_final = True
+        companions = [p for p in world.live()
+                      if p.generation == world.generation and p.parent == MANAGER]
+        self.manager_gone(exit_status(sig=sig))
+        for proc in companions:
+            world.die(proc, exit_status(sig=signal.SIGKILL))
+
+    def manager_gone(self, status: int) -> None:
+        """The manager exited: open control connections close (an answer:
+        EOF); init reaps its children from now on."""
         world = self.world
         for request in self.requests:
             if not request.answers:
                 request.answers.append({"ok": False, "error": "connection closed"})
-        for proc in world.live():
-            world.die(proc, exit_status(sig=signal.SIGKILL))
+        world.manager.alive, world.manager.status = False, status
         for proc in world.procs.values():
-            proc.reaped = True  # init reaps a dead manager's children
+            if not proc.alive:
+                proc.reaped = True
         world.sigchld = False
-        self.boot()
 
     # -- invariants -------------------------------------------------------------------
 
@@ -618,6 +745,10 @@ class Simulation:
         for name, groups in holders.items():
             if len(groups) > 1:
                 raise Violation(f"singleton {name} runs twice: process groups {sorted(groups)}")
+        if len(world.happenings) > 10_000:
+            raise Violation("the world's queue grew without bound")
+        if not world.manager_up():
+            return  # what follows is about a running manager's records
         for name, record in sup.records.items():
             proc = procs.get(record.pid) if record.pid else None
             # the reported state matches the process table
@@ -660,8 +791,6 @@ class Simulation:
             raise Violation(f"{waiting} waiters for {open_requests} open requests")
         if len(sup.timers) > 2 * len(sup.records) + 65:
             raise Violation(f"timer heap grew to {len(sup.timers)}")
-        if len(world.happenings) > 10_000:
-            raise Violation("the world's queue grew without bound")
 
 
 # -- seeds, shrinking, reporting ------------------------------------------------------

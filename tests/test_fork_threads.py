@@ -21,7 +21,7 @@ def _count_threads():
     frame, kind = _sys._getframe(1), "other"
     while frame is not None and kind == "other":
         if frame.f_code.co_filename.endswith(_os.path.join("gunicorn_companion", "arbiter.py")) \\
-                and frame.f_code.co_name == "spawn":
+                and frame.f_code.co_name == "fork_manager":
             kind = "manager"
         if frame.f_code.co_filename.endswith(_os.path.join("gunicorn_companion", "spawn.py")) \\
                 and frame.f_code.co_name == "spawn_companion":

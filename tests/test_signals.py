@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 from support import Control, proc_stat, running_code, wait_until
 
-from gunicorn_companion.arbiter import respawn_delay
-
 # Stray signals whose default action would terminate (or stop) a process and
 # that mean nothing to the manager: it ignores them.
 STRAYS = [signal.SIGALRM, signal.SIGPROF, signal.SIGVTALRM, signal.SIGXCPU, signal.SIGIO,
@@ -199,16 +197,6 @@ def test_a_manager_that_keeps_dying_is_replaced_ever_more_slowly_unless_it_was_a
         assert f"exited {how}; starting a new one in {delay:.1f}s" in lines[-1], lines
         manager = new
     assert_serving(srv, sock_path, "everything serving after the replacements")
-
-
-@pytest.mark.parametrize(("crashes", "delay"), [
-    (0, 0.5),  # it was asked to stop
-    (1, 0.5),  # the first crash (after a healthy run)
-    (2, 1.0), (3, 2.0), (4, 4.0), (5, 8.0), (6, 16.0),
-    (7, 30.0), (50, 30.0),  # capped
-])
-def test_respawn_delay(crashes, delay):
-    assert respawn_delay(crashes) == delay
 
 
 # -- a SIGKILLed master ---------------------------------------------------------------

@@ -16,7 +16,7 @@ import types
 import pytest
 import simulation
 
-from gunicorn_companion import commands, lifecycle, supervisor
+from gunicorn_companion import commands, handle, lifecycle, supervisor
 
 SEEDS_TO_BITE = 300
 
@@ -65,12 +65,21 @@ def lose_an_exit(monkeypatch):
     monkeypatch.setattr(simulation, "Supervisor", sup.Supervisor)
 
 
+def replace_the_manager_before_its_tree_is_gone(monkeypatch):
+    # the master's handle skips DRAINING: a replacement forks once its
+    # backoff passes, whether or not the lifeline said the old tree is gone
+    mutant = mutated(handle, "return replace(handle, phase=Phase.DRAINING, pid=0,",
+                     "return replace(handle, phase=Phase.IDLE, pid=0,")
+    monkeypatch.setattr(simulation, "handle", mutant)
+
+
 # each with what the simulation must say when it catches it
 MUTATIONS = [
     (drop_sigkill_after_stop_timeout, ("passed without SIGKILL",)),
     (release_singleton_lock_too_early, ("runs twice",)),
     (answer_stop_before_the_process_is_gone, ("answered ok while",)),
     (lose_an_exit, ("which is no process of it", "is tracked but gone")),
+    (replace_the_manager_before_its_tree_is_gone, ("forked while the old tree lives",)),
 ]
 
 

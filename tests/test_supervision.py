@@ -74,8 +74,10 @@ def test_a_manual_stop_is_not_a_failure(server, sock_path):
 
 
 def _children_of_forker(srv):
+    # the file may exist before its first line is whole: wait for the newline
     line = srv.until(lambda: (srv.state / "f.children").exists()
-                     and (srv.state / "f.children").read_text().split("\n")[-2],
+                     and "\n" in (text := (srv.state / "f.children").read_text())
+                     and text.split("\n")[-2],
                      message="the forker's children")
     return [int(p) for p in line.split()]
 

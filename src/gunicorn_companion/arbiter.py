@@ -22,8 +22,8 @@ from gunicorn import util
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 
-from . import boot, handshake, procfs, sdnotify
-from .lifecycle import ExitStatus
+from . import boot, procfs, sdnotify
+from .handle import ManagerBootFailed, ManagerDriver, Phase
 from .loading import CompanionConfig, ConfigSources, load_companion_config
 from .spawn import (
     EXIT_ORPHANED,
@@ -32,20 +32,6 @@ from .spawn import (
     set_parent_death_signal,
 )
 from .spec import ConfigError
-
-# Respawn backoff for a manager that keeps crashing: it never loops tightly.
-RESPAWN_DELAY_MIN = 0.5
-RESPAWN_DELAY_MAX = 30.0
-# A manager that lived this long was healthy: its crash restarts the backoff.
-HEALTHY_UPTIME = 10.0
-# How long the master waits for a freshly forked manager to report its boot.
-BOOT_TIMEOUT = 60.0
-
-
-def respawn_delay(crashes_in_a_row: int) -> float:
-    """Seconds before a dead manager is replaced: the minimum, doubled for each
-    crash in a row after the first, up to the maximum (pure)."""
-    return min(RESPAWN_DELAY_MIN * 2 ** max(crashes_in_a_row - 1, 0), RESPAWN_DELAY_MAX)
 
 
 def _wait_readable(fd: int, timeout: float) -> bool:
@@ -105,130 +91,22 @@ def manager_stop_timeout(cfg, specs) -> tuple[float, str]:
         f"+ companion_manager_shutdown_buffer {buffer:g}")
 
 
-class ManagerHandle:
-    """The master's record of the companion manager process."""
+class OsMasterHost:
+    """The master's OS calls about its manager (handle.MasterHost): fork it,
+    signal it, claim it by pid, the lifeline, its session."""
 
     def __init__(self, arbiter: "CompanionArbiter"):
         self.arbiter = arbiter
-        self.pid = 0
-        self.last_pid = 0
         self.lifeline: int | None = None  # read end; EOF = the whole old tree is gone
-        self.spawned_at = 0.0
-        self.exit_status: int | None = None  # recorded by reap (maybe in a signal handler)
-        self.exit_unknown = False  # Gunicorn's own reap loop claimed it first
-        self.crashes_in_a_row = 0  # deaths each within HEALTHY_UPTIME of their start
-        self.next_spawn_at = 0.0
-        self.stopping = False
-        self.waiting_logged = False
-        self.booting = False  # a replacement manager has not reported yet
-        self.boot_report = b""
-        self.boot_deadline = 0.0
-        self.news = b""  # lifeline bytes after the boot line: sdnotify's news
 
     @property
     def log(self):
-        return self.arbiter.log
+        return self.arbiter.log  # Gunicorn makes a new one on each reload
 
-    # -- reaping (may run inside Gunicorn 23's SIGCHLD handler: record only) ----
+    def now(self) -> float:
+        return time.monotonic()
 
-    def claim(self) -> None:
-        """Reap the manager by its own pid before Gunicorn's waitpid(-1) loop
-        would take it for an unknown worker."""
-        if not self.pid:
-            return
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            # Gunicorn's loop reaped it in the window between our waitpid and
-            # its own (it exited right then): the status is lost, not the fact.
-            self.pid, self.exit_unknown = 0, True
-            return
-        if pid:
-            self.pid, self.exit_status = 0, status
-
-    # -- the master loop's part (safe to log) ------------------------------------
-
-    def wanted(self) -> bool:
-        config = self.arbiter.companion_config
-        return bool(config and config.specs) and not self.stopping
-
-    def maintain(self) -> None:
-        self.poll_boot()
-        self._report_exit()
-        if self.pid or self.stopping:
-            return
-        if not self.old_tree_gone():
-            return
-        if not self.wanted() or time.monotonic() < self.next_spawn_at:
-            return
-        self.spawn()
-
-    def _report_exit(self) -> None:
-        if self.exit_status is None and not self.exit_unknown:
-            return
-        if self.exit_unknown:
-            how, asked_to_stop = "with an unknown status", False
-        else:
-            # ExitStatus names every signal, a real-time one without a name too
-            # (signal.Signals(40) raises, and an exception here halts the master)
-            status = ExitStatus.from_wait_status(self.exit_status)
-            how = f"{'by' if status.signal is not None else 'with'} {status.describe()}"
-            # The manager exits 0 only after a shutdown it was asked for: TERM,
-            # INT or QUIT sent to it by someone other than the master.
-            asked_to_stop = status.code == 0
-        self.exit_status, self.exit_unknown = None, False
-        self.booting = False
-        self.kill_leftovers()
-        if self.stopping:
-            return
-        # A stop on request is no crash, and a crash after a healthy run starts
-        # the count over: only a manager that cannot stay up waits longer and
-        # longer (up to RESPAWN_DELAY_MAX) instead of restarting every
-        # companion in a tight loop.
-        if asked_to_stop:
-            self.crashes_in_a_row = 0
-        elif time.monotonic() - self.spawned_at >= HEALTHY_UPTIME:
-            self.crashes_in_a_row = 1
-        else:
-            self.crashes_in_a_row += 1
-        delay = respawn_delay(self.crashes_in_a_row)
-        self.next_spawn_at = time.monotonic() + delay
-        self.log.error("Companion manager exited %s; starting a new one in %.1fs, "
-                       "once its companions are gone", how, delay)
-
-    def kill_leftovers(self) -> None:
-        """The manager leads a session holding its whole tree; once it is dead
-        (SIGKILLed, say), whatever of that session remains is killed here:
-        PDEATHSIG took the companions, this takes their own children."""
-        if not self.last_pid:
-            return
-        for pid in procfs.session_members(self.last_pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def old_tree_gone(self, wait: float = 0.0) -> bool:
-        """True once no process of the previous manager's tree holds the lifeline."""
-        if self.lifeline is None:
-            return True
-        deadline = time.monotonic() + wait
-        while _wait_readable(self.lifeline, deadline - time.monotonic()):
-            try:
-                data = os.read(self.lifeline, 4096)
-            except BlockingIOError:
-                continue
-            if not data:
-                os.close(self.lifeline)
-                self.lifeline = None
-                self.waiting_logged = False
-                return True
-        if not self.waiting_logged and time.monotonic() - self.spawned_at > HEALTHY_UPTIME:
-            self.waiting_logged = True
-            self.log.warning("Waiting for the old companion manager's companions to exit")
-        return False
-
-    def spawn(self, at_boot: bool = False) -> None:
+    def fork_manager(self, at_boot: bool) -> int:
         arbiter = self.arbiter
         if not at_boot:
             # A replacement runs what the files say now: a reread over the
@@ -236,8 +114,9 @@ class ManagerHandle:
             try:
                 arbiter.companion_config = load_companion_config(arbiter.companion_sources)
             except ConfigError as exc:
-                self.log.error("Companion config is invalid now; the new manager runs the "
-                               "last valid one: %s", exc)
+                arbiter.log.error("Companion config is invalid now; the new manager runs the "
+                                  "last valid one: %s", exc)
+        self._close_lifeline()
         read_end, write_end = os.pipe()
         boot.freeze_before_fork(boot.gc_freeze_wanted(arbiter.cfg))
         pid = fork_blocking_signals()
@@ -245,94 +124,48 @@ class ManagerHandle:
             os.close(read_end)
             run_manager_process(arbiter, write_end)  # never returns
         os.close(write_end)  # HTTP workers forked from now on must not hold it
-        self.pid, self.last_pid = pid, pid
-        self.lifeline, self.spawned_at = read_end, time.monotonic()
-        self.boot_report, self.boot_deadline = b"", time.monotonic() + BOOT_TIMEOUT
-        if not at_boot:
-            # A replacement reports while the master's loop goes on (HTTP
-            # workers must not wait for a slow import): see poll_boot.
-            self.booting = True
-            return
-        # At boot, wait: a manager that cannot boot stops Gunicorn before any
-        # HTTP worker is forked.
-        while (result := self._boot_result(wait=self.boot_deadline - time.monotonic())) is None:
+        self.lifeline = read_end
+        return pid
+
+    def signal(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
             pass
-        ok, message = result
-        if not ok:
-            # a failure to boot is not a crash: stop instead of retrying forever
-            self.kill(signal.SIGKILL)
-            self.wait_exit(5.0)
-            raise HaltServer(f"Companion manager failed to boot: {message}", 1)
 
-    def poll_boot(self) -> None:
-        if self.booting and self._boot_result(wait=0.0) is not None:
-            self.booting = False
+    def claim(self, pid: int) -> tuple[bool, int | None]:
+        try:
+            reaped, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            # Gunicorn's loop reaped it in the window between our waitpid and
+            # its own (it exited right then): the status is lost, not the fact.
+            return True, None
+        return bool(reaped), status if reaped else None
 
-    def _boot_result(self, wait: float) -> tuple[bool, str] | None:
-        """Read the manager's boot line from the lifeline; None until it is whole."""
-        if time.monotonic() >= self.boot_deadline:
-            self.kill(signal.SIGKILL)
-            return self._booted(False, f"no answer within {BOOT_TIMEOUT:g}s")
+    def read_lifeline(self, wait: float) -> bytes | None:
+        if self.lifeline is None:
+            return b""
         if not _wait_readable(self.lifeline, wait):
             return None
-        chunk = os.read(self.lifeline, 65536)
-        if not chunk:
-            return self._booted(False, "it exited before reporting (see the log above)")
-        self.boot_report += chunk
-        if b"\n" not in self.boot_report:
+        try:
+            data = os.read(self.lifeline, 65536)
+        except BlockingIOError:
             return None
-        if self.boot_report.startswith(handshake.READY):
-            # what follows at once is the manager's first news (sdnotify)
-            self.news = self.boot_report[len(handshake.READY):]
-            return self._booted(True, "")
-        return self._booted(*handshake.parse(self.boot_report))
+        if not data:
+            self._close_lifeline()
+        return data
 
-    def _booted(self, ok: bool, message: str) -> tuple[bool, str]:
-        if ok:
-            self.log.info("Companion manager booted (pid: %s)", self.last_pid)
-        else:
-            self.log.error("Companion manager failed to boot: %s", message)
-        return ok, message
+    def sweep_session(self, leader: int) -> None:
+        """The manager leads a session holding its whole tree; once it is dead
+        (SIGKILLed, say), whatever of that session remains is killed here:
+        PDEATHSIG took the companions, this takes their own children."""
+        for pid in procfs.session_members(leader):
+            self.signal(pid, signal.SIGKILL)
 
-    def read_news(self) -> list[str]:
-        """Lines the running manager wrote after its boot line (sdnotify)."""
-        if not self.pid or self.booting or self.lifeline is None:
-            return []
-        while _wait_readable(self.lifeline, 0.0):
-            chunk = os.read(self.lifeline, 65536)
-            if not chunk:
-                break  # the tree is going: old_tree_gone sees the EOF again
-            self.news += chunk
-        lines, self.news = sdnotify.parse_news(self.news)
-        return lines
-
-    def kill(self, sig: int) -> None:
-        if self.pid:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def wait_exit(self, timeout: float) -> bool:
-        """Wait (in the master's main loop, not a handler) until the manager is reaped."""
-        deadline = time.monotonic() + timeout
-        while self.pid:
-            self.claim()
-            if not self.pid:
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            # woken early by the lifeline's EOF when the whole tree is gone
-            if self.lifeline is not None:
-                _wait_readable(self.lifeline, min(remaining, 0.05))
-            else:
-                time.sleep(min(remaining, 0.05))
-        return True
-
-    def stop_timeout(self) -> float:
-        specs = self.arbiter.companion_config.specs if self.arbiter.companion_config else ()
-        return manager_stop_timeout(self.arbiter.cfg, specs)[0]
+    def _close_lifeline(self) -> None:
+        if self.lifeline is not None:
+            os.close(self.lifeline)
+            self.lifeline = None
 
 
 class CompanionArbiter(Arbiter):
@@ -342,7 +175,7 @@ class CompanionArbiter(Arbiter):
         self.companion_config: CompanionConfig = app.companion_config
         self.companion_sources: ConfigSources = app.companion_sources()
         self.companion_targets: dict = {}
-        self.manager = ManagerHandle(self)
+        self.manager = ManagerDriver(OsMasterHost(self))
         self.companions_started = False
         self.reload_failed = False
         self.systemd: sdnotify.MasterReadiness | None = None  # under Type=notify
@@ -408,10 +241,13 @@ class CompanionArbiter(Arbiter):
                     self.log.warning(
                         "preload_app is off: companions import their targets in the manager, "
                         "so their memory is not shared with the HTTP workers")
-                self.manager.spawn(at_boot=True)
+                try:
+                    self.manager.start_at_boot()
+                except ManagerBootFailed as exc:
+                    raise HaltServer(f"Companion manager failed to boot: {exc}", 1) from None
             elif self.systemd:
                 self.systemd.no_companions()
-        self.manager.maintain()
+        self.manager.maintain(wanted=bool(self.companion_config.specs))
         super().manage_workers()
         if self.systemd:
             self.systemd.news(self.manager.read_news())
@@ -448,7 +284,7 @@ class CompanionArbiter(Arbiter):
             return
         if self.manager.pid:
             # The manager rereads and restarts only what changed.
-            self.manager.kill(signal.SIGHUP)
+            self.manager.forward(signal.SIGHUP)
         elif self.systemd:
             self.systemd.news(["settled"])
 
@@ -465,8 +301,8 @@ class CompanionArbiter(Arbiter):
         super().kill_workers(sig)
         # Gunicorn's own stop loop turns a SIGINT/SIGQUIT that arrives during a
         # graceful stop into SIGQUIT for its workers: the companions hurry too.
-        if sig == signal.SIGQUIT and self.manager.stopping:
-            self.manager.kill(signal.SIGQUIT)
+        if sig == signal.SIGQUIT and self.manager.phase is Phase.STOPPING:
+            self.manager.stop(graceful=False)
 
     def _quick_stop_requested(self) -> bool:
         """Is a SIGINT or SIGQUIT waiting in Gunicorn's signal queue (a list
@@ -491,32 +327,17 @@ class CompanionArbiter(Arbiter):
     def handle_usr1(self):
         super().handle_usr1()
         # logrotate's move-and-signal: the manager writes the companion logs
-        self.manager.kill(signal.SIGUSR1)
+        self.manager.forward(signal.SIGUSR1)
+
+    def companion_stop_timeout(self) -> float:
+        specs = self.companion_config.specs if self.companion_config else ()
+        return manager_stop_timeout(self.cfg, specs)[0]
 
     def stop(self, graceful=True):
-        manager = self.manager
-        deadline = time.monotonic() + manager.stop_timeout()
-        if manager.pid and not manager.stopping:
-            manager.kill(signal.SIGTERM if graceful else signal.SIGQUIT)
-        elif manager.pid and not graceful:
-            manager.kill(signal.SIGQUIT)  # a quick shutdown overtakes a graceful one
-        manager.stopping = True
-        super().stop(graceful)
-        quick = not graceful
-        while not manager.wait_exit(min(0.1, max(0.0, deadline - time.monotonic()))):
-            if time.monotonic() >= deadline:
-                break
-            if not quick and self._quick_stop_requested():
-                quick = True  # Ctrl-C (or QUIT) while companions drain: hurry them
-                self.log.info("Quick shutdown requested")
-                manager.kill(signal.SIGQUIT)
-        if manager.pid:
-            self.log.error("Companion manager did not stop in %.1fs; killing it",
-                           manager.stop_timeout())
-            manager.kill(signal.SIGKILL)  # PDEATHSIG takes its companions with it
-            manager.wait_exit(5.0)
-        manager.kill_leftovers()
-        manager.old_tree_gone(wait=5.0)
+        self.manager.shutdown(
+            graceful, self.companion_stop_timeout(),
+            then=lambda: super(CompanionArbiter, self).stop(graceful),
+            quick_requested=self._quick_stop_requested)
 
 
 def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
