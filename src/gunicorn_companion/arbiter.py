@@ -572,6 +572,12 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
         # The manager and its companions serve no HTTP: drop the listeners.
         for listener in arbiter.LISTENERS:
             listener.close()
+        # Nor their heartbeat files: a replacement manager is forked after the
+        # HTTP workers, and holding one file per worker would also push our own
+        # fds (the notify fd a companion gets) past 9, where `>&$FD` in a POSIX
+        # shell cannot name them.
+        for worker in arbiter.WORKERS.values():
+            worker.tmp.close()
         util._setproctitle(f"companion manager [{proc_name}]")
         try:
             specs = arbiter.companion_config.specs
