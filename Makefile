@@ -4,14 +4,19 @@
 #               newest and the oldest Gunicorn we support. The examples' tests
 #               need Debian's redis-server (they skip, saying so, without it)
 #               and run with the newest Gunicorn only.
+#   make chaos  a chaos soak: random faults against a real server for
+#               MINUTES (2; fractions allowed), SEED=S repeats a run's faults
+#               (docs/development.md, "Chaos soak")
 PYTHON ?= python3
 VENV ?= .venv
 VENV_OLDEST ?= .venv-gunicorn23
 VENV_BENCH ?= .venv-bench
 GUNICORN_OLDEST ?= 23.0.0
 PYTEST_ARGS ?=
+MINUTES ?= 2
+SEED ?=
 
-.PHONY: demo test test-newest test-oldest lint bench bench-quick clean
+.PHONY: demo test test-newest test-oldest lint chaos bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +48,10 @@ test-oldest: $(VENV_OLDEST)/.installed
 	$(VENV_OLDEST)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests examples benchmarks docs
+	$(VENV)/bin/ruff check src tests examples benchmarks docs chaos
+
+chaos: $(VENV)/.installed
+	$(VENV)/bin/python chaos/soak.py --minutes $(MINUTES) $(if $(SEED),--seed $(SEED))
 
 # Companions against supervisord and circus (benchmarks/README.md).
 bench: $(VENV_BENCH)/.installed
