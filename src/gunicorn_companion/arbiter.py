@@ -551,6 +551,14 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
         # as subreaper we inherit (and reap, and kill) orphaned descendants.
         os.setsid()
         become_subreaper()
+        # The manager and its companions serve no HTTP: drop the listeners,
+        # and the HTTP workers' heartbeat files a replacement manager (forked
+        # after the workers) inherits. First, so that our own fds (the notify
+        # fd a companion gets) number as low as at boot.
+        for listener in arbiter.LISTENERS:
+            listener.close()
+        for worker in arbiter.WORKERS.values():
+            worker.tmp.close()
         manager = Manager(
             arbiter.companion_config,
             {},
@@ -569,15 +577,6 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
         # companions' own children, which no PDEATHSIG reaches.
         if set_parent_death_signal(signal.SIGUSR2) and os.getppid() != master_pid:
             os._exit(1)
-        # The manager and its companions serve no HTTP: drop the listeners.
-        for listener in arbiter.LISTENERS:
-            listener.close()
-        # Nor their heartbeat files: a replacement manager is forked after the
-        # HTTP workers, and holding one file per worker would also push our own
-        # fds (the notify fd a companion gets) past 9, where `>&$FD` in a POSIX
-        # shell cannot name them.
-        for worker in arbiter.WORKERS.values():
-            worker.tmp.close()
         util._setproctitle(f"companion manager [{proc_name}]")
         try:
             specs = arbiter.companion_config.specs
