@@ -10,6 +10,9 @@
 #               as companions against Debian's redis-server; about 6 to 10 minutes.
 #   make simulate SEEDS=N   N seeds of the simulation; SEED=s replays one
 #                           (KEEP=i,j,... only those events of its schedule)
+#   make chaos  a chaos soak: random faults against a real server for
+#               MINUTES (2; fractions allowed), SEED=S repeats a run's faults
+#               (docs/development.md, "Chaos soak")
 PYTHON ?= python3
 VENV ?= .venv
 VENV_OLDEST ?= .venv-gunicorn23
@@ -19,8 +22,9 @@ PYTEST_ARGS ?=
 SEEDS ?= 1000
 SEED ?=
 KEEP ?=
+MINUTES ?= 2
 
-.PHONY: demo test test-newest test-oldest test-workloads test-matrix lint simulate bench bench-quick clean
+.PHONY: demo test test-newest test-oldest test-workloads test-matrix lint simulate chaos bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,7 +67,10 @@ test-matrix:
 	GUNICORN_OLDEST=$(GUNICORN_OLDEST) PYTEST_ARGS="$(PYTEST_ARGS)" .ci/test-matrix $(MATRIX_PYTHONS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests examples benchmarks docs
+	$(VENV)/bin/ruff check src tests examples benchmarks docs chaos
+
+chaos: $(VENV)/.installed
+	$(VENV)/bin/python chaos/soak.py --minutes $(MINUTES) $(if $(SEED),--seed $(SEED))
 
 simulate: $(VENV)/.installed
 	$(VENV)/bin/python tests/simulation.py $(if $(SEED),--seed $(SEED) $(if $(KEEP),--keep $(KEEP)),--seeds $(SEEDS))

@@ -162,7 +162,10 @@ class Server:
 
     def write_config(self, text: str) -> None:
         header = "import os, sys\nsys.path.insert(0, os.path.dirname(__file__))\n"
-        self.config_path.write_text(header + textwrap.dedent(text))
+        # Whole or not at all: a master or manager may read it at any moment.
+        partial = self.config_path.with_name(self.config_path.name + ".tmp")
+        partial.write_text(header + textwrap.dedent(text))
+        os.replace(partial, self.config_path)
 
     # -- lifecycle -------------------------------------------------------------
 

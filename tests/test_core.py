@@ -266,6 +266,49 @@ def test_sigkill_of_the_manager_restarts_it_without_ever_running_two(server):
     assert srv.proc.poll() is None
 
 
+def _open_files(pid: int) -> dict[int, str]:
+    """fd -> what it refers to, for a live process."""
+    found = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:  # closed while listed
+            pass
+    return found
+
+
+def test_a_replacement_manager_holds_no_file_of_the_http_workers(server):
+    # Found by the chaos soak: the master holds a heartbeat file per HTTP
+    # worker, and a manager forked after the workers (a replacement) kept them
+    # open, so its own fds numbered higher: the notify fd a companion gets
+    # passed 9, which `>&$GUNICORN_COMPANION_NOTIFY_FD` in dash cannot name.
+    srv = server("""
+        preload_app = True
+        workers = 3
+        companion_workers = [{"name": "rep", "target": "compapp:reporter"}]
+    """)
+    first = srv.wait_manager()
+    srv.wait_starts("rep")
+
+    def reported():
+        try:
+            return json.loads((srv.state / "rep.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or half
+            return None
+
+    first_fd = srv.until(reported)["env"]["GUNICORN_COMPANION_NOTIFY_FD"]
+    os.kill(first, signal.SIGKILL)
+    second = srv.wait_manager(other_than=first)
+    _, again = srv.wait_starts("rep", 2)
+    report = srv.until(lambda: (r := reported()) and r["pid"] == again and r,
+                       message="the new companion's report")
+    master_files = {path for path in _open_files(srv.pid).values() if path.startswith("/")}
+    held = {fd: path for fd, path in _open_files(second).items()
+            if fd > 2 and path in master_files}  # stdio is shared on purpose
+    assert held == {}
+    assert int(report["env"]["GUNICORN_COMPANION_NOTIFY_FD"]) <= int(first_fd)
+
+
 def test_companions_share_the_preloaded_memory(server):
     srv = server("""
         preload_app = True

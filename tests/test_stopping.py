@@ -105,7 +105,7 @@ def test_a_stopping_companion_explains_itself(server, sock_path):
     assert entry["stopping"]["timeout"] == 120
     assert entry["stopping"]["group_left"] == 1
     table = subprocess.run(
-        [sys.executable, "-m", "gunicorn_companion", "status", "-s", str(sock_path)],
+        [sys.executable, "-m", "gunicorn_companion", "status", "--wide", "-s", str(sock_path)],
         capture_output=True, text=True, timeout=30)
     line = next(row for row in table.stdout.splitlines() if row.startswith("s "))
     assert "STOPPING" in line and "SIGTERM sent" in line and "1 process left" in line, table

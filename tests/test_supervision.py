@@ -254,6 +254,35 @@ def test_watchdog_kills_and_restarts_a_companion_that_stops_heartbeating(server,
     assert status(sock_path)["w"]["last_recycle"] == "watchdog"
 
 
+# The example of docs/configuration.md: a shell companion that reports over
+# the notify fd with `>&$FD`, which a POSIX shell (dash) can do only for fds
+# 0 to 9.
+SHELL_READY = ["sh", "-c", "sleep 0.2; printf 'ready %d' $$ >&$GUNICORN_COMPANION_NOTIFY_FD; "
+               "while true; do printf 'heartbeat %d' $$ >&$GUNICORN_COMPANION_NOTIFY_FD; "
+               "sleep 0.2; done"]
+
+
+def test_a_shell_companion_can_name_its_notify_fd_however_many_fds_the_manager_has(
+        server, sock_path, tmp_path):
+    # Found by the chaos soak: the fd came straight from the manager, where it
+    # numbered 10 or more with a few files and sockets open (at boot with
+    # Gunicorn 23, after a replacement with 27), and dash refused it.
+    logs = [{"name": f"log{i}", "target": "compapp:sleeper", "singleton": True,
+             "stdout": str(tmp_path / f"log{i}.out"), "stderr": str(tmp_path / f"log{i}.err")}
+            for i in range(4)]
+    srv = server(control_config(sock_path, repr([
+        *logs, {"name": "shready", "wait_ready": True, "watchdog_timeout": 2,
+                "command": SHELL_READY}]),
+        extra=f"workers = 3\ncompanion_lock_dir = {str(tmp_path / 'locks')!r}"))
+    manager = srv.wait_manager()
+    srv.wait_log("companion 'shready' (pid", count=1)
+    srv.wait_log("is RUNNING (ready)")
+    os.kill(manager, signal.SIGKILL)
+    srv.wait_manager(other_than=manager)
+    srv.wait_log("is RUNNING (ready)", count=2)
+    assert "Bad fd number" not in srv.log()
+
+
 # -- singletons and hot upgrade ------------------------------------------------------------
 
 

@@ -351,6 +351,11 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
         # The manager and its companions serve no HTTP: drop the listeners.
         for listener in arbiter.LISTENERS:
             listener.close()
+        # and the HTTP workers' heartbeat files a replacement manager (forked
+        # after the workers) inherits. First, so that our own fds (the notify
+        # fd a companion gets) number as low as at boot.
+        for worker in arbiter.WORKERS.values():
+            worker.tmp.close()
         util._setproctitle(f"companion manager [{proc_name}]")
         code = boot.run(boot.BootValues(
             config=arbiter.companion_config,

@@ -128,6 +128,19 @@ def close_fds(*fds: int | None) -> None:
                 pass
 
 
+def lowest_fd(fd: int | None) -> int | None:
+    """``fd`` renumbered to the lowest free fd, if that is lower (a dup shares
+    the open file, and with it a flock)."""
+    if fd is None:
+        return None
+    low = os.dup(fd)  # the lowest free number, not inheritable like ``fd``
+    if low < fd:
+        os.close(fd)
+        return low
+    os.close(low)
+    return fd
+
+
 def spawn_companion(
     spec: CompanionSpec,
     target: Callable[[], object] | None,
@@ -262,6 +275,10 @@ def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, t
         elif out is not None:
             os.dup2(1, 2)  # one pipe for both: their lines stay in order
         close_fds(*(fd for fd in (out, err) if fd not in (1, 2)))
+        # The notify channel and the lock move to the lowest free fds, whatever
+        # numbers the manager had: a POSIX shell can name only fds 0 to 9
+        # (`>&$GUNICORN_COMPANION_NOTIFY_FD` in dash).
+        notify_fd, lock_fd = lowest_fd(notify_fd), lowest_fd(lock_fd)
         if spec.cwd:
             os.chdir(spec.cwd)
         os.environ.update(dict(spec.env))
