@@ -27,7 +27,7 @@ import time
 import traceback
 from pathlib import Path
 
-from gunicorn_companion.arbiter import HEALTHY_UPTIME
+from gunicorn_companion.handle import HEALTHY_UPTIME
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
