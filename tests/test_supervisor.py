@@ -11,8 +11,13 @@ changes, which process a signal reaches, when memory recycles.
 
 from __future__ import annotations
 
+import faulthandler
 import heapq
+import os
+import selectors
 import signal
+import socket
+import struct
 
 import pytest
 from simulation import MiB, SimHost, SimLog, SimManager, World
@@ -517,3 +522,90 @@ def test_the_masters_other_signals_change_nothing(signum):
     loop.handle_signal(rig.sup, signum)
     assert rig.sup.records == before and not rig.sup.shutting_down
     assert rig.logged().count("\n") == 0 or "reopened" not in rig.logged()
+
+
+# -- the loop's own I/O: the wakeup and notify sockets (real sockets, no signals) ----------
+
+
+class Recorder:
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, *args))
+
+
+def loop_over(rig: Rig) -> loop.ManagerLoop:
+    rig.host.child_closers = []
+    manager_loop = loop.ManagerLoop(rig.sup, selectors.DefaultSelector())
+    assert rig.host.notify_fd == manager_loop.notify_w.fileno()
+    assert rig.host.handled_signals == loop.HANDLED_SIGNALS
+    assert rig.host.child_closers == [manager_loop.close_in_child]
+    return manager_loop
+
+
+def test_each_signal_read_from_the_wakeup_socket_is_handled_once():
+    rig = Rig(spec("a", startsecs=0.0))
+    manager_loop = loop_over(rig)
+    handled = Recorder()
+    manager_loop.news = Recorder()
+    rig.sup.reap = handled.reap
+    rig.sup.reread = handled.reread
+    # what CPython's C-level handler writes: one byte per signal caught
+    manager_loop._wakeup_w.send(bytes([signal.SIGCHLD, signal.SIGCHLD, signal.SIGHUP,
+                                       signal.SIGCHLD]))
+    manager_loop._on_wakeup(None, None)
+    assert handled.calls == [("reap",), ("reread",)]
+    assert manager_loop.news.calls == [("expect_settle",)]  # systemd waits for READY=1
+    manager_loop._wakeup_r.setblocking(False)
+    manager_loop._on_wakeup(None, None)  # woken with nothing to read: nothing happens
+    assert handled.calls == [("reap",), ("reread",)]
+    manager_loop.close_in_child()
+
+
+def test_a_notify_datagram_names_its_sender_by_the_kernels_word_when_it_can():
+    rig = Rig(spec("a"))
+    manager_loop = loop_over(rig)
+    heard = Recorder()
+    rig.sup.notified = heard.notified
+    manager_loop._notify_r.setblocking(False)
+    sender = socket.socket(fileno=os.dup(manager_loop.notify_w.fileno()))
+    sender.send(b"ready 4242")
+    sender.send(b"heartbeat not-a-pid")  # no credentials and no pid: dropped
+    manager_loop._on_notify(None, None)
+    assert heard.calls == [("notified", 4242, "ready")]
+    manager_loop._notify_r.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sender.send(b"ready 4242")  # another companion's pid: the kernel says who sent it
+    manager_loop._on_notify(None, None)
+    assert heard.calls[1:] == [("notified", os.getpid(), "ready")]
+    sender.close()
+    manager_loop.close_in_child()
+
+
+UCRED = struct.Struct("iII")
+
+
+@pytest.mark.parametrize("ancillary, pid", [
+    ([], None),
+    ([(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, UCRED.pack(77, 1000, 1000))], 77),
+    ([(socket.SOL_SOCKET, socket.SCM_RIGHTS, UCRED.pack(77, 1000, 1000))], None),
+    ([(socket.IPPROTO_IP, socket.SCM_CREDENTIALS, UCRED.pack(77, 1000, 1000))], None),
+    ([(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, UCRED.pack(77, 0, 0)[:11])], None),
+    ([(socket.SOL_SOCKET, socket.SCM_RIGHTS, b"\0" * 12),
+      (socket.SOL_SOCKET, socket.SCM_CREDENTIALS, UCRED.pack(78, 0, 0) + b"\0\0\0\0")], 78),
+])
+def test_sender_pid_from_credentials(ancillary, pid):
+    assert loop._sender_pid(ancillary) == pid
+
+
+def test_stray_signals_are_the_defaults_that_would_end_the_manager():
+    strays = loop.stray_signals()
+    assert strays == tuple(sorted(strays))
+    for sig in (signal.SIGALRM, signal.SIGPROF, signal.SIGTSTP, signal.SIGRTMIN):
+        assert sig in strays or signal.getsignal(sig) != signal.SIG_DFL
+    for sig in loop.HANDLED_SIGNALS + (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT,
+                                       signal.SIGURG):
+        assert sig not in strays
+    assert signal.SIGINT not in strays  # pytest's own handler stays
+    if faulthandler.is_enabled():  # pytest enables it: its traceback must stay
+        assert signal.SIGSEGV not in strays and signal.SIGABRT not in strays
