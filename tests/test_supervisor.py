@@ -22,7 +22,7 @@ import struct
 import pytest
 from simulation import MiB, SimHost, SimLog, SimManager, World
 
-from gunicorn_companion import loop
+from gunicorn_companion import commands, loop, protocol
 from gunicorn_companion.loading import CompanionConfig
 from gunicorn_companion.spec import CompanionSpec, ConfigError
 from gunicorn_companion.supervisor import Supervisor, diff_specs
@@ -609,3 +609,75 @@ def test_stray_signals_are_the_defaults_that_would_end_the_manager():
     assert signal.SIGINT not in strays  # pytest's own handler stays
     if faulthandler.is_enabled():  # pytest enables it: its traceback must stay
         assert signal.SIGSEGV not in strays and signal.SIGABRT not in strays
+
+
+# -- fast twins of end-to-end tests: supervision logic, no kernel needed ---------------------
+
+
+def ask(rig: Rig, cmd: str, name: str | None = None) -> list[dict]:
+    """A control request as the server makes it; its answers so far (one, once settled)."""
+    answers: list[dict] = []
+    commands.dispatch(rig.sup, protocol.Request(cmd, name), answers.append)
+    return answers
+
+
+def starts(rig: Rig, name: str) -> list[int]:
+    return [p.pid for p in rig.world.procs.values() if p.name == name and p.main]
+
+
+def test_failed_starts_back_off_then_go_fatal_and_start_resets_the_count():
+    # (was tests/test_supervision.py's end-to-end test of the same name)
+    rig = Rig(spec("crash", startsecs=5.0, restart_delay=0.05, startretries=3))
+
+    def spawn_one_that_exits_3(*args, real=rig.host.spawn, **kwargs):
+        pid = real(*args, **kwargs)
+        rig.world.at(rig.world.now + 0.01, lambda: rig.world.exit(rig.world.procs[pid], code=3))
+        return pid
+
+    rig.host.spawn = spawn_one_that_exits_3
+    rig.sup.start()
+    rig.run(5.0)
+    log = rig.logged()
+    # the first start and 3 retries, each delay doubled: 0.05, 0.1, 0.2 (+-10%)
+    assert log.count("restarting in 0.05s") == 1
+    assert log.count("exited unexpectedly") == 3
+    assert log.count("giving up (FATAL)") == 1
+    assert len(starts(rig, "crash")) == 4
+    assert rig.sup.records["crash"].state.name == "FATAL"
+    # `start` from FATAL gives it a fresh count: four more runs
+    answers = ask(rig, "start", "crash")
+    rig.run(10.0)
+    assert len(answers) == 1
+    assert answers[0]["ok"] is False
+    assert "exited with exit code 3 while starting" in answers[0]["error"]
+    assert answers[0]["code"] == "exited_while_starting"
+    assert rig.logged().count("giving up (FATAL)") == 2
+    assert len(starts(rig, "crash")) == 8
+
+
+def test_a_manual_stop_is_not_a_failure():
+    # (was tests/test_supervision.py's end-to-end test of the same name)
+    rig = Rig(spec("slow", startsecs=60.0, startretries=0))
+    rig.sup.start()
+    rig.run(0.5)
+    # stopped while STARTING: with startretries 0, a failed start would be FATAL
+    answers = ask(rig, "stop", "slow")
+    rig.run(1.0)
+    assert [a["ok"] for a in answers] == [True]
+    assert rig.entry("slow")["state"] == "STOPPED"
+    answers = ask(rig, "start", "slow")  # answers only at RUNNING
+    rig.run(2.0)
+    assert answers == [] and len(starts(rig, "slow")) == 2
+    assert rig.entry("slow")["state"] == "STARTING"
+    assert "FATAL" not in rig.logged()
+
+
+def test_autostart_false_waits_for_start():
+    # (was tests/test_supervision.py's end-to-end test of the same name)
+    rig = Rig(spec("manual", autostart=False, startsecs=0.0), spec("auto", startsecs=0.0))
+    rig.sup.start()
+    rig.run(1.0)
+    assert rig.entry("manual")["state"] == "STOPPED" and starts(rig, "manual") == []
+    answers = ask(rig, "start", "manual")
+    rig.run(2.0)
+    assert [a["ok"] for a in answers] == [True] and len(starts(rig, "manual")) == 1
