@@ -115,11 +115,26 @@ def test_snapshot_flags_appear_only_when_set_and_a_command_replaces_the_target()
 
 def test_snapshot_of_a_running_companion_has_its_uptime_rounded_to_milliseconds():
     rig = Rig(spec("a", startsecs=0.5))
-    rig.sup.start()
-    rig.run(1.23456)
+    rig.run(2.0)
+    rig.sup.start()  # at t=2: the uptime counts from its start, not from zero
+    rig.run(3.23456)
     assert rig.sup.snapshot() == [{**BASE, "name": "a", "state": "RUNNING",
                                    "pid": rig.proc("a").pid, "uptime": 1.235,
                                    "target": "sim:target"}]
+
+
+def test_status_scans_the_process_groups_only_of_stopping_companions():
+    rig = Rig(spec("a", startsecs=0.0), spec("b", startsecs=0.0), stop_delay=None)
+    rig.sup.start()
+    rig.run(0.5)
+    scanned = []
+    rig.host.process_groups = lambda pgids, real=rig.host.process_groups: (
+        scanned.append(sorted(pgids)) or real(pgids))
+    rig.sup.snapshot()
+    assert scanned == []  # nothing stopping: /proc is not read at all
+    rig.sup.request("b", "stop")
+    rig.sup.snapshot()
+    assert scanned == [[rig.proc("b").pid]]
 
 
 def test_snapshot_of_a_companion_waiting_for_ready_says_so():
