@@ -162,7 +162,7 @@ def test_snapshot_of_a_hung_stop_explains_itself_with_its_group():
 
 
 def test_snapshot_of_a_companion_in_backoff_says_how_long_it_has_failed():
-    rig = Rig(spec("a", startsecs=5.0, restart_delay=2.0))
+    rig = Rig(spec("a", startsecs=5.0, restart_delay=0.5))
     rig.sup.start()
     rig.run(1.0)
     rig.world.die(rig.proc("a"), 3 << 8)  # exits with code 3 before it counts as started
@@ -174,6 +174,10 @@ def test_snapshot_of_a_companion_in_backoff_says_how_long_it_has_failed():
     retry_in = round(rig.sup.records["a"].deadline - 1.23456, 3)
     assert retry_in > 0
     assert entry["backoff"] == {"seconds": 0.235, "failures": 1, "retry_in": retry_in}
+    rig.run(2.0)  # retried: STARTING again, still failing since t=1 but no longer waiting
+    assert rig.entry("a")["state"] == "STARTING"
+    assert rig.sup.records["a"].down_since == 1.0
+    assert "backoff" not in rig.entry("a")
 
 
 def test_snapshot_shows_memory_recycles_and_dropped_output_only_when_there_are_any():
