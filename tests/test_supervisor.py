@@ -22,7 +22,7 @@ import struct
 import pytest
 from simulation import MiB, SimHost, SimLog, SimManager, World
 
-from gunicorn_companion import commands, loop, protocol
+from gunicorn_companion import commands, loop, privileges, protocol
 from gunicorn_companion.loading import CompanionConfig
 from gunicorn_companion.spec import CompanionSpec, ConfigError
 from gunicorn_companion.supervisor import Supervisor, diff_specs
@@ -700,3 +700,26 @@ def test_autostart_false_waits_for_start():
     answers = ask(rig, "start", "manual")
     rig.run(2.0)
     assert [a["ok"] for a in answers] == [True] and len(starts(rig, "manual")) == 1
+
+
+def test_a_reread_refuses_a_companion_whose_user_does_not_exist():
+    base = privileges.Identity(os.geteuid(), os.getegid(), ())
+    rig = Rig(spec("a"), base_identity=base)
+    rig.config = CompanionConfig((spec("a"), spec("b", user="no-such-user-gc")))
+    ok, message, changes = rig.sup.reread()
+    assert (ok, changes) == (False, {})
+    assert message.startswith("invalid companion configuration: companion 'b': ")
+    assert "no-such-user-gc" in message
+    assert list(rig.sup.records) == ["a"]
+
+
+def test_memory_of_a_companion_that_exited_unreaped_is_its_main_process_only():
+    rig = Rig(spec("a", startsecs=0.0, max_memory=MiB))
+    rig.sup.start()
+    rig.run(0.5)
+    proc = rig.proc("a")
+    rig.world.die(proc, 0)  # gone, its SIGCHLD not handled yet when the check runs
+    rig.world.now = 1.0
+    rig.sup.fire_due()
+    assert rig.sup.memory == {"a": 0}
+    assert rig.sup.records["a"].last_recycle is None
