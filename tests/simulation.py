@@ -125,6 +125,10 @@ class World:
         self.output = SimOutput()
         self.supervisor: Supervisor | None = None
         self.manager: SimManager | None = None  # the last manager forked
+        # the fast tests' world (tests/test_supervisor.py): when set, every
+        # process exits this many seconds after a stop signal (None: ignores
+        # it) and does nothing on its own (no crash, no pool child)
+        self.scripted: float | None | bool = False
 
     def manager_up(self) -> bool:
         return self.manager is not None and self.manager.alive
@@ -154,8 +158,13 @@ class World:
         pid = next(self._pids)
         rng = self.behaviour(pid)
         stop_delay = rng.choice([0.01, 0.2, 1.0, 3.0, 12.0, None])
+        scripted = self.scripted is not False
         proc = self.procs[pid] = Proc(pid, pid, spec.name, MANAGER, self.generation, True,
-                                      stop_delay)
+                                      self.scripted if scripted else stop_delay)
+        if scripted:
+            if lock_path is not None:
+                self.at(self.now, lambda: self._take_lock(proc, lock_path))
+            return pid
         if rng.random() < 0.1:  # fails at once (an import error, a bad argument)
             self.at(self.now + rng.uniform(0.0, 0.3), lambda: self.exit(proc, code=1))
         elif rng.random() < 0.25:  # crashes later on its own

@@ -1,4 +1,4 @@
-"""Supervision beyond supervisord: crash loops, process groups, exec companions,
+"""Supervision beyond supervisord: process groups, exec companions,
 instances, recycling, readiness, watchdog, singletons and hot upgrades."""
 
 import os
@@ -33,41 +33,8 @@ def status(sock):
     return {c["name"]: c for c in Control(sock).request({"cmd": "status"})["companions"]}
 
 
-# -- crash loops ------------------------------------------------------------------
-
-
-def test_failed_starts_back_off_then_go_fatal_and_start_resets_the_count(server, sock_path):
-    srv = server(control_config(sock_path, """[
-        {"name": "crash", "target": "compapp:crasher", "startsecs": 5,
-         "restart_delay": 0.05, "startretries": 3}]"""))
-    srv.wait_starts("crash", 4)
-    srv.wait_log("giving up (FATAL)")
-    wait_until(lambda: status(sock_path)["crash"]["state"] == "FATAL")
-    log = srv.log()
-    # the first start and 3 retries, each delay doubled: 0.05, 0.1, 0.2 (+-10%)
-    assert log.count("restarting in 0.05s") == 1
-    assert log.count("exited unexpectedly") == 3
-    assert log.count("giving up (FATAL)") == 1
-    assert len(srv.starts("crash")) == 4
-    # `start` from FATAL gives it a fresh count: four more runs
-    reply = Control(sock_path).request({"cmd": "start", "name": "crash"})
-    assert reply["ok"] is False and "exited with exit code 3 while starting" in reply["error"]
-    assert reply["code"] == "exited_while_starting"
-    srv.wait_log("giving up (FATAL)", count=2)
-    assert len(srv.starts("crash")) == 8
-
-
-def test_a_manual_stop_is_not_a_failure(server, sock_path):
-    srv = server(control_config(sock_path, """[
-        {"name": "slow", "target": "compapp:sleeper", "startsecs": 60, "startretries": 0}]"""))
-    srv.wait_starts("slow")
-    # stopped while STARTING: with startretries 0, a failed start would be FATAL
-    assert Control(sock_path).request({"cmd": "stop", "name": "slow"})["ok"]
-    assert status(sock_path)["slow"]["state"] == "STOPPED"
-    Control(sock_path).send(b'{"cmd": "start", "name": "slow"}\n')  # answers only at RUNNING
-    srv.wait_starts("slow", 2)
-    assert status(sock_path)["slow"]["state"] == "STARTING"
-    assert "FATAL" not in srv.log()
+# Crash loops, a manual stop while STARTING and autostart=False are supervision
+# logic with no kernel in it: their tests run on the seam (tests/test_supervisor.py).
 
 
 # -- process groups and orphans -------------------------------------------------------
@@ -181,16 +148,6 @@ def test_instances_are_listed_named_and_steered_together_or_alone(server, sock_p
     assert Control(sock_path).request({"cmd": "stop", "name": "rq:1"})["ok"]
     states = {n: c["state"] for n, c in status(sock_path).items()}
     assert states == {"rq:0": "RUNNING", "rq:1": "STOPPED", "rq:2": "RUNNING"}
-
-
-def test_autostart_false_waits_for_start(server, sock_path):
-    srv = server(control_config(sock_path, """[
-        {"name": "manual", "target": "compapp:sleeper", "autostart": False, "startsecs": 0},
-        {"name": "auto", "target": "compapp:sleeper", "startsecs": 0}]"""))
-    srv.wait_starts("auto")
-    assert status(sock_path)["manual"]["state"] == "STOPPED" and srv.starts("manual") == []
-    assert Control(sock_path).request({"cmd": "start", "name": "manual"})["ok"]
-    srv.wait_starts("manual")
 
 
 # -- recycling ----------------------------------------------------------------------------

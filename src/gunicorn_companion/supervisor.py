@@ -353,7 +353,9 @@ class Supervisor:
     # -- memory recycling ----------------------------------------------------------
 
     def _schedule_memory_check(self) -> None:
-        watched = any(r.spec.max_memory for r in self.records.values())
+        # the spec a companion restarts into counts too: a reread that sets
+        # max_memory on a running companion must arm the check it will need
+        watched = any((r.next_spec or r.spec).max_memory for r in self.records.values())
         self.next_memory_check = (self.host.now() + self.memory_check_interval
                                   if watched else None)
 

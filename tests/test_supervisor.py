@@ -1,0 +1,731 @@
+"""Fast tests of the supervisor (supervisor.py) and the loop's signal
+meanings (loop.handle_signal) on the seam: the real Supervisor over the
+simulation's SimHost, a virtual process table and clock, with scripted
+processes (``World.scripted``: they do nothing on their own and exit a set
+time after a stop signal). No kernel, no sleeps: time is virtual.
+
+The random simulation (tests/simulation.py) checks invariants; these pin
+exact outcomes it does not look at: what ``status`` shows, what a reread
+changes, which process a signal reaches, when memory recycles.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import heapq
+import os
+import selectors
+import signal
+import socket
+import struct
+
+import pytest
+from simulation import MiB, SimHost, SimLog, SimManager, World
+
+from gunicorn_companion import commands, loop, privileges, protocol
+from gunicorn_companion.loading import CompanionConfig
+from gunicorn_companion.spec import CompanionSpec, ConfigError
+from gunicorn_companion.supervisor import Supervisor, diff_specs
+
+
+def spec(name: str, **options) -> CompanionSpec:
+    return CompanionSpec(**{"name": name, "target": "sim:target", **options})
+
+
+class Rig:
+    """A supervisor over a simulated host, and the loop's part: reap on
+    SIGCHLD, fire what is due, advance the virtual clock."""
+
+    def __init__(self, *specs: CompanionSpec, stop_delay: float | None = 0.01, **options):
+        self.world = World(0)
+        self.world.scripted = stop_delay
+        self.world.manager = SimManager(1, self.world.generation)
+        self.host = SimHost(self.world)
+        self.log = SimLog(self.world)
+        self.config = CompanionConfig(specs)
+        self.resolved: list[tuple[str, ...]] = []
+        options = {"lock_dir": "/sim/locks", **options}
+        self.sup = Supervisor(
+            self.config, {s.name: None for s in specs}, host=self.host, log=self.log,
+            load_config=lambda: self.config, resolve=self.resolve, master_pid=1,
+            lock_scope="test", memory_check_interval=1.0, **options)
+        self.world.supervisor = self.sup
+
+    def resolve(self, specs):
+        self.resolved.append(tuple(s.name for s in specs))
+        return {s.name: f"target of {s.name}" for s in specs}
+
+    def settle(self) -> None:
+        if self.world.sigchld:
+            self.world.sigchld = False
+            loop.handle_signal(self.sup, signal.SIGCHLD)
+        self.sup.fire_due()
+
+    def run(self, until: float) -> None:
+        """Everything that happens up to virtual time ``until``."""
+        world = self.world
+        self.settle()
+        while True:
+            times = [t for t in (world.happenings[0][0] if world.happenings else None,
+                                 self.sup.next_deadline()) if t is not None]
+            if not times or min(times) > until:
+                world.now = max(world.now, until)
+                self.settle()
+                return
+            world.now = max(world.now, min(times))
+            while world.happenings and world.happenings[0][0] <= world.now:
+                heapq.heappop(world.happenings)[2]()
+            self.settle()
+
+    def proc(self, name: str):
+        return self.world.procs[self.sup.records[name].pid]
+
+    def entry(self, name: str) -> dict:
+        return next(e for e in self.sup.snapshot() if e["name"] == name)
+
+    def logged(self) -> str:
+        return "\n".join(self.log.lines)
+
+    def messages(self) -> list[str]:
+        """The log's messages whole, without their timestamps."""
+        return [line.lstrip().split(" ", 1)[1] for line in self.log.lines]
+
+
+BASE = {"last_exit": None, "reload_timeout": 10.0, "restarts": 0, "stderr": "inherit",
+        "stdout": "inherit", "stop_timeout": 10.0}
+
+
+# -- snapshot: every field, and when the optional ones appear ---------------------------
+
+
+def test_snapshot_of_a_companion_never_started_shows_the_fixed_fields_and_wanted():
+    rig = Rig(spec("a", autostart=False, stdout="/var/log/a.log", stop_timeout=3.0,
+                   reload_timeout=1.5))
+    rig.sup.start()
+    assert rig.sup.snapshot() == [{
+        **BASE, "name": "a", "state": "STOPPED", "pid": None, "uptime": None,
+        "target": "sim:target", "wanted": False, "stdout": "/var/log/a.log",
+        "stop_timeout": 3.0, "reload_timeout": 1.5}]
+
+
+def test_snapshot_flags_appear_only_when_set_and_a_command_replaces_the_target():
+    rig = Rig(spec("a", autostart=False, target=None, command=("rq", "worker"), group="pool",
+                   singleton=True, stop_as_group=True))
+    assert rig.sup.snapshot() == [{
+        **BASE, "name": "a", "state": "STOPPED", "pid": None, "uptime": None,
+        "command": ["rq", "worker"], "group": "pool", "wanted": False, "singleton": True,
+        "stop_as_group": True}]
+
+
+def test_snapshot_of_a_running_companion_has_its_uptime_rounded_to_milliseconds():
+    rig = Rig(spec("a", startsecs=0.5))
+    rig.run(2.0)
+    rig.sup.start()  # at t=2: the uptime counts from its start, not from zero
+    rig.run(3.23456)
+    assert rig.sup.snapshot() == [{**BASE, "name": "a", "state": "RUNNING",
+                                   "pid": rig.proc("a").pid, "uptime": 1.235,
+                                   "target": "sim:target"}]
+
+
+def test_status_scans_the_process_groups_only_of_stopping_companions():
+    rig = Rig(spec("a", startsecs=0.0), spec("b", startsecs=0.0), stop_delay=None)
+    rig.sup.start()
+    rig.run(0.5)
+    scanned = []
+    rig.host.process_groups = lambda pgids, real=rig.host.process_groups: (
+        scanned.append(sorted(pgids)) or real(pgids))
+    rig.sup.snapshot()
+    assert scanned == []  # nothing stopping: /proc is not read at all
+    rig.sup.request("b", "stop")
+    rig.sup.snapshot()
+    assert scanned == [[rig.proc("b").pid]]
+
+
+def test_snapshot_of_a_companion_waiting_for_ready_says_so():
+    rig = Rig(spec("a", wait_ready=True))
+    rig.sup.start()
+    rig.run(2.0)
+    entry = rig.entry("a")
+    assert (entry["state"], entry["waiting"], entry["uptime"]) == ("STARTING", "ready()", 2.0)
+
+
+def test_snapshot_of_a_hung_stop_explains_itself_with_its_group():
+    rig = Rig(spec("a", startsecs=0.0, stop_signal=signal.SIGINT, stop_timeout=30.0),
+              spec("b", startsecs=0.0), stop_delay=None)  # they ignore the stop signal
+    rig.sup.start()
+    rig.run(0.1)
+    rig.world._fork_member(rig.proc("a"), rig.world.behaviour(0))  # a pool child in its group
+    rig.sup.request("a", "stop")
+    rig.run(2.34567)
+    entry = rig.entry("a")
+    assert entry["state"] == "STOPPING"
+    assert entry["stopping"] == {"seconds": 2.246, "signal": "SIGINT", "timeout": 30.0,
+                                 "group_left": 2}
+    assert entry["wanted"] is False
+    assert "stopping" not in rig.entry("b")
+
+
+def test_snapshot_of_a_companion_in_backoff_says_how_long_it_has_failed():
+    rig = Rig(spec("a", startsecs=5.0, restart_delay=0.5))
+    rig.sup.start()
+    rig.run(1.0)
+    rig.world.die(rig.proc("a"), 3 << 8)  # exits with code 3 before it counts as started
+    rig.run(1.23456)
+    entry = rig.entry("a")
+    assert entry["state"] == "BACKOFF"
+    assert entry["last_exit"] == {"code": 3}
+    assert entry["pid"] is None and entry["uptime"] is None
+    retry_in = round(rig.sup.records["a"].deadline - 1.23456, 3)
+    assert retry_in > 0
+    assert entry["backoff"] == {"seconds": 0.235, "failures": 1, "retry_in": retry_in}
+    rig.run(2.0)  # retried: STARTING again, still failing since t=1 but no longer waiting
+    assert rig.entry("a")["state"] == "STARTING"
+    assert rig.sup.records["a"].down_since == 1.0
+    assert "backoff" not in rig.entry("a")
+
+
+def test_snapshot_shows_memory_recycles_and_dropped_output_only_when_there_are_any():
+    rig = Rig(spec("a", startsecs=0.0, max_memory=100 * MiB), spec("b", startsecs=0.0))
+    rig.sup.start()
+    rig.run(1.5)
+    assert rig.entry("a")["memory"] == 10 * MiB
+    for key in ("memory", "last_recycle", "output_dropped", "backoff", "waiting"):
+        assert key not in rig.entry("b")
+    assert "last_recycle" not in rig.entry("a")
+    rig.world.output.dropped["b"] = 4
+    assert rig.entry("b")["output_dropped"] == 4
+    rig.proc("a").memory = 150 * MiB
+    rig.run(2.5)
+    assert rig.entry("a")["last_recycle"] == (
+        "max_memory exceeded (150.0 MiB unshared > 100.0 MiB)")
+
+
+# -- the memory check ------------------------------------------------------------------
+
+
+def test_memory_counts_the_whole_process_group_and_recycles_past_max_memory():
+    rig = Rig(spec("a", startsecs=0.0, max_memory=25 * MiB), spec("b", startsecs=0.0))
+    rig.sup.start()
+    assert rig.sup.next_memory_check == 1.0  # only when something is watched
+    rig.run(0.5)
+    first = rig.proc("a").pid
+    rig.world._fork_member(rig.proc("a"), rig.world.behaviour(0))  # 10 MiB each
+    rig.run(1.0)
+    assert rig.sup.memory == {"a": 20 * MiB}  # b has no max_memory: not read
+    assert rig.sup.next_memory_check == 2.0
+    rig.world._fork_member(rig.proc("a"), rig.world.behaviour(0))
+    rig.run(2.0)
+    assert rig.sup.memory["a"] == 30 * MiB
+    assert rig.sup.records["a"].last_recycle.startswith("max_memory exceeded (30.0 MiB")
+    rig.run(3.5)
+    assert rig.proc("a").pid != first  # restarted
+    assert rig.sup.records["a"].state.name == "RUNNING"
+
+
+def test_memory_at_max_memory_exactly_is_no_leak_and_no_check_runs_unwatched():
+    rig = Rig(spec("a", startsecs=0.0, max_memory=10 * MiB))
+    rig.sup.start()
+    rig.run(3.0)
+    assert rig.sup.records["a"].last_recycle is None
+    assert Rig(spec("b")).sup.next_deadline() is None
+    idle = Rig(spec("b"))
+    idle.sup.start()
+    assert idle.sup.next_memory_check is None
+
+
+def test_memory_is_read_only_for_running_companions():
+    rig = Rig(spec("a", startsecs=5.0, max_memory=1 * MiB))
+    rig.sup.start()
+    rig.run(3.0)  # STARTING for 5 s: its import may well be large
+    assert rig.sup.memory == {}
+    assert rig.sup.records["a"].restarts == 0
+
+
+# -- signalling: the group or the main process -----------------------------------------
+
+
+def test_a_stop_as_group_reaches_the_whole_group_else_only_the_main_process():
+    rig = Rig(spec("g", startsecs=0.0, stop_as_group=True), spec("m", startsecs=0.0),
+              stop_delay=0.5)
+    rig.sup.start()
+    rig.run(0.1)
+    for name in ("g", "m"):
+        rig.world._fork_member(rig.proc(name), rig.world.behaviour(0))
+    members = {p.name: p for p in rig.world.procs.values() if not p.main}
+    for member in members.values():
+        member.stop_delay = 0.2
+    rig.sup.request("g", "stop")
+    rig.sup.request("m", "stop")
+    rig.run(0.35)
+    assert not members["g"].alive  # the group's stop signal reached it
+    assert members["m"].alive  # the main process's only: a pool stops its own children
+    rig.run(1.0)
+    assert {r.state.name for r in rig.sup.records.values()} == {"STOPPED"}
+
+
+def test_a_group_signal_before_the_group_exists_reaches_the_main_process():
+    rig = Rig(spec("g", startsecs=0.0, stop_as_group=True))
+    rig.sup.start()
+    proc = rig.proc("g")
+    proc.pgid = -1  # not the leader of its group yet (between fork and setpgid)
+    rig.sup.request("g", "stop")
+    rig.run(0.1)
+    assert not proc.alive
+    assert rig.sup.records["g"].state.name == "STOPPED"
+
+
+def test_a_companion_the_manager_may_not_signal_is_logged_not_fatal():
+    rig = Rig(spec("a", startsecs=0.0), spec("b", startsecs=0.0))
+    rig.sup.start()
+    refused = rig.proc("a").pid
+
+    def signal_process(pid, sig, real=rig.host.signal_process):
+        if pid == refused:
+            raise PermissionError(1, "Operation not permitted")
+        return real(pid, sig)
+
+    rig.host.signal_process = signal_process
+    rig.sup.request("a", "stop")
+    rig.sup.request("b", "stop")
+    assert f"Cannot signal companion 'a' (pid {refused}): [Errno 1] Operation not permitted" \
+        in rig.messages()
+    rig.run(1.0)
+    assert rig.sup.records["b"].state.name == "STOPPED"
+
+
+# -- diff_specs (pure) --------------------------------------------------------------------
+
+A, B, C = spec("a"), spec("b"), spec("c")
+A2 = spec("a", stop_timeout=3.0)
+
+
+@pytest.mark.parametrize("current, fresh, expected", [
+    ({}, {}, ([], [], [], [])),
+    ({}, {"a": A, "b": B}, (["a", "b"], [], [], [])),
+    ({"a": A, "b": B}, {}, ([], ["a", "b"], [], [])),
+    ({"a": A}, {"a": A}, ([], [], [], ["a"])),
+    ({"a": A}, {"a": A2}, ([], [], ["a"], [])),
+    ({"a": A, "b": B}, {"c": C, "a": A2, "b": B}, (["c"], [], ["a"], ["b"])),
+    ({"b": B, "a": A, "c": C}, {"a": A}, ([], ["b", "c"], [], ["a"])),
+])
+def test_diff_specs(current, fresh, expected):
+    assert diff_specs(current, fresh) == dict(zip(("added", "removed", "changed", "unchanged"),
+                                                  expected, strict=True))
+
+
+# -- reread: all or nothing ----------------------------------------------------------------
+
+
+def test_reread_adds_removes_and_changes_and_keeps_the_configured_order():
+    rig = Rig(spec("b", startsecs=0.0), spec("c", startsecs=0.0), spec("d", startsecs=0.0))
+    rig.sup.start()
+    rig.run(0.5)
+    unchanged = rig.proc("d").pid
+    rig.config = CompanionConfig((spec("a", startsecs=0.0), spec("b", startsecs=0.0),
+                                  spec("d", startsecs=0.0),
+                                  spec("c", startsecs=0.0, stop_timeout=3.0),
+                                  spec("e", autostart=False)))
+    ok, summary, changes = rig.sup.reread()
+    assert ok
+    assert summary == "added: a, e, changed: c"
+    assert changes == {"added": ["a", "e"], "removed": [], "changed": ["c"],
+                       "unchanged": ["b", "d"]}
+    assert rig.resolved == [("a", "c", "e")]  # only what is new is imported
+    assert rig.sup.targets["a"] == "target of a"
+    assert list(rig.sup.records) == ["a", "b", "d", "c", "e"]
+    rig.run(1.0)
+    assert rig.sup.records["d"].pid == unchanged
+    assert rig.sup.records["c"].spec.stop_timeout == 3.0
+    assert [rig.sup.records[n].state.name for n in "abdce"] == [
+        "RUNNING", "RUNNING", "RUNNING", "RUNNING", "STOPPED"]
+    assert "Companion config reread: added: a, e, changed: c" in rig.messages()
+
+
+def test_reread_with_no_changes_says_so():
+    rig = Rig(spec("a"))
+    assert rig.sup.reread() == (True, "no changes", {
+        "added": [], "removed": [], "changed": [], "unchanged": ["a"]})
+    assert "Companion config reread: no changes" in rig.messages()
+
+
+def test_reread_retires_a_removed_companion_once_it_has_stopped():
+    rig = Rig(spec("a", startsecs=0.0), spec("b", startsecs=0.0), stop_delay=0.5)
+    rig.sup.start()
+    rig.run(0.1)
+    rig.config = CompanionConfig((spec("b", startsecs=0.0),))
+    ok, summary, _ = rig.sup.reread()
+    assert (ok, summary) == (True, "removed: a")
+    assert list(rig.sup.records) == ["b", "a"]  # still stopping: shown after the configured
+    assert rig.sup.retiring == {"a"}
+    rig.run(1.0)
+    assert list(rig.sup.records) == ["b"]
+    assert rig.sup.retiring == set() and "a" not in rig.sup.targets
+
+
+def test_reread_readds_a_companion_that_is_still_stopping_on_its_record():
+    rig = Rig(spec("a", startsecs=0.0), stop_delay=0.5)
+    rig.sup.start()
+    rig.run(0.1)
+    rig.config = CompanionConfig(())
+    rig.sup.reread()
+    rig.config = CompanionConfig((spec("a", startsecs=0.0, stop_timeout=4.0),
+                                  spec("b", startsecs=0.0)))
+    ok, summary, _ = rig.sup.reread()
+    assert (ok, summary) == (True, "added: a, b")
+    assert rig.sup.retiring == set()
+    rig.run(2.0)
+    record = rig.sup.records["a"]
+    assert (record.state.name, record.spec.stop_timeout) == ("RUNNING", 4.0)
+    assert rig.sup.records["b"].state.name == "RUNNING"  # added after it, all the same
+
+
+def test_reread_compares_a_restarting_companion_with_the_spec_it_is_about_to_run():
+    rig = Rig(spec("a", startsecs=0.0), stop_delay=0.5)
+    rig.sup.start()
+    rig.run(0.1)
+    rig.config = CompanionConfig((spec("a", startsecs=0.0, stop_timeout=4.0),))
+    assert rig.sup.reread()[1] == "changed: a"
+    assert rig.sup.reread()[1] == "no changes"  # still stopping, already for this spec
+
+
+@pytest.mark.parametrize("fault", ["load", "resolve", "lock_dir"])
+def test_a_reread_that_fails_changes_nothing(fault):
+    def prepare_lock_dir():
+        raise ConfigError("companion_lock_dir '/x' is not writable")
+
+    rig = Rig(spec("a", startsecs=0.0), spec("b", startsecs=0.0), lock_dir=None,
+              prepare_lock_dir=prepare_lock_dir)
+    rig.sup.start()
+    rig.run(0.5)
+    before = dict(rig.sup.records)
+    fresh = CompanionConfig((spec("b", startsecs=0.0, stop_timeout=2.0),
+                             spec("c", singleton=True)))
+    if fault == "load":
+        def load():
+            raise ConfigError("line 3: no such key 'stop_timout'")
+        rig.sup.load_config = load
+    else:
+        rig.config = fresh
+    if fault == "resolve":
+        def resolve(specs):
+            raise ConfigError("companion 'c': cannot import 'sim:target'")
+        rig.sup.resolve = resolve
+    ok, message, changes = rig.sup.reread()
+    assert not ok and changes == {}
+    assert message == str(ConfigError({"load": "line 3: no such key 'stop_timout'",
+                       "resolve": "companion 'c': cannot import 'sim:target'",
+                       "lock_dir": "companion_lock_dir '/x' is not writable"}[fault]))
+    assert f"Companion config not applied, keeping the running one: {message}" in rig.messages()
+    assert rig.sup.records == before
+    assert rig.sup.retiring == set() and set(rig.sup.targets) == {"a", "b"}
+
+
+def test_a_reread_prepares_the_lock_dir_when_a_singleton_appears():
+    prepared = []
+    rig = Rig(spec("a"), lock_dir=None,
+              prepare_lock_dir=lambda: prepared.append(1) or "/run/locks")
+    rig.sup.reread()
+    assert prepared == [] and rig.sup.lock_dir is None
+    rig.config = CompanionConfig((spec("a"), spec("s", singleton=True, autostart=False)))
+    rig.sup.reread()
+    assert prepared == [1] and rig.sup.lock_dir == "/run/locks"
+
+
+def test_a_reread_during_shutdown_is_refused():
+    rig = Rig(spec("a"))
+    rig.sup.shutdown(quick=False)
+    rig.config = CompanionConfig((spec("a"), spec("b")))
+    assert rig.sup.reread() == (False, "the companion manager is shutting down", {})
+    assert list(rig.sup.records) == ["a"]
+
+
+def test_a_reread_arms_the_memory_check_for_a_new_max_memory():
+    rig = Rig(spec("a"))
+    rig.sup.start()
+    assert rig.sup.next_memory_check is None
+    rig.config = CompanionConfig((spec("a"), spec("b", max_memory=MiB, autostart=False)))
+    rig.sup.reread()
+    assert rig.sup.next_memory_check == 1.0
+
+
+def test_a_reread_that_sets_max_memory_on_a_running_companion_enforces_it():
+    rig = Rig(spec("a", startsecs=0.0))
+    rig.sup.start()
+    rig.run(1.0)
+    rig.config = CompanionConfig((spec("a", startsecs=0.0, max_memory=MiB),))
+    assert rig.sup.reread()[1] == "changed: a"
+    rig.run(10.0)  # restarted on the new spec, and using 10 MiB
+    record = rig.sup.records["a"]
+    assert record.spec.max_memory == MiB
+    assert rig.sup.memory == {"a": 10 * MiB}
+    assert record.last_recycle.startswith("max_memory exceeded (10.0 MiB unshared > 1.0 MiB")
+
+
+# -- handle_signal: what each signal means -------------------------------------------------
+
+
+def running_rig(**options) -> Rig:
+    rig = Rig(spec("a", startsecs=0.0), stop_delay=None, **options)  # ignores SIGTERM
+    rig.sup.start()
+    rig.run(0.1)
+    rig.world._fork_member(rig.proc("a"), rig.world.behaviour(0))
+    rig.world.procs[max(rig.world.procs)].stop_delay = None
+    return rig
+
+
+def test_sigterm_stops_gracefully():
+    rig = running_rig()
+    loop.handle_signal(rig.sup, signal.SIGTERM)
+    assert rig.sup.shutting_down
+    assert rig.sup.records["a"].state.name == "STOPPING"
+    assert rig.proc("a").alive  # it has its stop_timeout
+    assert "Companion manager stopping companions (graceful)" in rig.messages()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGQUIT])
+def test_sigint_and_sigquit_stop_at_once_with_what_companions_left(signum):
+    rig = running_rig()
+    main = rig.proc("a")
+    rig.world.die(main, 0)  # exits, leaving its pool child behind (it ignores SIGTERM)
+    rig.settle()
+    assert rig.sup.leftovers
+    loop.handle_signal(rig.sup, signum)
+    assert rig.sup.shutting_down and not rig.sup.leftovers
+    assert not any(p.alive for p in rig.world.procs.values())
+    assert "Companion manager stopping companions (quick)" in rig.messages()
+
+
+def test_sigusr2_is_the_masters_death_only_when_the_master_is_gone():
+    rig = running_rig()
+    loop.handle_signal(rig.sup, signal.SIGUSR2)
+    assert not rig.sup.shutting_down  # forwarded by a live master: its business
+    rig.host.master_gone = lambda: True
+    loop.handle_signal(rig.sup, signal.SIGUSR2)
+    assert rig.sup.shutting_down
+    assert "Gunicorn master (pid 1) died; stopping every companion" in rig.messages()
+    assert "(quick)" in rig.logged()
+
+
+def test_sighup_rereads():
+    rig = running_rig()
+    rig.config = CompanionConfig((spec("a", startsecs=0.0), spec("b", autostart=False)))
+    loop.handle_signal(rig.sup, signal.SIGHUP)
+    assert list(rig.sup.records) == ["a", "b"]
+
+
+def test_sigchld_reaps():
+    rig = running_rig()
+    rig.world.die(rig.proc("a"), 0)
+    loop.handle_signal(rig.sup, signal.SIGCHLD)
+    assert rig.sup.pids == {}
+    assert rig.sup.strays_pending
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_sigusr1_reopens_the_managers_log_and_the_companions_files(broken):
+    rig = running_rig()
+    reopened = []
+
+    def reopen_files():
+        reopened.append("log")
+        if broken:
+            raise PermissionError(13, "Permission denied")
+
+    rig.log.reopen_files = reopen_files
+    rig.world.output.failing = 28  # ENOSPC until reopened
+    loop.handle_signal(rig.sup, signal.SIGUSR1)
+    assert reopened == ["log"] and rig.world.output.failing is None
+    assert "Companion log files reopened" in rig.messages()
+    assert ("Cannot reopen the companion manager's log: [Errno 13] Permission denied"
+            in rig.messages()) is broken
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH])
+def test_the_masters_other_signals_change_nothing(signum):
+    rig = running_rig()
+    before, logged = dict(rig.sup.records), rig.messages()
+    loop.handle_signal(rig.sup, signum)
+    assert rig.sup.records == before and not rig.sup.shutting_down
+    assert rig.messages() == logged  # not even a log line
+
+
+# -- the loop's own I/O: the wakeup and notify sockets (real sockets, no signals) ----------
+
+
+class Recorder:
+    def __init__(self):
+        self.calls: list[tuple] = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, *args))
+
+
+def loop_over(rig: Rig) -> loop.ManagerLoop:
+    rig.host.child_closers = []
+    manager_loop = loop.ManagerLoop(rig.sup, selectors.DefaultSelector())
+    assert rig.host.notify_fd == manager_loop.notify_w.fileno()
+    assert rig.host.handled_signals == loop.HANDLED_SIGNALS
+    assert rig.host.child_closers == [manager_loop.close_in_child]
+    return manager_loop
+
+
+def test_each_signal_read_from_the_wakeup_socket_is_handled_once():
+    rig = Rig(spec("a", startsecs=0.0))
+    manager_loop = loop_over(rig)
+    handled = Recorder()
+    manager_loop.news = Recorder()
+    rig.sup.reap = handled.reap
+    rig.sup.reread = handled.reread
+    # what CPython's C-level handler writes: one byte per signal caught
+    manager_loop._wakeup_w.send(bytes([signal.SIGCHLD, signal.SIGCHLD, signal.SIGHUP,
+                                       signal.SIGCHLD]))
+    manager_loop._on_wakeup(None, None)
+    assert handled.calls == [("reap",), ("reread",)]
+    assert manager_loop.news.calls == [("expect_settle",)]  # systemd waits for READY=1
+    manager_loop._wakeup_r.setblocking(False)
+    manager_loop._on_wakeup(None, None)  # woken with nothing to read: nothing happens
+    assert handled.calls == [("reap",), ("reread",)]
+    manager_loop.close_in_child()
+
+
+def test_a_notify_datagram_names_its_sender_by_the_kernels_word_when_it_can():
+    rig = Rig(spec("a"))
+    manager_loop = loop_over(rig)
+    heard = Recorder()
+    rig.sup.notified = heard.notified
+    manager_loop._notify_r.setblocking(False)
+    sender = socket.socket(fileno=os.dup(manager_loop.notify_w.fileno()))
+    sender.send(b"ready 4242")
+    sender.send(b"heartbeat not-a-pid")  # no credentials and no pid: dropped
+    manager_loop._on_notify(None, None)
+    assert heard.calls == [("notified", 4242, "ready")]
+    manager_loop._notify_r.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sender.send(b"ready 4242")  # another companion's pid: the kernel says who sent it
+    manager_loop._on_notify(None, None)
+    assert heard.calls[1:] == [("notified", os.getpid(), "ready")]
+    sender.close()
+    manager_loop.close_in_child()
+
+
+UCRED = struct.Struct("iII")
+
+
+@pytest.mark.parametrize("ancillary, pid", [
+    ([], None),
+    ([(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, UCRED.pack(77, 1000, 1000))], 77),
+    ([(socket.SOL_SOCKET, socket.SCM_RIGHTS, UCRED.pack(77, 1000, 1000))], None),
+    ([(socket.IPPROTO_IP, socket.SCM_CREDENTIALS, UCRED.pack(77, 1000, 1000))], None),
+    ([(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, UCRED.pack(77, 0, 0)[:11])], None),
+    ([(socket.SOL_SOCKET, socket.SCM_RIGHTS, b"\0" * 12),
+      (socket.SOL_SOCKET, socket.SCM_CREDENTIALS, UCRED.pack(78, 0, 0) + b"\0\0\0\0")], 78),
+])
+def test_sender_pid_from_credentials(ancillary, pid):
+    assert loop._sender_pid(ancillary) == pid
+
+
+def test_stray_signals_are_the_defaults_that_would_end_the_manager():
+    strays = loop.stray_signals()
+    assert strays == tuple(sorted(strays))
+    for sig in (signal.SIGALRM, signal.SIGPROF, signal.SIGTSTP, signal.SIGRTMIN):
+        assert sig in strays or signal.getsignal(sig) != signal.SIG_DFL
+    for sig in loop.HANDLED_SIGNALS + (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT,
+                                       signal.SIGURG):
+        assert sig not in strays
+    assert signal.SIGINT not in strays  # pytest's own handler stays
+    if faulthandler.is_enabled():  # pytest enables it: its traceback must stay
+        assert signal.SIGSEGV not in strays and signal.SIGABRT not in strays
+
+
+# -- fast twins of end-to-end tests: supervision logic, no kernel needed ---------------------
+
+
+def ask(rig: Rig, cmd: str, name: str | None = None) -> list[dict]:
+    """A control request as the server makes it; its answers so far (one, once settled)."""
+    answers: list[dict] = []
+    commands.dispatch(rig.sup, protocol.Request(cmd, name), answers.append)
+    return answers
+
+
+def starts(rig: Rig, name: str) -> list[int]:
+    return [p.pid for p in rig.world.procs.values() if p.name == name and p.main]
+
+
+def test_failed_starts_back_off_then_go_fatal_and_start_resets_the_count():
+    # (was tests/test_supervision.py's end-to-end test of the same name)
+    rig = Rig(spec("crash", startsecs=5.0, restart_delay=0.05, startretries=3))
+
+    def spawn_one_that_exits_3(*args, real=rig.host.spawn, **kwargs):
+        pid = real(*args, **kwargs)
+        rig.world.at(rig.world.now + 0.01, lambda: rig.world.exit(rig.world.procs[pid], code=3))
+        return pid
+
+    rig.host.spawn = spawn_one_that_exits_3
+    rig.sup.start()
+    rig.run(5.0)
+    log = rig.logged()
+    # the first start and 3 retries, each delay doubled: 0.05, 0.1, 0.2 (+-10%)
+    assert log.count("restarting in 0.05s") == 1
+    assert log.count("exited unexpectedly") == 3
+    assert log.count("giving up (FATAL)") == 1
+    assert len(starts(rig, "crash")) == 4
+    assert rig.sup.records["crash"].state.name == "FATAL"
+    # `start` from FATAL gives it a fresh count: four more runs
+    answers = ask(rig, "start", "crash")
+    rig.run(10.0)
+    assert len(answers) == 1
+    assert answers[0]["ok"] is False
+    assert "exited with exit code 3 while starting" in answers[0]["error"]
+    assert answers[0]["code"] == "exited_while_starting"
+    assert rig.logged().count("giving up (FATAL)") == 2
+    assert len(starts(rig, "crash")) == 8
+
+
+def test_a_manual_stop_is_not_a_failure():
+    # (was tests/test_supervision.py's end-to-end test of the same name)
+    rig = Rig(spec("slow", startsecs=60.0, startretries=0))
+    rig.sup.start()
+    rig.run(0.5)
+    # stopped while STARTING: with startretries 0, a failed start would be FATAL
+    answers = ask(rig, "stop", "slow")
+    rig.run(1.0)
+    assert [a["ok"] for a in answers] == [True]
+    assert rig.entry("slow")["state"] == "STOPPED"
+    answers = ask(rig, "start", "slow")  # answers only at RUNNING
+    rig.run(2.0)
+    assert answers == [] and len(starts(rig, "slow")) == 2
+    assert rig.entry("slow")["state"] == "STARTING"
+    assert "FATAL" not in rig.logged()
+
+
+def test_autostart_false_waits_for_start():
+    # (was tests/test_supervision.py's end-to-end test of the same name)
+    rig = Rig(spec("manual", autostart=False, startsecs=0.0), spec("auto", startsecs=0.0))
+    rig.sup.start()
+    rig.run(1.0)
+    assert rig.entry("manual")["state"] == "STOPPED" and starts(rig, "manual") == []
+    answers = ask(rig, "start", "manual")
+    rig.run(2.0)
+    assert [a["ok"] for a in answers] == [True] and len(starts(rig, "manual")) == 1
+
+
+def test_a_reread_refuses_a_companion_whose_user_does_not_exist():
+    base = privileges.Identity(os.geteuid(), os.getegid(), ())
+    rig = Rig(spec("a"), base_identity=base)
+    rig.config = CompanionConfig((spec("a"), spec("b", user="no-such-user-gc")))
+    ok, message, changes = rig.sup.reread()
+    assert (ok, changes) == (False, {})
+    assert message.startswith("invalid companion configuration: companion 'b': ")
+    assert "no-such-user-gc" in message
+    assert list(rig.sup.records) == ["a"]
+
+
+def test_memory_of_a_companion_that_exited_unreaped_is_its_main_process_only():
+    rig = Rig(spec("a", startsecs=0.0, max_memory=MiB))
+    rig.sup.start()
+    rig.run(0.5)
+    proc = rig.proc("a")
+    rig.world.die(proc, 0)  # gone, its SIGCHLD not handled yet when the check runs
+    rig.world.now = 1.0
+    rig.sup.fire_due()
+    assert rig.sup.memory == {"a": 0}
+    assert rig.sup.records["a"].last_recycle is None
