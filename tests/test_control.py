@@ -151,6 +151,24 @@ def test_pipelined_requests_are_answered_in_order(ctl):
     assert fourth["ok"] is False
 
 
+def test_a_brief_status_has_only_the_fields_asked_for(ctl):
+    full = ctl.request({"cmd": "status"})
+    brief = ctl.request({"cmd": "status", "fields": ["name", "state"]})
+    assert brief["ok"] is True and brief["manager_pid"] == full["manager_pid"]
+    assert brief["companions"] == [{"name": c["name"], "state": c["state"]}
+                                   for c in full["companions"]]
+    # fields from the full snapshot: those that say nothing stay absent, as in the full reply
+    some = ctl.request({"cmd": "status", "fields": ["uptime", "name", "group", "name"]})
+    assert [sorted(c) for c in some["companions"]] == [["name", "uptime"], ["name", "uptime"]]
+
+
+def test_every_field_of_a_full_status_can_be_asked_for(ctl):
+    from gunicorn_companion.commands import STATUS_FIELDS
+
+    for companion in ctl.request({"cmd": "status"})["companions"]:
+        assert set(companion) <= set(STATUS_FIELDS), companion
+
+
 BAD_LINES = [
     (b"not json", "request is not valid JSON"),
     (b"[1, 2]", "request must be a JSON object"),
@@ -160,6 +178,15 @@ BAD_LINES = [
     (b'{"cmd": "stop", "name": 5}', '"name" must be a string'),
     (b'{"cmd": "stop", "name": "alhpa"}', "no companion named 'alhpa' (did you mean 'alpha'?)"),
     (b'{"cmd": "status", "x": "\xff\xfe"}', "request is not valid UTF-8"),
+    (b'{"cmd": "status", "fields": ["name", "sate"]}',
+     "unknown status field 'sate' (did you mean 'state'?); known: name, state, pid"),
+    (b'{"cmd": "status", "fields": "name"}',
+     '"fields" must be a non-empty list of status fields like ["name", "state"], '
+     "got a string ('name')"),
+    (b'{"cmd": "status", "fields": []}', '"fields" must be a non-empty list'),
+    (b'{"cmd": "status", "fields": null}', "got null"),
+    (b'{"cmd": "status", "fields": ["name", 3]}',
+     '"fields" must hold field names (strings), got a number (3)'),
 ]
 
 

@@ -40,6 +40,7 @@ _OTHER_COMMANDS = {
     "import-supervisor": "print companion_workers for the programs of a supervisord.conf",
 }
 
+BRIEF_FIELDS = ("name", "state")  # status --brief
 _STATUS_HEADER = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "MEMORY", "OUTPUT",
                   "NOTE")
 
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     request: dict[str, object] = {"cmd": args.command}
     if COMMANDS[args.command]:
         request["name"] = args.name
+    if getattr(args, "brief", False):
+        request["fields"] = list(BRIEF_FIELDS)
     if args.command == "tail":
         request["lines"] = args.lines
         if args.follow:
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     if not args.json:
         if args.command == "status":
-            text = format_status(reply)
+            text = format_brief(reply) if getattr(args, "brief", False) else format_status(reply)
         elif args.command == "tail":
             text = "\n".join(str(line) for line in reply.get("lines") or [])
         else:
@@ -139,7 +142,7 @@ def _parse_common(argv: list[str]) -> object | None:
     Anything else (help, tail's options, mistakes) returns None for argparse."""
     import types
 
-    socket_path, as_json, words = None, False, []
+    socket_path, as_json, brief, words = None, False, False, []
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -149,6 +152,9 @@ def _parse_common(argv: list[str]) -> object | None:
         if arg == "--json":
             as_json, i = True, i + 1
             continue
+        if arg == "--brief":
+            brief, i = True, i + 1
+            continue
         if arg.startswith("-"):
             return None
         words.append(arg)
@@ -156,10 +162,11 @@ def _parse_common(argv: list[str]) -> object | None:
     if not words or words[0] not in COMMANDS or words[0] == "tail":
         return None
     needs_name = COMMANDS[words[0]]
-    if len(words) != 1 + needs_name:
+    if len(words) != 1 + needs_name or (brief and words[0] != "status"):
         return None
     return types.SimpleNamespace(socket=socket_path, json=as_json, timeout=DEFAULT_TIMEOUT,
-                                 command=words[0], name=words[1] if needs_name else None)
+                                 command=words[0], name=words[1] if needs_name else None,
+                                 brief=brief)
 
 
 def build_parser():
@@ -188,6 +195,9 @@ def build_parser():
         if needs_name:
             sub.add_argument("name", metavar="NAME",
                              help="a companion's name, or the name of a group of instances")
+        if cmd == "status":
+            sub.add_argument("--brief", action="store_true",
+                             help="only each companion's name and state (the fastest status)")
         if cmd == "tail":
             sub.add_argument("-n", "--lines", type=int, default=10, metavar="LINES",
                              help="how many of the latest lines (default: 10)")
@@ -279,6 +289,16 @@ def format_status(reply: dict) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+def format_brief(reply: dict) -> str:
+    """Render a brief status reply (names and states) as an aligned table."""
+    companions = reply.get("companions")
+    rows = [("NAME", "STATE")] + [
+        (str(c.get("name", "?")), str(c.get("state", "?")))
+        for c in (companions if isinstance(companions, list) else []) if isinstance(c, dict)]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name.ljust(width)}  {state}" for name, state in rows)
 
 
 def format_duration(seconds: object) -> str:
