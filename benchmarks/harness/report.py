@@ -415,8 +415,10 @@ def method_notes(plan: Plan) -> list[str]:
         "reload leaves unchanged; plain Gunicorn: the `gunicorn` command, same config without "
         "companions. The paired ratio pairs the i-th HUP of each.",
         "Reread: one companion's `env` changed in the config file, then the raw `reread` "
-        "request, until `status` shows that companion RUNNING with a new pid (startsecs 0, "
-        "polled every 2 ms); the manager's CPU (schedstat) from the request to its answer.",
+        "request, until the brief `status` shows that companion RUNNING with a new pid "
+        "(startsecs 0, polled every 2 ms); the manager's CPU (schedstat) from the request to "
+        "its answer: reading the config file (compiling it: the bench writes every companion "
+        "out), validating every entry, the diff.",
     ]
 
 

@@ -34,6 +34,7 @@ from .systems import (
 
 COMPANIONS, SUPERVISORD, CIRCUS = "companions", "supervisord", "circus"
 LATENCY_PROGRAM = "worker-0"
+BRIEF_WITH_PID = ("name", "state", "pid")
 # A companion left at the default restart_delay (1 s): its kill-to-ready minus
 # the delay shows that the delay only adds to detection + spawn.
 DELAYED_PROGRAM, DEFAULT_DELAY = "scheduler-1", 1.0
@@ -510,7 +511,9 @@ class Suite:
                     raise BenchError(f"reread refused: {reply.get('error')}")
 
                 def running(old=old) -> bool:
-                    entry = {e["name"]: e for e in system.status()}[changed]
+                    # the brief status: polling the full one of 200 every 2 ms
+                    # would be most of what the manager does meanwhile
+                    entry = {e["name"]: e for e in system.status(BRIEF_WITH_PID)}[changed]
                     return entry["state"] == "RUNNING" and entry.get("pid") not in (None, old)
 
                 wait_until(running, 60, f"{changed} to run again", interval=0.002)

@@ -343,8 +343,9 @@ class GunicornServer(System):
 
         wait_until(up, timeout, "gunicorn to answer", interval=0.05)
 
-    def status(self) -> list[dict]:
-        reply = raw_call(self.control, {"cmd": "status"})
+    def status(self, fields: tuple[str, ...] | None = None) -> list[dict]:
+        request = {"cmd": "status"} if fields is None else {"cmd": "status", "fields": [*fields]}
+        reply = raw_call(self.control, request)
         if not reply.get("ok"):
             raise BenchError(f"status refused: {reply.get('error')}")
         return reply["companions"]
