@@ -105,13 +105,21 @@ def test_tail_is_the_newest_lines_whatever_the_reads(router, chunks, count, expe
     assert router.tail(["c"], count) == expected
 
 
-def test_the_ring_keeps_enough_lines_and_not_everything(router):
+@pytest.mark.parametrize("line_bytes, per_read, reads", [
+    (100, 7, 20000),  # small reads
+    (100, 3000, 100),  # big reads (1 MiB pipes): the end of one holds enough
+    (2000, 300, 100),  # long lines: the end of a read does not
+])
+def test_the_ring_keeps_enough_lines_and_not_everything(router, line_bytes, per_read, reads):
     ring = router.ring("c")
-    line = b"x" * 99 + b"\n"
-    for n in range(20000):
-        ring.add(n, "c", "stdout", [line * 7])
-    assert len(router.tail(["c"], TAIL_LINES)) == TAIL_LINES
-    assert ring.size <= 2 * max(output.TAIL_BYTES, 2 * TAIL_LINES * len(line))
+    for n in range(reads):
+        lines = b"".join(b"%0*d\n" % (line_bytes - 1, n * per_read + i) for i in range(per_read))
+        ring.add(n, "c", "stdout", [lines[:50], memoryview(lines)[50:]])
+    last = reads * per_read
+    assert router.tail(["c"], TAIL_LINES) == [
+        str(i).zfill(line_bytes - 1) for i in range(last - TAIL_LINES, last)]
+    newest_needed = TAIL_LINES * line_bytes + per_read * line_bytes
+    assert ring.size <= 2 * max(output.TAIL_BYTES, newest_needed)
 
 
 def test_since_returns_each_read_once_in_order_across_companions(router):

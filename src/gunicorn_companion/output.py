@@ -47,6 +47,8 @@ TAIL_LINES = 1000
 # ...counted (to let older ones go) once a companion's recent output has grown
 # past this and doubled since the last count (see Ring).
 TAIL_BYTES = 512 * 1024
+# How much of the end of a read is counted first (see Ring._trim).
+TAIL_SCAN = 128 * 1024
 READ_SIZE = 65536
 # A pipe that fills up as fast as it is read is read this many times in a
 # row, and what was read written at once: fewer, bigger writes (the cost of a
@@ -443,6 +445,10 @@ def _advance(views: list[memoryview], size: int) -> list[memoryview]:
     return []
 
 
+def _newlines(piece: bytes | memoryview) -> int:
+    return (bytes(piece) if isinstance(piece, memoryview) else piece).count(b"\n")
+
+
 class Ring:
     """The recent output of one companion, for ``tail``: the chunks as they were
     read, split into lines only when someone asks.
@@ -469,8 +475,13 @@ class Ring:
         lines = keep = 0
         for chunk in reversed(self.chunks):
             keep += 1
-            lines += sum(bytes(piece).count(b"\n") if isinstance(piece, memoryview)
-                         else piece.count(b"\n") for piece in chunk[3])
+            for piece in reversed(chunk[3]):
+                # the end of a big piece first: it usually holds enough lines
+                lines += _newlines(piece[-TAIL_SCAN:])
+                if lines < TAIL_LINES and len(piece) > TAIL_SCAN:
+                    lines += _newlines(piece[:-TAIL_SCAN])
+                if lines >= TAIL_LINES:
+                    break
             if lines >= TAIL_LINES:
                 break
         while len(self.chunks) > keep:
