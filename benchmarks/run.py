@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark gunicorn-companion against supervisord and circus.
 
-    python benchmarks/run.py            # full run (about 35 minutes)
-    python benchmarks/run.py --quick    # reduced run, under two minutes: a smoke test
+    python benchmarks/run.py            # full run (about 45 minutes)
+    python benchmarks/run.py --quick    # reduced run, about four minutes: a smoke test
 
 Writes a markdown table (and a PNG of memory against K) to benchmarks/results/
 and prints the table. Exits 0 when every measurement ran, 1 when one did not
@@ -114,7 +114,7 @@ def rerender(path: str, output: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="reduced run (under two minutes): checks that everything runs")
+                        help="reduced run (about four minutes): checks that everything runs")
     parser.add_argument("--output", default=os.path.join(HERE, "results"),
                         help="where to write the table, the JSON samples and the plot "
                              "(default: benchmarks/results)")
