@@ -415,7 +415,9 @@ def method_notes(plan: Plan) -> list[str]:
         "`time.monotonic()` to a file), with the trivial app preloaded; companions: "
         f"`gunicorn-companion serve` with {plan.reload_companions} idle companions that the "
         "reload leaves unchanged; plain Gunicorn: the `gunicorn` command, same config without "
-        "companions. The paired ratio pairs the i-th HUP of each.",
+        "companions. Each SIGHUP 0.4 s after the previous reload's old workers exited (Gunicorn "
+        "finishes a reload only then, polling every 0.1 s; a SIGHUP sent earlier waits). The "
+        "paired ratio pairs the i-th HUP of each.",
         "Reread: one companion's `env` changed in the config file, then the raw `reread` "
         "request, until the brief `status` shows that companion RUNNING with a new pid "
         "(startsecs 0, polled every 2 ms); the manager's CPU (schedstat) from the request to "

@@ -35,6 +35,7 @@ from .systems import (
 COMPANIONS, SUPERVISORD, CIRCUS = "companions", "supervisord", "circus"
 LATENCY_PROGRAM = "worker-0"
 BRIEF_WITH_PID = ("name", "state", "pid")
+HUP_SETTLE = 0.4  # seconds between one reload's old workers exiting and the next SIGHUP
 # A companion left at the default restart_delay (1 s): its kill-to-ready minus
 # the delay shows that the delay only adds to detection + spawn.
 DELAYED_PROGRAM, DEFAULT_DELAY = "scheduler-1", 1.0
@@ -81,7 +82,7 @@ class Plan:
                    latency_ks=(4,), scale_shutdown=False,
                    latency_reps=1, shutdown_ks=(4,), ctl_reps=1, idle_window=2.0,
                    status_cli_n=3, status_api_n=20, scale_reps=1, settle=0.3,
-                   output_seconds=2.0, output_reps=1, reload_reps=8, reread_reps=3)
+                   output_seconds=2.0, output_reps=1, reload_reps=12, reread_reps=3)
 
 
 # -- gc_freeze detection -------------------------------------------------------------------
@@ -459,6 +460,10 @@ class Suite:
                        "the HTTP workers to start")
             time.sleep(plan.settle)
             for _ in range(plan.reload_reps):
+                # Gunicorn's reload returns only once the old workers are gone,
+                # polling for them every 0.1 s: a SIGHUP sent before that waits
+                # in its queue, and the figure would be that poll, not a reload.
+                time.sleep(HUP_SETTLE)
                 before = system.workers_ready()
                 t0 = time.monotonic()
                 os.kill(system.pid, signal.SIGHUP)
