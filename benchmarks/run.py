@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark gunicorn-companion against supervisord and circus.
 
-    python benchmarks/run.py            # full run (about 35 minutes)
-    python benchmarks/run.py --quick    # reduced run, under two minutes: a smoke test
+    python benchmarks/run.py            # full run (about 45 minutes)
+    python benchmarks/run.py --quick    # reduced run, about four minutes: a smoke test
 
 Writes a markdown table (and a PNG of memory against K) to benchmarks/results/
 and prints the table. Exits 0 when every measurement ran, 1 when one did not
@@ -57,7 +57,7 @@ def check_environment() -> list[str]:
 
 def expected_figures(plan) -> list[tuple[str, str]]:
     """Every (figure, system) a complete run has at least one sample of."""
-    from harness.suite import CIRCUS, COMPANIONS, SUPERVISORD
+    from harness.suite import CIRCUS, COMPANIONS, SUPERVISORD, output_figure
 
     three = (COMPANIONS, SUPERVISORD, CIRCUS)
     wanted = []
@@ -70,11 +70,18 @@ def expected_figures(plan) -> list[tuple[str, str]]:
         for fig in (f"start_cli_k{k}", f"start_api_k{k}", f"restart_k{k}"):
             wanted += [(fig, s) for s in three]
     n = plan.ctl_programs
-    for fig in (f"status_cli_{n}", f"status_api_{n}", f"status_api_reused_{n}", f"idle_cpu_{n}",
-                f"daemon_pss_{n}"):
+    for fig in (f"status_cli_{n}", f"status_api_{n}", f"status_api_reused_{n}",
+                f"status_api_brief_{n}", f"idle_cpu_{n}", f"daemon_pss_{n}"):
         wanted += [(fig, s) for s in three]
     m = plan.scale_programs
     wanted += [(f"scale_running_{m}", COMPANIONS), (f"scale_manager_pss_{m}", COMPANIONS)]
+    for stamped in (False, True):
+        for count in plan.output_counts:
+            figure = output_figure(count, stamped)
+            for system in (COMPANIONS, CIRCUS) if stamped else three:
+                wanted += [(f"{figure}_{what}", system) for what in ("mbps", "cpu", "lost", "torn")]
+    wanted += [("hup_reload", COMPANIONS), ("hup_reload", "gunicorn")]
+    wanted += [(f"reread_running_{n}", COMPANIONS) for n in plan.reread_sizes]
     return wanted
 
 
@@ -107,11 +114,12 @@ def rerender(path: str, output: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="reduced run (under two minutes): checks that everything runs")
+                        help="reduced run (about four minutes): checks that everything runs")
     parser.add_argument("--output", default=os.path.join(HERE, "results"),
                         help="where to write the table, the JSON samples and the plot "
                              "(default: benchmarks/results)")
-    parser.add_argument("--only", choices=("memory", "control", "scale"), action="append",
+    parser.add_argument("--only", action="append",
+                        choices=("memory", "control", "scale", "output", "reload"),
                         help="run only this phase (repeatable; for working on the benchmark)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (configs and logs) for inspection")
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.suite import Plan, Suite, log
 
     plan = Plan.quick_plan() if args.quick else Plan.full()
-    phases = args.only or ["memory", "control", "scale"]
+    phases = args.only or ["memory", "control", "scale", "output", "reload"]
     results = Results()
     started = time.monotonic()
     install_interrupts()
@@ -158,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             suite.control_phase()
         if "scale" in phases:
             suite.scale_phase()
+        if "output" in phases:
+            suite.output_phase()
+        if "reload" in phases:
+            suite.reload_phase()
     except (KeyboardInterrupt, Interrupted) as exc:
         interrupted = exc
         results.fail("run", f"interrupted ({exc or 'Ctrl-C'})")

@@ -151,6 +151,24 @@ def test_pipelined_requests_are_answered_in_order(ctl):
     assert fourth["ok"] is False
 
 
+def test_a_brief_status_has_only_the_fields_asked_for(ctl):
+    full = ctl.request({"cmd": "status"})
+    brief = ctl.request({"cmd": "status", "fields": ["name", "state"]})
+    assert brief["ok"] is True and brief["manager_pid"] == full["manager_pid"]
+    assert brief["companions"] == [{"name": c["name"], "state": c["state"]}
+                                   for c in full["companions"]]
+    # fields from the full snapshot: those that say nothing stay absent, as in the full reply
+    some = ctl.request({"cmd": "status", "fields": ["uptime", "name", "group", "name"]})
+    assert [sorted(c) for c in some["companions"]] == [["name", "uptime"], ["name", "uptime"]]
+
+
+def test_every_field_of_a_full_status_can_be_asked_for(ctl):
+    from gunicorn_companion.commands import STATUS_FIELDS
+
+    for companion in ctl.request({"cmd": "status"})["companions"]:
+        assert set(companion) <= set(STATUS_FIELDS), companion
+
+
 BAD_LINES = [
     (b"not json", "not_json", "request is not valid JSON"),
     (b"[1, 2]", "not_an_object", "request must be a JSON object"),
@@ -163,6 +181,15 @@ BAD_LINES = [
     (b'{"cmd": "status", "x": "\xff\xfe"}', "not_utf8", "request is not valid UTF-8"),
     (b'{"cmd": "tail", "name": "alpha", "lines": -1}', "bad_field", '"lines" must be'),
     (b'{"cmd": "tail", "name": "alpha", "follow": 1}', "bad_field", '"follow" must be'),
+    (b'{"cmd": "status", "fields": ["name", "sate"]}', "bad_field",
+     "unknown status field 'sate' (did you mean 'state'?); known: name, state, pid"),
+    (b'{"cmd": "status", "fields": "name"}', "bad_field",
+     '"fields" must be a non-empty list of status fields like ["name", "state"], '
+     "got a string ('name')"),
+    (b'{"cmd": "status", "fields": []}', "bad_field", '"fields" must be a non-empty list'),
+    (b'{"cmd": "status", "fields": null}', "bad_field", "got null"),
+    (b'{"cmd": "status", "fields": ["name", 3]}', "bad_field",
+     '"fields" must hold field names (strings), got a number (3)'),
 ]
 
 

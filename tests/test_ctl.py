@@ -298,6 +298,25 @@ def test_status_prints_the_table(serve, capsys):
     assert server.requests == [{"cmd": "status"}]
 
 
+@pytest.mark.parametrize("argv", [
+    ["status", "--brief"],
+    ["--brief", "status"],
+    ["status", "--brief", "--timeout", "5"],  # through argparse
+])
+def test_brief_status_asks_for_names_and_states_and_prints_them(serve, capsys, argv):
+    server = serve(_manager)
+    assert main(["-s", server.server_address, *argv]) == 0
+    assert capsys.readouterr() == ("NAME       STATE\nscheduler  RUNNING\n", "")
+    assert server.requests == [{"cmd": "status", "fields": ["name", "state"]}]
+
+
+def test_brief_is_only_for_status(serve, capsys):
+    server = serve(_manager)
+    assert main(["-s", server.server_address, "start", "--brief", "scheduler"]) == 2
+    assert "--brief" in capsys.readouterr().err
+    assert server.requests == []
+
+
 @pytest.mark.parametrize("cmd", ["start", "stop", "restart"])
 def test_named_commands_send_the_name_and_print_the_message(serve, capsys, cmd):
     server = serve(_manager)

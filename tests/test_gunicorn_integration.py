@@ -147,3 +147,18 @@ def test_print_config_shows_values_as_written_and_derived_ones_with_their_deriva
     assert lines["companion_control_socket_mode"] == "0o660"
     assert ("  companion_manager_stop_timeout = 35 (derived: the slowest stop_timeout, 30 "
             "for 'a', + companion_manager_shutdown_buffer 5)") in out.splitlines()
+
+
+def test_a_config_builds_its_argument_parser_once_and_it_parses_alike_each_time():
+    """Each SIGHUP makes a new Config and asks it for the parser twice; building
+    it was most of the time companions added to Gunicorn's reload."""
+    from gunicorn_companion.app import ServeConfig
+
+    cfg = ServeConfig("usage", prog="gunicorn-companion serve")
+    parser = cfg.parser()
+    assert cfg.parser() is parser
+    argv = ["-w", "3", "--companion-startsecs", "2", "app:application"]
+    first, again = parser.parse_args(argv), parser.parse_args(argv)
+    assert vars(first) == vars(again)
+    assert first.workers == 3 and first.args == ["app:application"]
+    assert vars(parser.parse_args([])) == vars(ServeConfig("usage").parser().parse_args([]))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import os
 
 import pytest
@@ -16,8 +15,8 @@ class Written:
     def __init__(self):
         self.chunks: list[bytes] = []
 
-    def write(self, lines: bytes, name: str) -> None:
-        self.chunks.append(lines)
+    def write(self, pieces: list, name: str) -> None:
+        self.chunks.append(b"".join(bytes(piece) for piece in pieces))
 
 
 @pytest.fixture
@@ -33,7 +32,7 @@ def test_a_line_without_a_newline_is_held_until_the_documented_64_kib(pipe):
     # each ending in a newline"
     read_end, write_end = pipe
     written = Written()
-    capture = output.Capture("c", "stdout", read_end, written, collections.deque(), None)
+    capture = output.Capture("c", "stdout", read_end, written, output.Ring(), None)
     os.write(write_end, b"x" * (64 * 1024 - 1))
     assert capture.drain()
     assert written.chunks == []  # one byte short: still waiting for its newline

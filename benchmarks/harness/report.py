@@ -7,7 +7,7 @@ import math
 import time
 
 from .results import Results
-from .suite import CIRCUS, COMPANIONS, SUPERVISORD, Plan
+from .suite import CIRCUS, COMPANIONS, SUPERVISORD, Plan, output_figure
 
 SYSTEMS = (COMPANIONS, SUPERVISORD, CIRCUS)
 
@@ -20,6 +20,8 @@ class Row:
     target: str = ""  # the README's wording
     check: object = None  # callable(results) -> (met: bool | None, detail: str)
     texts: dict | None = None  # fixed cell texts by system, for rows that are not measured
+    # the systems' columns hold other systems' figures: {column: system measured}
+    columns: dict | None = None
 
 
 def _scale(unit: str) -> float:
@@ -57,8 +59,8 @@ def cell(results: Results, figure: str, system: str, unit: str) -> str:
     return f"{_num(series.median * k)} ({_num(series.low * k)}–{_num(series.high * k)})"
 
 
-def ratio_cell(results: Results, figure: str, system: str) -> str:
-    r = results.ratio(figure, system)
+def ratio_cell(results: Results, figure: str, system: str, reference: str = SUPERVISORD) -> str:
+    r = results.ratio(figure, system, reference)
     if r is None:
         return "-"
     median, low, high = r
@@ -108,6 +110,102 @@ def at_most_seconds(limit: float):
     return check
 
 
+def throughput_check(vs_supervisord: float | None):
+    """At least ``vs_supervisord`` times supervisord's (paired) and at least circus's."""
+
+    def check(results: Results, row: Row):
+        mine, circus = results.get(row.figure, COMPANIONS), results.get(row.figure, CIRCUS)
+        if not mine or not circus:
+            return None, "not measured"
+        vs_circus = mine.median / circus.median if circus.median else math.inf
+        details, met = [f"× circus {_num(vs_circus)} (≥ 1)"], vs_circus >= 1.0
+        if vs_supervisord is not None:
+            r = results.ratio(row.figure, COMPANIONS)
+            if r is None:
+                return None, "not measured"
+            details.insert(0, f"× supervisord {_num(r[0])} (≥ {vs_supervisord:g})")
+            met = met and r[0] >= vs_supervisord
+        return met, ", ".join(details)
+
+    return check
+
+
+def none_lost(results: Results, row: Row):
+    """Companions lose and tear nothing; the others' counts are shown beside."""
+    mine = results.get(row.figure, COMPANIONS)
+    if not mine or not mine.values:
+        return None, "not measured"
+    others = [f"{s} {sum(results.get(row.figure, s).values):g}" for s in (SUPERVISORD, CIRCUS)
+              if results.get(row.figure, s)]
+    return sum(mine.values) == 0, ", ".join([f"companions {sum(mine.values):g}", *others])
+
+
+def against(reference: str, limit: float):
+    def check(results: Results, row: Row):
+        r = results.ratio(row.figure, COMPANIONS, reference)
+        if r is None:
+            return None, "not measured"
+        return r[0] <= limit, f"÷ {reference} {_num(r[0])} (≤ {limit:g})"
+
+    return check
+
+
+def flat(small: str, limit: float):
+    """The figure at the bigger size at most ``limit`` times the one at the smaller."""
+
+    def check(results: Results, row: Row):
+        big, little = results.get(row.figure, COMPANIONS), results.get(small, COMPANIONS)
+        if not big or not little or not little.median:
+            return None, "not measured"
+        growth = big.median / little.median
+        return growth <= limit, f"{_num(growth)}× the smaller config's (≤ {limit:g})"
+
+    return check
+
+
+def output_rows(plan: Plan) -> list[Row]:
+    rows = []
+    for stamped in (False, True):
+        how = "time-stamped" if stamped else "no time stamps"
+        for count in plan.output_counts:
+            fig = output_figure(count, stamped)
+            who = f"{count} program{'s' if count > 1 else ''} printing 100-byte lines, {how}"
+            rows += [
+                Row(f"{fig}_mbps", f"Output throughput: {who}, MB/s to the files (higher is "
+                    "better)", "",
+                    "≥ circus" if stamped else "≥ 3× supervisord, ≥ circus",
+                    throughput_check(None if stamped else 3.0)),
+                Row(f"{fig}_cpu", f"Output CPU: {who}, supervising process's CPU s per 100 MB",
+                    "", "" if stamped else "≤ 1/3 of supervisord",
+                    None if stamped else ratio_at_most(1 / 3)),
+                Row(f"{fig}_lost", f"Output lines lost: {who}", "", "0 (counted for all)",
+                    none_lost),
+                Row(f"{fig}_torn", f"Output lines torn: {who}", "", "0 (counted for all)",
+                    none_lost),
+            ]
+    return rows
+
+
+def reload_rows(plan: Plan) -> list[Row]:
+    small, big = min(plan.reread_sizes), max(plan.reread_sizes)
+    rows = [Row("hup_reload", f"HUP reload: SIGHUP → all {plan.reload_workers} new HTTP workers "
+                f"serve; companions: {plan.reload_companions} unchanged; supervisord column: "
+                "plain Gunicorn, same app", "ms", "≤ 1.1× plain Gunicorn",
+                against("gunicorn", 1.1), columns={COMPANIONS: COMPANIONS,
+                                                   SUPERVISORD: "gunicorn"})]
+    for n in plan.reread_sizes:
+        grows = n == big and big != small
+        rows += [
+            Row(f"reread_running_{n}", f"Reread changing 1 of {n} companions: request → the "
+                "changed one RUNNING (startsecs 0)", "ms",
+                f"flat in N (vs {small})" if grows else "",
+                flat(f"reread_running_{small}", 1.5) if grows else None),
+            Row(f"reread_cpu_{n}", f"Reread changing 1 of {n} companions: manager's CPU "
+                "(config read + diff)", "ms"),
+        ]
+    return rows
+
+
 def rows_for(plan: Plan) -> list[tuple[str, list[Row]]]:
     hold = f"{plan.hold:g} s"
     memory = []
@@ -144,6 +242,9 @@ def rows_for(plan: Plan) -> list[tuple[str, list[Row]]]:
             raw_status_check),
         Row(f"status_api_reused_{n}", f"{n} programs: status through the API, one connection/"
             "client reused", "ms", "≥ 10× faster than XML-RPC, ≤ circus", raw_status_check),
+        Row(f"status_api_brief_{n}", f"{n} programs: brief status (names and states), one "
+            "connection reused; supervisord/circus: their full status, as above", "ms",
+            "≥ 10× faster than XML-RPC, ≤ circus", raw_status_check),
         Row(f"idle_cpu_{n}", f"{n} programs: supervising process's idle CPU, % of one core "
             "(/proc/PID/stat utime+stime)", "%", "below supervisord and circusd", below_both),
         Row(f"idle_cpu_ns_{n}", f"{n} programs: the same from /proc/PID/schedstat (ns resolution)",
@@ -168,6 +269,10 @@ def rows_for(plan: Plan) -> list[tuple[str, list[Row]]]:
         ("Start and restart latency (ms)", latency),
         (f"Control and idle cost with {n} programs", control),
         ("Shutdown, boot and scale", other),
+        ("Output: programs printing as fast as they can, rotation at "
+         f"{plan.output_maxbytes // 2**20} MB with {plan.output_backups} backups",
+         output_rows(plan)),
+        ("Reloads", reload_rows(plan)),
     ]
 
 
@@ -202,6 +307,14 @@ def render(results: Results, plan: Plan, elapsed: float) -> tuple[str, list[Verd
             if row.texts:
                 out.append(f"| {row.title} | " + " | ".join(row.texts.get(s, "") for s in SYSTEMS)
                            + " | | | | |")
+                continue
+            if row.columns:
+                out.append(
+                    f"| {row.title} | "
+                    + " | ".join(cell(results, row.figure, row.columns[s], row.unit)
+                                 if s in row.columns else "" for s in SYSTEMS)
+                    + f" | {ratio_cell(results, row.figure, COMPANIONS, row.columns[SUPERVISORD])}"
+                    + f" | | {row.target} | {met_text} |")
                 continue
             out.append(
                 f"| {row.title} | "
@@ -285,6 +398,31 @@ def method_notes(plan: Plan) -> list[str]:
         "includes the HTTP server's own shutdown.",
         f"Scale: `gunicorn-companion serve` with {plan.scale_programs} trivial companions; the "
         "raw status is polled every 20 ms from the launch until all are RUNNING.",
+        f"Output: `workload.chatty` waits for a start file, then prints numbered 100-byte lines "
+        f"(1,000 per write) for {plan.output_seconds:g} s; each program's output goes to its own "
+        f"file rotated at {plan.output_maxbytes // 2**20} MB with {plan.output_backups} backups "
+        "(companions: `stdout_maxbytes`/`stdout_backups`; supervisord: `stdout_logfile_maxbytes`"
+        "/`stdout_logfile_backups`; circus: `FileStream` `max_bytes`/`backup_count`, and "
+        "`time_format` for time stamps, which supervisord cannot add). Throughput: the bytes "
+        "printed (100 per line) over the time from the first line printed to the last one "
+        "found in its file. CPU: the supervising process's /proc/PID/schedstat time over that "
+        "span, per 100 MB. Lost: numbers missing between the oldest line kept (rotation deletes "
+        "older ones) and the last printed (a torn line's number counts as missing too: it "
+        "cannot be read back whole); torn: pieces in the files that are not exactly one "
+        "printed line (cut, joined, stamped in the middle, or a file ending mid-line).",
+        f"HUP reload: SIGHUP to the master until each of the {plan.reload_workers} new HTTP "
+        "workers ran Gunicorn's `post_worker_init` hook (it appends its pid and "
+        "`time.monotonic()` to a file), with the trivial app preloaded; companions: "
+        f"`gunicorn-companion serve` with {plan.reload_companions} idle companions that the "
+        "reload leaves unchanged; plain Gunicorn: the `gunicorn` command, same config without "
+        "companions. Each SIGHUP 0.4 s after the previous reload's old workers exited (Gunicorn "
+        "finishes a reload only then, polling every 0.1 s; a SIGHUP sent earlier waits). The "
+        "paired ratio pairs the i-th HUP of each.",
+        "Reread: one companion's `env` changed in the config file, then the raw `reread` "
+        "request, until the brief `status` shows that companion RUNNING with a new pid "
+        "(startsecs 0, polled every 2 ms); the manager's CPU (schedstat) from the request to "
+        "its answer: reading the config file (compiling it: the bench writes every companion "
+        "out), validating every entry, the diff.",
     ]
 
 

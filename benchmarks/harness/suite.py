@@ -6,20 +6,36 @@ fails is recorded and the others still run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+from workload.chatty import LINE_BYTES, check_lines
+
 from . import proc
 from .results import Results
-from .runtime import BenchError, Run, executable
-from .systems import Circus, GunicornServer, Supervisord, System, idle_programs, workload_programs
+from .runtime import BenchError, Run, executable, wait_until
+from .systems import (
+    Circus,
+    GunicornServer,
+    OutputOptions,
+    Supervisord,
+    System,
+    chatty_programs,
+    idle_programs,
+    raw_call,
+    workload_programs,
+)
 
 COMPANIONS, SUPERVISORD, CIRCUS = "companions", "supervisord", "circus"
 LATENCY_PROGRAM = "worker-0"
+BRIEF_WITH_PID = ("name", "state", "pid")
+HUP_SETTLE = 0.4  # seconds between one reload's old workers exiting and the next SIGHUP
 # A companion left at the default restart_delay (1 s): its kill-to-ready minus
 # the delay shows that the delay only adds to detection + spawn.
 DELAYED_PROGRAM, DEFAULT_DELAY = "scheduler-1", 1.0
@@ -45,6 +61,16 @@ class Plan:
     scale_shutdown: bool = True  # time the shutdown of the 500 (else just kill them)
     settle: float = 1.0
     boot_timeout: float = 180.0
+    output_seconds: float = 10.0  # how long each chatty program prints
+    output_counts: tuple[int, ...] = (1, 4)  # chatty programs at once
+    output_reps: int = 2
+    output_maxbytes: int = 50 * 1024 * 1024
+    output_backups: int = 2
+    reload_companions: int = 8  # configured and unchanged during the HUP reload
+    reload_workers: int = 2  # HTTP workers
+    reload_reps: int = 10  # HUPs per server
+    reread_sizes: tuple[int, ...] = (10, 200)  # companions configured; one changes
+    reread_reps: int = 5
 
     @classmethod
     def full(cls) -> "Plan":
@@ -55,7 +81,8 @@ class Plan:
         return cls(quick=True, ks=(4, 8), mem_reps=1, hold=1.5, full_gc_every=0.5,
                    latency_ks=(4,), scale_shutdown=False,
                    latency_reps=1, shutdown_ks=(4,), ctl_reps=1, idle_window=2.0,
-                   status_cli_n=3, status_api_n=20, scale_reps=1, settle=0.3)
+                   status_cli_n=3, status_api_n=20, scale_reps=1, settle=0.3,
+                   output_seconds=2.0, output_reps=1, reload_reps=12, reread_reps=3)
 
 
 # -- gc_freeze detection -------------------------------------------------------------------
@@ -325,16 +352,187 @@ class Suite:
                 for system in systems:
                     results.add(f"status_api_reused_{n}", system.label,
                                 system.api_status(reuse=True))
+                    # circus's status is already brief: {name: "active"}
+                    brief = (systems[0].api_status(reuse=True, brief=True)
+                             if system is systems[0] else results.get(
+                                 f"status_api_reused_{n}", system.label).values[-1])
+                    results.add(f"status_api_brief_{n}", system.label, brief)
             log("  status: " + ", ".join(
                 f"{s.label} cli {results.get(f'status_cli_{n}', s.label).median * 1000:.1f} ms "
                 f"api {results.get(f'status_api_{n}', s.label).median * 1000:.2f} ms "
-                f"(reused {results.get(f'status_api_reused_{n}', s.label).median * 1000:.2f} ms)"
+                f"(reused {results.get(f'status_api_reused_{n}', s.label).median * 1000:.2f} ms, "
+                f"brief {results.get(f'status_api_brief_{n}', s.label).median * 1000:.2f} ms)"
                 for s in systems))
             # no shutdown timing here: supervisord takes minutes to stop 200 programs
             # (about one per turn of its 1 s loop); stop_instance() kills the trees
         finally:
             for system in systems:
                 stop_instance(system)
+
+    # -- phase 4: output: programs printing as fast as they can ----------------------------
+
+    def output_phase(self) -> None:
+        for rep in range(self.plan.output_reps):
+            for stamped in (False, True):
+                for count in self.plan.output_counts:
+                    systems = [COMPANIONS, CIRCUS] if stamped else [COMPANIONS, SUPERVISORD, CIRCUS]
+                    if rep % 2:
+                        systems.reverse()
+                    for label in systems:
+                        self.guard(f"output {label} {count} program(s)"
+                                   f"{' time-stamped' if stamped else ''} rep {rep + 1}",
+                                   self.output_round, label, count, stamped, rep)
+
+    def output_round(self, label: str, count: int, stamped: bool, rep: int) -> None:
+        plan, results = self.plan, self.results
+        figure = output_figure(count, stamped)
+        options = OutputOptions(plan.output_maxbytes, plan.output_backups, stamped)
+        tag = f"out-p{count}{'-ts' if stamped else ''}-r{rep}"
+        programs = chatty_programs(count)
+        if label == COMPANIONS:
+            system: System = GunicornServer(self.run, programs, tag,
+                                            app="workload.tiny:application", output=options)
+        elif label == SUPERVISORD:
+            system = Supervisord(self.run, programs, tag, output=options)
+        else:
+            system = Circus(self.run, programs, tag, output=options)
+        go, done = os.path.join(system.dir, "go"), os.path.join(system.dir, "done.jsonl")
+        system.env.update(CHATTY_SECONDS=str(plan.output_seconds), CHATTY_GO=go, CHATTY_DONE=done)
+        try:
+            system.launch()
+            if isinstance(system, GunicornServer):
+                system.wait_up(plan.boot_timeout)
+            system.wait_all_running(plan.boot_timeout)
+            time.sleep(plan.settle)
+            daemon = system.daemon_pid()
+            cpu0 = proc.cpu_ns(daemon)
+            with open(go, "w"):
+                pass
+            written = wait_written(done, count, plan.output_seconds + 120, system)
+            reached = wait_last_lines(system, written, 120)
+            cpu1 = proc.cpu_ns(daemon)
+            if cpu0 is None or cpu1 is None:
+                raise BenchError(f"the {label} daemon (pid {daemon}) exited while writing")
+            started = min(w["started"] for w in written.values())
+            total = sum(w["lines"] for w in written.values()) * LINE_BYTES
+            results.add(f"{figure}_mbps", label, total / 1e6 / (reached - started))
+            results.add(f"{figure}_cpu", label, (cpu1 - cpu0) / 1e9 / (total / 100e6))
+            lost = torn = 0
+            for name, record in written.items():
+                _, missing, cut = check_lines(system.log_paths(name), name, record["lines"],
+                                              stamped)
+                lost, torn = lost + missing, torn + cut
+            results.add(f"{figure}_lost", label, lost)
+            results.add(f"{figure}_torn", label, torn)
+            log(f"  output {label:<12} {count} program(s){' time-stamped' if stamped else ''}: "
+                f"{results.get(f'{figure}_mbps', label).values[-1]:.0f} MB/s, "
+                f"{results.get(f'{figure}_cpu', label).values[-1]:.2f} CPU s per 100 MB, "
+                f"{lost} lost, {torn} torn")
+        finally:
+            stop_instance(system)
+            shutil.rmtree(os.path.join(system.dir, "logs"), ignore_errors=True)  # up to GBs
+
+    # -- phase 5: reloads ---------------------------------------------------------------
+
+    def reload_phase(self) -> None:
+        for rep in range(2 if self.plan.quick else 3):
+            for label in ((COMPANIONS, "gunicorn") if rep % 2 == 0 else ("gunicorn", COMPANIONS)):
+                self.guard(f"HUP reload {label} rep {rep + 1}", self.hup_round, label, rep)
+        for n in self.plan.reread_sizes:
+            self.guard(f"reread of {n} companions", self.reread_round, n)
+
+    def hup_round(self, label: str, rep: int) -> None:
+        """SIGHUP to the master until every new HTTP worker is about to serve:
+        the same app and config, with 8 unchanged companions or with plain Gunicorn."""
+        plan = self.plan
+        companions = label == COMPANIONS
+        count = plan.reload_companions if companions else 0
+        system = GunicornServer(self.run, idle_programs(count), f"hup-{label}-r{rep}",
+                                app="workload.tiny:application", plain=not companions,
+                                workers=plan.reload_workers,
+                                settings={"companion_restart_delay": 0} if companions else {})
+        try:
+            system.launch()
+            system.wait_up(plan.boot_timeout)
+            if companions:
+                system.wait_all_running(plan.boot_timeout)
+            wait_until(lambda: len(system.workers_ready()) >= plan.reload_workers, 60,
+                       "the HTTP workers to start")
+            time.sleep(plan.settle)
+            for _ in range(plan.reload_reps):
+                # Gunicorn's reload returns only once the old workers are gone,
+                # polling for them every 0.1 s: a SIGHUP sent before that waits
+                # in its queue, and the figure would be that poll, not a reload.
+                time.sleep(HUP_SETTLE)
+                before = system.workers_ready()
+                t0 = time.monotonic()
+                os.kill(system.pid, signal.SIGHUP)
+
+                def new_workers(before=before) -> dict[int, float]:
+                    system.check_alive()
+                    return {pid: mono for pid, mono in system.workers_ready().items()
+                            if pid not in before}
+
+                wait_until(lambda: len(new_workers()) >= plan.reload_workers, 60,
+                           "new HTTP workers after SIGHUP", interval=0.005)
+                self.results.add("hup_reload", label, max(new_workers().values()) - t0)
+                # the old workers gone and the app answering before the next HUP
+                wait_until(lambda before=before: not any(proc.alive(p) for p in before), 60,
+                           "the old HTTP workers to exit")
+                if not system.http_ok():
+                    raise BenchError("the app does not answer after a SIGHUP")
+                if companions and len(system.status()) != plan.reload_companions:
+                    raise BenchError("companions missing after a SIGHUP")
+            log(f"  HUP reload {label:<12}: median "
+                f"{self.results.get('hup_reload', label).median * 1000:.1f} ms "
+                f"over {len(self.results.get('hup_reload', label).values)} HUPs")
+        finally:
+            stop_instance(system)
+
+    def reread_round(self, n: int) -> None:
+        """Change one companion of ``n`` and reread: until it is RUNNING again,
+        and the manager's CPU for the reread (reading the config, the diff)."""
+        plan = self.plan
+        system = GunicornServer(self.run, idle_programs(n), f"reread-{n}",
+                                app="workload.tiny:application",
+                                settings={"companion_restart_delay": 0, "companion_startsecs": 0})
+        changed = idle_programs(1)[0].name
+        try:
+            system.launch()
+            system.wait_up(plan.boot_timeout)
+            system.wait_all_running(plan.boot_timeout)
+            manager = system.daemon_pid()
+            time.sleep(plan.settle)
+            for rep in range(plan.reread_reps):
+                old = {e["name"]: e.get("pid") for e in system.status()}[changed]
+                system.changed = {changed: {"env": {"WORKLOAD_NAME": changed, "REV": str(rep)}}}
+                system.write_config()
+                cpu0 = proc.cpu_ns(manager)
+                t0 = time.monotonic()
+                reply = raw_call(system.control, {"cmd": "reread"})
+                answered = time.monotonic()
+                cpu1 = proc.cpu_ns(manager)
+                if not reply.get("ok"):
+                    raise BenchError(f"reread refused: {reply.get('error')}")
+
+                def running(old=old) -> bool:
+                    # the brief status: polling the full one of 200 every 2 ms
+                    # would be most of what the manager does meanwhile
+                    entry = {e["name"]: e for e in system.status(BRIEF_WITH_PID)}[changed]
+                    return entry["state"] == "RUNNING" and entry.get("pid") not in (None, old)
+
+                wait_until(running, 60, f"{changed} to run again", interval=0.002)
+                self.results.add(f"reread_running_{n}", COMPANIONS, time.monotonic() - t0)
+                self.results.add(f"reread_answer_{n}", COMPANIONS, answered - t0)
+                if cpu0 is not None and cpu1 is not None:
+                    self.results.add(f"reread_cpu_{n}", COMPANIONS, (cpu1 - cpu0) / 1e9)
+                system.wait_all_running(60)
+            log(f"  reread, 1 of {n} changed: RUNNING after "
+                f"{self.results.get(f'reread_running_{n}', COMPANIONS).median * 1000:.1f} ms, "
+                f"manager CPU {self.results.get(f'reread_cpu_{n}', COMPANIONS).median * 1000:.1f}"
+                " ms")
+        finally:
+            stop_instance(system)
 
     # -- phase 3: 500 companions -----------------------------------------------------------
 
@@ -384,6 +582,62 @@ class Suite:
                 f"{results.get(f'scale_manager_pss_{n}', COMPANIONS).values[-1]:.1f} MiB PSS")
         finally:
             stop_instance(system)
+
+
+def output_figure(count: int, stamped: bool) -> str:
+    return f"output_p{count}{'_ts' if stamped else ''}"
+
+
+def wait_written(path: str, count: int, timeout: float, system: System) -> dict[str, dict]:
+    """What each chatty program reports it wrote, once all ``count`` have."""
+    records: dict[str, dict] = {}
+
+    def all_done() -> bool:
+        system.check_alive()
+        try:
+            with open(path) as f:
+                for row in f:
+                    record = json.loads(row)
+                    records[record["name"]] = record
+        except FileNotFoundError:
+            return False
+        return len(records) >= count
+
+    wait_until(all_done, timeout, f"{count} chatty program(s) to finish", interval=0.01)
+    return records
+
+
+def wait_last_lines(system: System, written: dict[str, dict], timeout: float) -> float:
+    """The monotonic time at which every program's last line was in its file."""
+    waiting = {name: record["lines"] - 1 for name, record in written.items()}
+
+    def arrived() -> bool:
+        for name, last in list(waiting.items()):
+            if last_number(system.log_paths(name)[-1], name) == last:
+                del waiting[name]
+        return not waiting
+
+    wait_until(arrived, timeout, "the last lines to reach the files", interval=0.005)
+    return time.monotonic()
+
+
+def last_number(path: str, name: str) -> int | None:
+    """The highest line number in the end of a chatty program's log file, once
+    the file ends with a newline. Searched for rather than read off the last
+    line: a system that tears lines (circus stamps every read, so a line cut
+    between two reads gets a second stamp in its middle) may end the file with
+    a piece that carries no number."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 4096))
+            tail = f.read()
+    except FileNotFoundError:
+        return None
+    if not tail.endswith(b"\n"):
+        return None
+    numbers = re.findall(re.escape(name.encode()) + rb" (\d{12}) ", tail)
+    return max(map(int, numbers)) if numbers else None
 
 
 class _Fanout:

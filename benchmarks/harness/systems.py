@@ -38,6 +38,24 @@ class Program:
     ready_line: bool = True  # writes a READY line when up
 
 
+@dataclasses.dataclass(frozen=True)
+class OutputOptions:
+    """How the programs' output is captured to their files (the output benchmark)."""
+
+    maxbytes: int = 0  # rotate at this size (0: never)
+    backups: int = 0
+    timestamps: bool = False  # prefix each line with the time (supervisord cannot)
+
+
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def chatty_programs(count: int) -> list[Program]:
+    """Programs printing 100-byte lines as fast as they can (workload.chatty)."""
+    return [Program(f"chatty-{i}", "workload.chatty:main", (PYTHON, "-m", "workload.chatty"),
+                    False) for i in range(count)]
+
+
 def workload_programs(count: int) -> list[Program]:
     """Half queue workers, half schedulers: the realistic background processes."""
     programs = []
@@ -74,9 +92,11 @@ def _fail(what: str, done: subprocess.CompletedProcess) -> BenchError:
 class System:
     label = "?"
 
-    def __init__(self, run: Run, programs: list[Program], tag: str):
+    def __init__(self, run: Run, programs: list[Program], tag: str,
+                 output: OutputOptions | None = None):
         self.run = run
         self.programs = programs
+        self.output = output or OutputOptions()
         self.names = [p.name for p in programs]
         self.dir = run.workdir(f"{self.label}-{tag}")
         self.env = run.env(self.dir)
@@ -130,6 +150,11 @@ class System:
 
     def tree(self) -> list[int]:
         return proc.tree(self.pid)
+
+    def log_paths(self, name: str) -> list[str]:
+        """A program's log file and its backups, oldest first."""
+        path = os.path.join(self.dir, "logs", f"{name}.log")
+        return [f"{path}.{n}" for n in range(self.output.backups, 0, -1)] + [path]
 
     def tree_pss_kib(self) -> int:
         return proc.pss_sum_kib(self.tree())
@@ -234,10 +259,16 @@ class GunicornServer(System):
 
     def __init__(self, run: Run, programs: list[Program], tag: str, *,
                  app: str = "workload.wsgi:application", settings: dict | None = None,
-                 per_program: dict[str, dict] | None = None):
+                 per_program: dict[str, dict] | None = None, output: OutputOptions | None = None,
+                 plain: bool = False, workers: int = 1):
         if not programs:
             self.label = "gunicorn"  # the baseline: the same server without companions
-        super().__init__(run, programs, tag)
+        super().__init__(run, programs, tag, output)
+        self.plain = plain  # run by Gunicorn's own `gunicorn` command (no companions)
+        self.workers = workers
+        # each HTTP worker appends "PID MONOTONIC" here once it is about to serve
+        self.worker_ready = os.path.join(self.dir, "workers.log")
+        self.changed: dict[str, dict] = {}  # per-program settings that differ (a reread)
         self.app = app
         self.settings = dict(settings or {})
         self.per_program = dict(per_program or {})
@@ -250,12 +281,15 @@ class GunicornServer(System):
         companions = [
             {"name": p.name, "target": p.target, "env": {"WORKLOAD_NAME": p.name},
              "stdout": os.path.join(self.dir, "logs", f"{p.name}.log"), "stderr": "stdout",
-             **self.per_program.get(p.name, {})}
+             "stdout_maxbytes": self.output.maxbytes, "stdout_backups": self.output.backups,
+             **({"timestamps": True, "timestamp_format": TIME_FORMAT}
+                if self.output.timestamps else {}),
+             **self.per_program.get(p.name, {}), **self.changed.get(p.name, {})}
             for p in self.programs
         ]
         lines = [
             f"bind = {'unix:' + self.http!r}",
-            "workers = 1",
+            f"workers = {self.workers}",
             "preload_app = True",
             "proc_name = 'gcbench'",
             f"errorlog = {os.path.join(self.dir, 'gunicorn.log')!r}",
@@ -267,10 +301,28 @@ class GunicornServer(System):
             lines.append(f"companion_workers = {companions!r}")
         for key, value in self.settings.items():
             lines.append(f"{key} = {value!r}")
+        lines += [
+            "",
+            "def post_worker_init(worker):",
+            "    import os, time",
+            f"    with open({self.worker_ready!r}, 'a') as f:",
+            "        f.write(f'{os.getpid()} {time.monotonic():.6f}\\n')",
+        ]
         conf = os.path.join(self.dir, "gunicorn.conf.py")
-        with open(conf, "w") as f:
+        with open(conf + ".tmp", "w") as f:
             f.write("\n".join(lines) + "\n")
+        os.replace(conf + ".tmp", conf)  # a reread never sees half a file
+        if self.plain:
+            return [executable("gunicorn"), "-c", conf, self.app]
         return [self.exe, "serve", "-c", conf, self.app]
+
+    def workers_ready(self) -> dict[int, float]:
+        """HTTP worker pid -> when it was about to serve (the post_worker_init hook)."""
+        try:
+            with open(self.worker_ready) as f:
+                return {int(pid): float(mono) for pid, mono in (row.split() for row in f)}
+        except FileNotFoundError:
+            return {}
 
     def http_ok(self) -> bool:
         conn = _UnixHTTPConnection(self.http, timeout=5)
@@ -291,8 +343,9 @@ class GunicornServer(System):
 
         wait_until(up, timeout, "gunicorn to answer", interval=0.05)
 
-    def status(self) -> list[dict]:
-        reply = raw_call(self.control, {"cmd": "status"})
+    def status(self, fields: tuple[str, ...] | None = None) -> list[dict]:
+        request = {"cmd": "status"} if fields is None else {"cmd": "status", "fields": [*fields]}
+        reply = raw_call(self.control, request)
         if not reply.get("ok"):
             raise BenchError(f"status refused: {reply.get('error')}")
         return reply["companions"]
@@ -329,14 +382,16 @@ class GunicornServer(System):
             raise _fail("gunicorn-companion status", done)
         return seconds
 
-    def api_status(self, reuse: bool) -> float:
+    def api_status(self, reuse: bool, brief: bool = False) -> float:
+        """``brief``: only names and states ({"fields": ["name", "state"]})."""
         if reuse and self._conn is None:
             self._conn = RawConnection(self.control)
+        request = {"cmd": "status", "fields": ["name", "state"]} if brief else {"cmd": "status"}
         start = time.perf_counter()
         if reuse:
-            reply = self._conn.call({"cmd": "status"})
+            reply = self._conn.call(request)
         else:
-            reply = raw_call(self.control, {"cmd": "status"})
+            reply = raw_call(self.control, request)
         elapsed = time.perf_counter() - start
         if not reply.get("ok") or len(reply["companions"]) != len(self.programs):
             raise BenchError("raw status: unexpected reply")
@@ -354,8 +409,11 @@ class GunicornServer(System):
 class Supervisord(System):
     label = "supervisord"
 
-    def __init__(self, run: Run, programs: list[Program], tag: str):
-        super().__init__(run, programs, tag)
+    def __init__(self, run: Run, programs: list[Program], tag: str,
+                 output: OutputOptions | None = None):
+        if output is not None and output.timestamps:
+            raise BenchError("supervisord cannot time-stamp a program's lines")
+        super().__init__(run, programs, tag, output)
         self.socket = os.path.join(self.dir, "supervisor.sock")
         self.conf = os.path.join(self.dir, "supervisord.conf")
         self.ctl = executable("supervisorctl")
@@ -377,7 +435,8 @@ class Supervisord(System):
                 f"[program:{p.name}]", f"command={command}", f"directory={BENCH_DIR}",
                 "autostart=true", "autorestart=true", "startsecs=1", "stopsignal=TERM",
                 "stopwaitsecs=10", f"stdout_logfile={d}/logs/{p.name}.log",
-                "stdout_logfile_maxbytes=0", "redirect_stderr=true",
+                f"stdout_logfile_maxbytes={self.output.maxbytes}",
+                f"stdout_logfile_backups={self.output.backups}", "redirect_stderr=true",
                 f'environment=WORKLOAD_NAME="{p.name}"', "",
             ]
         with open(self.conf, "w") as f:
@@ -445,8 +504,9 @@ def _quote(arg: str) -> str:
 class Circus(System):
     label = "circus"
 
-    def __init__(self, run: Run, programs: list[Program], tag: str):
-        super().__init__(run, programs, tag)
+    def __init__(self, run: Run, programs: list[Program], tag: str,
+                 output: OutputOptions | None = None):
+        super().__init__(run, programs, tag, output)
         self.endpoint = f"ipc://{self.dir}/circus-ctl.sock"
         self.ini = os.path.join(self.dir, "circus.ini")
         self.ctl = executable("circusctl")
@@ -473,13 +533,25 @@ class Circus(System):
                 f"working_dir = {BENCH_DIR}", "numprocesses = 1", "copy_env = True",
                 "respawn = True", "stop_signal = TERM", "graceful_timeout = 10",
                 "stdout_stream.class = FileStream", f"stdout_stream.filename = {log}",
-                "stderr_stream.class = FileStream", f"stderr_stream.filename = {log}", "",
+                "stderr_stream.class = FileStream", f"stderr_stream.filename = {log}",
+                *self._stream_options(), "",
                 f"[env:{p.name}]", f"WORKLOAD_NAME = {p.name}", "",
             ]
         with open(self.ini, "w") as f:
             f.write("\n".join(parts))
         return [executable("circusd"), "--log-level", "info",
                 "--log-output", os.path.join(d, "circusd.log"), self.ini]
+
+    def _stream_options(self) -> list[str]:
+        options = []
+        for stream in ("stdout_stream", "stderr_stream"):
+            if self.output.maxbytes:
+                options += [f"{stream}.max_bytes = {self.output.maxbytes}",
+                            f"{stream}.backup_count = {self.output.backups}"]
+            if self.output.timestamps:
+                # circus reads the ini with interpolation: a literal % is %%
+                options.append(f"{stream}.time_format = {TIME_FORMAT.replace('%', '%%')}")
+        return options
 
     def client(self):
         if self._client is None:

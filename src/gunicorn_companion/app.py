@@ -104,6 +104,17 @@ class _ServeArgumentParser(argparse.ArgumentParser):
 
 class ServeConfig(Config):
     def parser(self):
+        # Built once per Config: load_config below needs it a second time, and
+        # every SIGHUP builds a new Config before the new HTTP workers fork,
+        # where building a parser of ~150 options was most of what companions
+        # added to Gunicorn's reload. Its options have no defaults of their
+        # own (Gunicorn's are None), so a parser built once parses like a new one.
+        built = getattr(self, "_built_parser", None)
+        if built is None:
+            built = self._built_parser = self._build_parser()
+        return built
+
+    def _build_parser(self):
         parser = super().parser()
         parser.__class__ = _ServeArgumentParser
         # Show the companion settings in their own section of --help.

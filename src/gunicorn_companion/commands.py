@@ -41,8 +41,57 @@ def _refuse_while_shutting_down(manager) -> dict | None:
     return None
 
 
+# Every field a status entry can have (Supervisor.snapshot); a request may ask for
+# only some of them: {"cmd": "status", "fields": ["name", "state"]}.
+STATUS_FIELDS = ("name", "state", "pid", "uptime", "restarts", "last_exit", "stdout", "stderr",
+                 "stop_timeout", "reload_timeout", "target", "command", "group", "wanted",
+                 "singleton", "stop_as_group", "stopping", "waiting", "memory", "last_recycle",
+                 "backoff", "output_dropped")
+# Fields read straight off a record: a status asking only for these skips the
+# full snapshot (the brief status of scripts and health checks, 200 companions
+# and more, on a connection kept open).
+_RECORD_FIELDS = {
+    "name": lambda record: record.name,
+    "state": lambda record: str(record.state),
+    "pid": lambda record: record.pid,
+    "restarts": lambda record: record.restarts,
+}
+
+
+def status_fields(value: object) -> tuple[str, ...] | str:
+    """The ``fields`` of a status request, or what is wrong with them."""
+    if not isinstance(value, list) or not value:
+        got = "an empty list" if value == [] else protocol._kind(value)
+        return (f'"fields" must be a non-empty list of status fields like ["name", "state"], '
+                f"got {got}")
+    for field in value:
+        if not isinstance(field, str):
+            return f'"fields" must hold field names (strings), got {protocol._kind(field)}'
+        if field not in STATUS_FIELDS:
+            hint = suggest(field, STATUS_FIELDS)
+            return (f"unknown status field {protocol._show(field)}{hint}; "
+                    f"known: {', '.join(STATUS_FIELDS)}")
+    return tuple(dict.fromkeys(value))
+
+
 def cmd_status(manager, request, respond: Respond) -> None:
-    respond(protocol.ok(companions=manager.snapshot(), manager_pid=os.getpid(),
+    if "fields" not in request.raw:
+        respond(protocol.ok(companions=manager.snapshot(), manager_pid=os.getpid(),
+                            master_pid=manager.master_pid))
+        return
+    fields = status_fields(request.raw["fields"])
+    if isinstance(fields, str):
+        respond(protocol.error("bad_field", fields))
+        return
+    if all(field in _RECORD_FIELDS for field in fields):
+        getters = [(field, _RECORD_FIELDS[field]) for field in fields]
+        entries = [{field: get(record) for field, get in getters}
+                   for record in manager.records.values()]
+    else:
+        # fields that appear only when they say something stay absent
+        entries = [{field: entry[field] for field in fields if field in entry}
+                   for entry in manager.snapshot()]
+    respond(protocol.ok(companions=entries, manager_pid=os.getpid(),
                         master_pid=manager.master_pid))
 
 

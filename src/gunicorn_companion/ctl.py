@@ -49,6 +49,7 @@ _OTHER_COMMANDS = {
                        "foreman, Heroku)",
 }
 
+BRIEF_FIELDS = ("name", "state")  # status --brief
 _STATUS_HEADER = ("NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "MEMORY", "OUTPUT",
                   "NOTE")
 
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     request: dict[str, object] = {"cmd": args.command}
     if COMMANDS[args.command]:
         request["name"] = args.name
+    if getattr(args, "brief", False):
+        request["fields"] = list(BRIEF_FIELDS)
     if args.command == "tail":
         request["lines"] = args.lines
         if args.follow:
@@ -112,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     if not args.json:
         if args.command == "status":
-            text = format_status(reply, None if getattr(args, 'wide', False) else terminal_width())
+            if getattr(args, "brief", False):
+                text = format_brief(reply)
+            else:
+                text = format_status(reply, None if getattr(args, "wide", False)
+                                     else terminal_width())
         elif args.command == "tail":
             text = "\n".join(str(line) for line in reply.get("lines") or [])
         else:
@@ -328,7 +335,7 @@ def _parse_common(argv: list[str]) -> object | None:
     import types
 
     options = {"socket": None, "config": None}
-    flags = {"json": False, "wide": False}
+    flags = {"json": False, "wide": False, "brief": False}
     words: list[str] = []
     i = 0
     while i < len(argv):
@@ -339,7 +346,7 @@ def _parse_common(argv: list[str]) -> object | None:
                 return None  # given twice: argparse's rules decide
             options[option], i = argv[i + 1], i + 2
             continue
-        if arg in ("--json", "--wide"):
+        if arg in ("--json", "--wide", "--brief"):
             flags[arg[2:]], i = True, i + 1
             continue
         if arg.startswith("-"):
@@ -354,7 +361,7 @@ def _parse_common(argv: list[str]) -> object | None:
         names = words[1:]
     else:
         return None
-    if flags["wide"] and words[0] != "status":
+    if (flags["wide"] or flags["brief"]) and words[0] != "status":
         return None
     return types.SimpleNamespace(**options, **flags, timeout=DEFAULT_TIMEOUT, command=words[0],
                                  name=names[0] if names else None, names=names)
@@ -389,6 +396,8 @@ def build_parser():
         if cmd == "status":
             sub.add_argument("--wide", action="store_true",
                              help="show output paths whole instead of fitting the terminal")
+            sub.add_argument("--brief", action="store_true",
+                             help="only each companion's name and state (the fastest status)")
         if needs_name:
             sub.add_argument("name", metavar="NAME",
                              help="a companion's name, or the name of a group of instances")
@@ -555,6 +564,16 @@ def _fit(rows: list[tuple[str, ...]], width: int) -> list[tuple[str, ...]]:
 
 def _cut_end(text: str, width: int) -> str:
     return text if len(text) <= width else text[:width - len(_ELLIPSIS)] + _ELLIPSIS
+
+
+def format_brief(reply: dict) -> str:
+    """Render a brief status reply (names and states) as an aligned table."""
+    companions = reply.get("companions")
+    rows = [("NAME", "STATE")] + [
+        (str(c.get("name", "?")), str(c.get("state", "?")))
+        for c in (companions if isinstance(companions, list) else []) if isinstance(c, dict)]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name.ljust(width)}  {state}" for name, state in rows)
 
 
 def format_duration(seconds: object) -> str:

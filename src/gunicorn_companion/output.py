@@ -25,6 +25,7 @@ again when it is over, and every later write (and USR1) tries again.
 from __future__ import annotations
 
 import collections
+import fcntl
 import itertools
 import os
 import select
@@ -41,9 +42,21 @@ from .targets import output_path
 # A "line" longer than this without a newline is written out as it is, so a
 # companion that never writes a newline cannot make the manager buffer forever.
 MAX_LINE = 64 * 1024
-# Recent lines kept per companion for `tail`.
+# Recent lines kept per companion for `tail`...
 TAIL_LINES = 1000
+# ...counted (to let older ones go) once a companion's recent output has grown
+# past this and doubled since the last count (see Ring).
+TAIL_BYTES = 512 * 1024
+# How much of the end of a read is counted first (see Ring._trim).
+TAIL_SCAN = 128 * 1024
 READ_SIZE = 65536
+# A pipe that fills up as fast as it is read is read this many times in a
+# row, and what was read written at once: fewer, bigger writes (the cost of a
+# write to a file is mostly per call).
+READS_AT_ONCE = 16
+# Buffers handed to one os.writev (the kernel takes at most IOV_MAX, 1024).
+WRITE_BUFFERS = 64
+NEWLINE = ord("\n")
 # What a destination may hold for a reader that is not keeping up before the
 # pipes of the companions writing to it are no longer read...
 BUFFER_LIMIT = 1024 * 1024
@@ -51,10 +64,19 @@ BUFFER_LIMIT = 1024 * 1024
 # companion's pipe adds (one pipe's content per exit). Beyond it lines are
 # dropped and counted rather than letting the manager grow without bound.
 BUFFER_HARD_LIMIT = 4 * BUFFER_LIMIT
+# A pipe found full when read is enlarged to this (once), so a chatty
+# companion is read a MiB per wakeup, not 64 KiB: fewer wakeups and writes.
+# The kernel charges a pipe's whole size to its user's pipe-user-pages
+# (default 64 MiB; past it, every new pipe that user makes gets two pages), so
+# only BIG_PIPES pipes are enlarged at a time; the default (and the most an
+# unprivileged process may set) is /proc/sys/fs/pipe-max-size, 1 MiB.
+BIG_PIPE_SIZE = 1024 * 1024
+BIG_PIPES = 8
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux
 # A drain reads at most this many chunks: an exited companion's pipe holds no
-# more than its capacity (64 KiB unless enlarged); only a descendant still
+# more than its capacity (BIG_PIPE_SIZE at most); only a descendant still
 # writing could keep it going, and the loop reads that later like any output.
-DRAIN_READS = 16
+DRAIN_READS = BIG_PIPE_SIZE // READ_SIZE
 
 _sequence = itertools.count()  # orders lines across companions for a group's tail
 
@@ -88,9 +110,10 @@ class Sink:
         """Prepare to write ``size`` bytes (open, rotate); False: cannot write now."""
         return self.fd is not None
 
-    def _send(self, data: memoryview) -> int:
-        """One non-blocking write: bytes written, or BlockingIOError/OSError."""
-        return os.write(self.fd, data)
+    def _send(self, buffers: list[memoryview]) -> int:
+        """One non-blocking write of these buffers in order: bytes written, or
+        BlockingIOError/OSError."""
+        return os.writev(self.fd, buffers)
 
     def _written(self, size: int) -> None:
         """``size`` bytes reached the destination."""
@@ -100,46 +123,48 @@ class Sink:
 
     # -- writing -----------------------------------------------------------------
 
-    def write(self, data: bytes, owner: str) -> None:
-        """Write whole lines of companion ``owner``, now or once the destination
-        takes them; never blocks."""
+    def write(self, pieces: list[bytes | memoryview], owner: str) -> None:
+        """Write whole lines of companion ``owner`` (the pieces, in order, end in
+        a newline), now or once the destination takes them; never blocks."""
+        views = [memoryview(piece) for piece in pieces if piece]
         if self.pending:
-            self._keep(memoryview(data), owner)  # behind what already waits: order kept
-        elif not self._ready(len(data)):
-            self._drop(memoryview(data), owner)
+            self._keep(views, owner)  # behind what already waits: order kept
+        elif not self._ready(sum(map(len, views))):
+            self._drop(views, owner)
         else:
-            self._write_now(memoryview(data), owner)
+            self._write_now(views, owner)
         self._adjust_flow()
 
-    def _write_now(self, view: memoryview, owner: str) -> None:
-        whole = view
-        while view:
+    def _write_now(self, views: list[memoryview], owner: str) -> None:
+        whole, done = views, 0
+        while views:
             try:
-                written = self._send(view)
+                written = self._send(views[:WRITE_BUFFERS])
             except BlockingIOError:
                 break
             except OSError as exc:
                 # A file that took part of a line (a disk filling up) loses that
                 # part too: later lines must not continue a cut one.
-                done = len(whole) - len(view)
-                cut = done - (bytes(whole[:done]).rfind(b"\n") + 1)
+                joined = b"".join(whole)
+                cut = done - (joined.rfind(b"\n", 0, done) + 1)
                 if cut:
                     self._undo_cut_line(cut)
                 self._fail(exc)
-                self._drop(whole[done - cut:], owner)
+                self._drop([memoryview(joined)[done - cut:]], owner)
                 return
             self._written(written)
-            view = view[written:]
+            done += written
+            views = _advance(views, written)
         self._recovered()
-        if view:
-            self._keep(view, owner)
+        if views:
+            self._keep(views, owner)
 
     def flush(self) -> None:
         """Write what waits, as far as the destination takes it now."""
         while self.pending:
-            owner, data = self.pending[0]
+            batch = [data for _, data in itertools.islice(self.pending, WRITE_BUFFERS)]
             try:
-                written = self._send(data)
+                written = self._send(batch)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -149,30 +174,38 @@ class Sink:
             self._recovered()
             self._written(written)
             self.pending_bytes -= written
-            if written < len(data):
-                self.pending[0] = (owner, data[written:])
+            short = written < sum(map(len, batch))
+            while written:
+                owner, data = self.pending[0]
+                if written < len(data):
+                    self.pending[0] = (owner, data[written:])
+                    break
+                written -= len(data)
+                self.pending.popleft()
+            if short:
                 break
-            self.pending.popleft()
         self._adjust_flow()
 
     def discard_pending(self) -> None:
         for owner, data in self.pending:
-            self._drop(data, owner)
+            self._drop([data], owner)
         self.pending.clear()
         self.pending_bytes = 0
 
-    def _keep(self, view: memoryview, owner: str) -> None:
-        if self.pending_bytes + len(view) > BUFFER_HARD_LIMIT:
+    def _keep(self, views: list[memoryview], owner: str) -> None:
+        size = sum(map(len, views))
+        if self.pending_bytes + size > BUFFER_HARD_LIMIT:
             self._fail(f"more than {BUFFER_HARD_LIMIT // 2**20} MiB waiting to be written")
-            self._drop(view, owner)
+            self._drop(views, owner)
             return
-        if not view.readonly:
-            view = memoryview(bytes(view))  # the caller may reuse its buffer
-        self.pending.append((owner, view))
-        self.pending_bytes += len(view)
+        for view in views:
+            if not view.readonly:
+                view = memoryview(bytes(view))  # the caller may reuse its buffer
+            self.pending.append((owner, view))
+        self.pending_bytes += size
 
-    def _drop(self, view: memoryview, owner: str) -> None:
-        lines = bytes(view).count(b"\n")
+    def _drop(self, views: list[memoryview], owner: str) -> None:
+        lines = sum(bytes(view).count(b"\n") for view in views)
         self.dropped[owner] += lines
         self.lost += lines
 
@@ -363,14 +396,14 @@ class InheritedStream(Sink):
         self._attach()
         self.flush()
 
-    def _send(self, data: memoryview) -> int:
+    def _send(self, buffers: list[memoryview]) -> int:
         if self.socket is not None:
-            return self.socket.send(data, socket.MSG_DONTWAIT)
+            return self.socket.sendmsg(buffers, [], socket.MSG_DONTWAIT)
         if self.small_writes:
             if not select.select([], [self.fd], [], 0)[1]:
                 raise BlockingIOError
-            data = data[:select.PIPE_BUF]
-        return os.write(self.fd, data)
+            return os.write(self.fd, buffers[0][:select.PIPE_BUF])
+        return os.writev(self.fd, buffers)
 
     def close(self) -> None:
         self._unwatch()
@@ -383,6 +416,96 @@ class InheritedStream(Sink):
         self.owned = self.small_writes = False
 
 
+class BigPipes:
+    """How many more pipes may be enlarged (see BIG_PIPES)."""
+
+    def __init__(self, limit: int = BIG_PIPES):
+        self.free = limit
+
+    def enlarge(self, fd: int) -> bool:
+        if not self.free or F_SETPIPE_SZ is None:
+            return False
+        try:
+            fcntl.fcntl(fd, F_SETPIPE_SZ, BIG_PIPE_SIZE)
+        except OSError:
+            return False  # over the user's pipe limits, or a lower pipe-max-size
+        self.free -= 1
+        return True
+
+    def release(self) -> None:
+        self.free += 1
+
+
+def _advance(views: list[memoryview], size: int) -> list[memoryview]:
+    """What is left of ``views`` after the first ``size`` bytes were written."""
+    for index, view in enumerate(views):
+        if size < len(view):
+            return [view[size:], *views[index + 1:]]
+        size -= len(view)
+    return []
+
+
+def _newlines(piece: bytes | memoryview) -> int:
+    return (bytes(piece) if isinstance(piece, memoryview) else piece).count(b"\n")
+
+
+class Ring:
+    """The recent output of one companion, for ``tail``: the chunks as they were
+    read, split into lines only when someone asks.
+
+    Holds at least the last ``TAIL_LINES`` lines. Lines are counted only when
+    the ring is trimmed, from the newest chunk back, and a trim waits until the
+    ring has doubled since the last one (and holds more than TAIL_BYTES or
+    2 x TAIL_LINES chunks): counting every chunk as it arrives cost a chatty
+    companion as much of the manager's time as writing it."""
+
+    def __init__(self) -> None:
+        # (sequence, companion, stream, pieces of lines ending in a newline)
+        self.chunks: collections.deque[tuple[int, str, str, list]] = collections.deque()
+        self.size = 0
+        self.trim_at = TAIL_BYTES
+
+    def add(self, sequence: int, name: str, stream: str, pieces: list) -> None:
+        self.chunks.append((sequence, name, stream, pieces))
+        self.size += sum(map(len, pieces))
+        if self.size > self.trim_at or len(self.chunks) > 2 * TAIL_LINES:
+            self._trim()
+
+    def _trim(self) -> None:
+        lines = keep = 0
+        for chunk in reversed(self.chunks):
+            keep += 1
+            for piece in reversed(chunk[3]):
+                # the end of a big piece first: it usually holds enough lines
+                lines += _newlines(piece[-TAIL_SCAN:])
+                if lines < TAIL_LINES and len(piece) > TAIL_SCAN:
+                    lines += _newlines(piece[:-TAIL_SCAN])
+                if lines >= TAIL_LINES:
+                    break
+            if lines >= TAIL_LINES:
+                break
+        while len(self.chunks) > keep:
+            self.size -= sum(map(len, self.chunks.popleft()[3]))
+        self.trim_at = max(TAIL_BYTES, 2 * self.size)
+
+    def newest(self, count: int, after: int = -1) -> list[tuple[int, int, str, str]]:
+        """The last ``count`` lines (at most TAIL_LINES) of chunks newer than
+        sequence ``after``, oldest first: (sequence, index in its chunk, name, text)."""
+        count = min(count, TAIL_LINES)
+        picked: list[tuple[int, int, str, str]] = []
+        for sequence, name, _, pieces in reversed(self.chunks):
+            if len(picked) >= count or sequence <= after:
+                break
+            texts = b"".join(pieces).split(b"\n")[:-1]  # every chunk ends with a newline
+            for index in range(len(texts) - 1, -1, -1):
+                if len(picked) >= count:
+                    break
+                picked.append((sequence, index, name,
+                               texts[index].decode("utf-8", "replace")))
+        picked.reverse()
+        return picked
+
+
 class Capture:
     """One pipe from one companion process: split into lines, stamped, written.
 
@@ -391,7 +514,7 @@ class Capture:
     it as it would on a slow terminal."""
 
     def __init__(self, name: str, stream: str, fd: int, destination: Sink,
-                 ring: collections.deque, timestamp_format: str | None):
+                 ring: Ring, timestamp_format: str | None):
         self.name = name
         self.stream = stream
         self.fd = fd
@@ -402,6 +525,8 @@ class Capture:
         self.closed = False
         self.callback = None  # the loop's handler for this pipe (see OutputRouter.watch)
         self.reading = False  # registered with the selector
+        self.big_pipes: BigPipes | None = None  # set by OutputRouter.watch
+        self.enlarged: bool | None = None  # None: not tried yet
 
     def pause(self) -> None:
         if self.reading:
@@ -417,61 +542,92 @@ class Capture:
         """Read what is there; False at EOF (the caller then calls finish)."""
         if not self.reading:
             return True  # held back since the selector reported it: leave it in the pipe
-        return self._read_once() is not None
+        return self._read(READS_AT_ONCE) is not None
 
     def drain(self) -> bool:
         """Read what is already in the pipe (its writer has exited), even while
         the destination is held back; False at EOF."""
         for _ in range(DRAIN_READS):
-            size = self._read_once()
+            size = self._read(1)
             if size is None:
                 return False
             if not size:
                 return True  # something still holds the write end: the loop reads the rest
         return True
 
-    def _read_once(self) -> int | None:
-        """Bytes read (0: nothing there now), None at EOF."""
-        try:
-            data = os.read(self.fd, READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return 0
-        except OSError:
-            data = b""
-        if not data:
-            return None
-        self._take(data)
-        return len(data)
+    def _read(self, reads: int) -> int | None:
+        """Read up to ``reads`` chunks while the pipe keeps them coming, and pass
+        them on together (one write for all): bytes read (0: nothing there now),
+        None at EOF."""
+        chunks: list[bytes] = []
+        eof = False
+        for _ in range(reads):
+            try:
+                data = os.read(self.fd, READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data = b""
+            if not data:
+                eof = True
+                break
+            chunks.append(data)
+            if len(data) < READ_SIZE:
+                break  # the pipe is empty now: no use asking again
+            if self.enlarged is None and self.big_pipes is not None:
+                self.enlarged = self.big_pipes.enlarge(self.fd)  # it filled up: a chatty one
+        if chunks:
+            self._take(chunks)
+        return None if eof else sum(map(len, chunks))
 
-    def _take(self, data: bytes) -> None:
-        data = self.partial + data
-        end = data.rfind(b"\n") + 1
-        if not end and len(data) < MAX_LINE:
-            self.partial = data
-            return
-        if not end:
-            end = len(data)
-        self.partial = data[end:]
-        self._emit(data[:end] if data[end - 1:end] == b"\n" else data[:end] + b"\n")
+    def _take(self, chunks: list[bytes]) -> None:
+        # Whole reads, never line by line, and no copies: the lines go to the
+        # ring and to the destination as the bytes read (the last read's
+        # lines as a view), and os.writev writes them, after the previous
+        # read's unfinished line, in one call. A companion printing short
+        # lines as fast as it can costs the manager per read, not per line
+        # (benchmarks/README.md, "Output").
+        for last in range(len(chunks) - 1, -1, -1):
+            end = chunks[last].rfind(b"\n") + 1
+            if end:
+                break
+        else:
+            if len(self.partial) + sum(map(len, chunks)) < MAX_LINE:
+                self.partial += b"".join(chunks)
+                return
+            last, end = len(chunks) - 1, len(chunks[-1])  # too long: cut here
+        pieces = [self.partial, *chunks[:last]] if self.partial else chunks[:last]
+        pieces.append(memoryview(chunks[last])[:end])
+        if chunks[last][end - 1] != NEWLINE:
+            pieces.append(b"\n")
+        self.partial = chunks[last][end:] + b"".join(chunks[last + 1:])
+        if len(self.partial) >= MAX_LINE:
+            pieces += [self.partial, b"\n"]  # a line too long: written as it is
+            self.partial = b""
+        self._emit(pieces)
 
-    def _emit(self, lines: bytes) -> None:
-        split = lines.splitlines(keepends=True)
-        for line in split:
-            self.ring.append((next(_sequence), self.name, self.stream,
-                              line.rstrip(b"\n").decode("utf-8", "replace")))
+    def _emit(self, pieces: list[bytes | memoryview]) -> None:
+        """Lines that end in a newline: into the ring for ``tail``, to the destination."""
+        self.ring.add(next(_sequence), self.name, self.stream, pieces)
         if self.timestamp_format:
+            # One time stamp per read (they arrived together), put in front
+            # of each line by bytes.replace: a C loop, not a Python one.
             stamp = time.strftime(self.timestamp_format).encode() + b" "
-            lines = b"".join(stamp + line for line in split)
-        self.destination.write(lines, self.name)
+            lines = b"".join(pieces)
+            pieces = [stamp, lines[:-1].replace(b"\n", b"\n" + stamp), b"\n"]
+        self.destination.write(pieces, self.name)
 
     def finish(self) -> None:
         if self.closed:
             return
         if self.partial:
-            self._emit(self.partial + b"\n")
+            self._emit([self.partial, b"\n"])
             self.partial = b""
         os.close(self.fd)
         self.closed = True
+        if self.enlarged:
+            self.big_pipes.release()
+            self.enlarged = False
 
 
 class OutputRouter:
@@ -482,14 +638,15 @@ class OutputRouter:
         self.log = log
         self.files: dict[tuple[str, int, int], LogFile] = {}
         self.streams: dict[int, InheritedStream] = {}  # by the manager's fd: 1, 2
-        self.rings: dict[str, collections.deque] = {}
+        self.rings: dict[str, Ring] = {}
         self.dropped: collections.Counter[str] = collections.Counter()  # lines, by companion
+        self.big_pipes = BigPipes()
         # (uid, gid) a log file made for this companion belongs to (None: ours)
         self.owner_of: Callable[[CompanionSpec], tuple[int, int] | None] = lambda spec: None
 
-    def ring(self, name: str) -> collections.deque:
+    def ring(self, name: str) -> Ring:
         if name not in self.rings:
-            self.rings[name] = collections.deque(maxlen=TAIL_LINES)
+            self.rings[name] = Ring()
         return self.rings[name]
 
     def _destination(self, spec: CompanionSpec, stream: str) -> Sink:
@@ -537,6 +694,7 @@ class OutputRouter:
     def watch(self, capture: Capture, callback) -> None:
         """Have the loop read this pipe (whenever its destination takes more)."""
         capture.callback = callback
+        capture.big_pipes = self.big_pipes
         capture.destination.attach(capture)
 
     def unwatch(self, capture: Capture) -> None:
@@ -585,15 +743,21 @@ class OutputRouter:
     def tail(self, names: list[str], count: int) -> list[str]:
         """The last ``count`` lines of these companions, oldest first; each line
         names its instance when there are several."""
-        entries = sorted(e for n in names for e in self.rings.get(n, ()))[-count:] if count else []
-        if len(names) == 1:
-            return [text for _, _, _, text in entries]
-        return [f"{name}: {text}" for _, name, _, text in entries]
+        if not count:
+            return []
+        entries = sorted(e for n in names if n in self.rings
+                         for e in self.rings[n].newest(count))[-count:]
+        return self._texts(names, entries)
 
     def since(self, names: list[str], after: int) -> tuple[list[str], int]:
         """Lines newer than sequence number ``after``, and the newest number."""
-        entries = sorted(e for n in names for e in self.rings.get(n, ()) if e[0] > after)
+        entries = sorted(e for n in names if n in self.rings
+                         for e in self.rings[n].newest(TAIL_LINES, after))
         newest = entries[-1][0] if entries else after
+        return self._texts(names, entries), newest
+
+    @staticmethod
+    def _texts(names: list[str], entries: list[tuple[int, int, str, str]]) -> list[str]:
         if len(names) == 1:
-            return [text for _, _, _, text in entries], newest
-        return [f"{name}: {text}" for _, name, _, text in entries], newest
+            return [text for _, _, _, text in entries]
+        return [f"{name}: {text}" for _, _, name, text in entries]
