@@ -3,6 +3,13 @@ import os
 import pytest
 from support import Server, short_socket_path
 
+# The test run (pytest or a plugin) leaves COLUMNS=80 in the process environment, below
+# os.environ, where the CLI run by a test finds it: its status table would
+# then be fitted to 80 columns, and whether a long temporary path cuts the
+# NOTE column off would depend on the path. Tests of the width set it.
+os.unsetenv("COLUMNS")
+os.unsetenv("LINES")
+
 
 @pytest.fixture
 def server(tmp_path):

@@ -329,3 +329,21 @@ def short_socket_path(name: str = "c.sock") -> Path:
     """AF_UNIX paths are limited to 107 bytes: pytest's tmp_path can be longer."""
     import tempfile
     return Path(tempfile.mkdtemp(prefix="gc-", dir="/tmp")) / name
+
+
+def control_config(sock, companions, extra=""):
+    """A config with a control socket at ``sock`` and these companions."""
+    return "\n".join([
+        "preload_app = True",
+        "workers = 1",
+        f"companion_control_socket = {str(sock)!r}",
+        extra,
+        f"companion_workers = {companions}",
+    ]) + "\n"
+
+
+def status(sock, timeout=DEFAULT_TIMEOUT) -> dict:
+    """The companions a status request returns, by name."""
+    reply = Control(sock, timeout=timeout).request({"cmd": "status"})
+    assert reply["ok"], reply
+    return {c["name"]: c for c in reply["companions"]}

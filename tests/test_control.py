@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from support import Control, Server, alive, request_as, wait_until
+from support import Control, Server, alive, control_config, request_as, wait_until
 
 CLI = [sys.executable, "-m", "gunicorn_companion"]
 
@@ -19,13 +19,7 @@ def config(sock, extra="", companions=None):
         {"name": "alpha", "target": "compapp:sleeper", "startsecs": 0},
         {"name": "ticker", "target": "compapp:crasher", "startsecs": 0, "restart_delay": 0.05},
     ]"""
-    return "\n".join([
-        "preload_app = True",
-        "workers = 1",
-        f"companion_control_socket = {str(sock)!r}",
-        extra,
-        f"companion_workers = {companions}",
-    ]) + "\n"
+    return control_config(sock, companions, extra)
 
 
 

@@ -12,7 +12,7 @@ import sys
 import termios
 
 import pytest
-from support import Control, wait_until
+from support import status, wait_until
 
 CLI = [sys.executable, "-m", "gunicorn_companion"]
 FAILED = "Companion output to"  # start of the one message a failing destination logs
@@ -23,10 +23,6 @@ def conf(sock, companions):
             f"companion_workers = {companions}\n")
 
 
-def status(sock) -> dict:
-    reply = Control(sock, timeout=10).request({"cmd": "status"})
-    assert reply["ok"], reply
-    return {c["name"]: c for c in reply["companions"]}
 
 
 def dropped(sock, name) -> int:

@@ -9,21 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from support import Control, alive, wait_until
-
-
-def control_config(sock, companions, extra=""):
-    return "\n".join([
-        "preload_app = True",
-        "workers = 1",
-        f"companion_control_socket = {str(sock)!r}",
-        extra,
-        f"companion_workers = {companions}",
-    ]) + "\n"
-
-
-def status(sock):
-    return {c["name"]: c for c in Control(sock).request({"cmd": "status"})["companions"]}
+from support import Control, alive, control_config, status, wait_until
 
 
 def notes(srv, filename):

@@ -12,26 +12,11 @@ from support import (
     alive,
     children,
     cmdline,
+    control_config,
     running_code,
+    status,
     wait_until,
 )
-
-
-def control_config(sock, companions, extra=""):
-    return "\n".join([
-        "preload_app = True",
-        "workers = 1",
-        f"companion_control_socket = {str(sock)!r}",
-        extra,
-        f"companion_workers = {companions}",
-    ]) + "\n"
-
-
-
-
-def status(sock):
-    return {c["name"]: c for c in Control(sock).request({"cmd": "status"})["companions"]}
-
 
 # Crash loops, a manual stop while STARTING and autostart=False are supervision
 # logic with no kernel in it: their tests run on the seam (tests/test_supervisor.py).
