@@ -2,14 +2,13 @@
 drops (and counts) or holds back lines, and nothing is restarted."""
 
 import errno
-import fcntl
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
-import termios
 
 import pytest
 from support import status, wait_until
@@ -173,13 +172,21 @@ def started_on(pipe, server, config):
 
 
 def wait_full(read_end):
-    capacity = fcntl.fcntl(read_end, 1032)  # F_GETPIPE_SZ
+    """Until the pipe takes no more: what its writer, the manager, sees.
 
-    def waiting_in_pipe():
-        return int.from_bytes(fcntl.ioctl(read_end, termios.FIONREAD, b"\0" * 4), "little")
+    Counting bytes cannot tell: a pipe has 16 slots of a page, a write of a
+    size that is no multiple of a page leaves its last slot part empty, and
+    the pipe is full once every slot is taken, with bytes to spare. So ask the
+    kernel, through a second write end of the same pipe (/proc)."""
 
-    # full: less than one page left (writes fill a pipe page by page)
-    wait_until(lambda: waiting_in_pipe() > capacity - 4096, message="the stdout pipe to fill")
+    def full():
+        probe = os.open(f"/proc/self/fd/{read_end}", os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            return not select.select([], [probe], [], 0)[1]
+        finally:
+            os.close(probe)
+
+    wait_until(full, message="the stdout pipe to fill")
 
 
 class PipeLines:
