@@ -162,6 +162,10 @@ def test_every_signal_to_the_manager_or_a_companion_leaves_everything_serving(
     for sig in sorted(signal.valid_signals()):
         target = status(sock_path)["target"]["pid"]
         send_and_wait_delivery(target, sig)
+        if sig == signal.SIGINT:
+            # Python turns it into KeyboardInterrupt: the target exits, through
+            # its exit handlers, a moment after the signal was delivered
+            wait_until(lambda pid=target: not running_code(pid), message="SIGINT's exit")
         if sig in STOPPING and running_code(target):
             wait_until(lambda pid=target: stopped(pid), message="the companion stopped")
             os.kill(target, signal.SIGCONT)
