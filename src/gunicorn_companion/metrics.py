@@ -251,6 +251,7 @@ th{background:#eee;font-weight:600}
 # still the server-rendered table, marked stale.
 _SCRIPT = """
 (function(){
+  var refreshes=0;
   function cell(tr, text, cls){var td=document.createElement('td');
     if(cls){var s=document.createElement('span');s.className='state '+cls;s.textContent=text;
       td.appendChild(s);}else{td.textContent=text;} tr.appendChild(td);}
@@ -264,6 +265,7 @@ _SCRIPT = """
         body.appendChild(tr);});
       document.getElementById('manager').textContent=d.manager;
       document.getElementById('stale').textContent='';
+      body.setAttribute('data-refreshes',String(++refreshes));
     }).catch(function(){document.getElementById('stale').textContent=' (not updating)';});
   }
   setInterval(refresh, REFRESH_MS);
