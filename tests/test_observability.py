@@ -136,6 +136,15 @@ def test_unix_socket_bind(server, sock_path):
     assert not os.path.exists(path)  # removed by the manager that made it
 
 
+def test_a_unix_socket_in_a_directory_others_can_write_stops_the_boot(server, sock_path):
+    srv = server(control_config(sock_path, COMPANIONS,
+                                'companion_metrics_bind = "unix:/tmp/metrics-x.sock"'))
+    srv.watch_exit = False
+    assert srv.wait_exit() != 0
+    assert "companion_metrics_bind unix:/tmp/metrics-x.sock: directory '/tmp' " in srv.log()
+    assert srv.starts("sleepy") == []
+
+
 def _status_took(sock_path) -> float:
     started = time.monotonic()
     reply = Control(sock_path).request({"cmd": "status"})

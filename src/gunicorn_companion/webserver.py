@@ -35,7 +35,7 @@ import stat
 import time
 from collections.abc import Callable
 
-from . import httpwire, metrics, procfs
+from . import httpwire, metrics, procfs, safefs
 
 MAX_CONNECTIONS = 64
 CONNECTION_DEADLINE = 10.0  # seconds for a whole request and its response
@@ -220,6 +220,16 @@ class MetricsServer:
 
     def _clear_unix_path(self, take_over: bool) -> None:
         path = self.address.path
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            raise MetricsBindError(f"companion_metrics_bind {self.address.text}: directory "
+                                   f"{directory!r} does not exist")
+        # as for the control socket: in a directory others can write, they
+        # could swap the path under us (see safefs)
+        fault = safefs.private_dir_fault(directory)
+        if fault:
+            raise MetricsBindError(f"companion_metrics_bind {self.address.text}: directory "
+                                   f"{directory!r} {fault}")
         try:
             info = os.lstat(path)
         except FileNotFoundError:
