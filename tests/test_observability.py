@@ -9,7 +9,16 @@ import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import Control, alive, control_config, free_port, smaps_rollup, wait_until
+from support import (
+    Control,
+    alive,
+    children,
+    cmdline,
+    control_config,
+    free_port,
+    smaps_rollup,
+    wait_until,
+)
 
 from gunicorn_companion import webserver
 
@@ -282,3 +291,24 @@ def test_nothing_is_bound_when_the_setting_is_off(server, sock_path):
                     listening_tcp.append(line)
     assert listening_tcp == []
     assert alive(manager)
+
+
+def test_a_hot_upgrade_hands_the_metrics_port_to_the_new_manager(metrics_server):
+    srv, address = metrics_server, metrics_server.metrics
+    srv.watch_exit = False  # the first master exits on purpose
+    master = srv.pid
+    os.kill(master, signal.SIGUSR2)
+    new_master = srv.until(
+        lambda: next((p for p in children(master) if "master" in cmdline(p)), None),
+        message="the new master")
+    # the new manager boots (no boot error) and waits for the port
+    srv.wait_log("is still in use (the old manager of a hot upgrade?); retrying every 1 s")
+    os.kill(master, signal.SIGTERM)
+    try:
+        srv.wait_log("Companion metrics at http://127.0.0.1:", count=2)
+        wait_until(lambda: not alive(master), message="the old master to exit")
+        assert metric(address, "up", companion="sleepy") == 1
+        assert srv.log().count("is still in use") == 1  # said once, not every second
+    finally:
+        os.kill(new_master, signal.SIGTERM)
+        wait_until(lambda: not alive(new_master), message="the new master to exit")

@@ -167,6 +167,7 @@ class MetricsServer:
         self.deadlines: list[tuple[float, int, Connection]] = []
         self._seq = itertools.count()
         self.retry_at: float | None = None  # a hot upgrade waiting for the port
+        self.waiting_for_port = False
         self.unix_inode: int | None = None
 
     # -- binding -----------------------------------------------------------------------
@@ -179,15 +180,19 @@ class MetricsServer:
             self.listener = self._listen(take_over)
         except OSError as exc:
             if take_over and exc.errno == errno.EADDRINUSE:
-                self.log.warning("companion_metrics_bind %s is still in use (the old manager "
-                                 "of a hot upgrade?); retrying every %.0f s",
-                                 self.address.text, TAKE_OVER_RETRY)
+                if not self.waiting_for_port:  # said once, not every second
+                    self.log.warning("companion_metrics_bind %s is still in use (the old "
+                                     "manager of a hot upgrade?); retrying every %.0f s",
+                                     self.address.text, TAKE_OVER_RETRY)
+                self.waiting_for_port = True
                 self.retry_at = self.now() + TAKE_OVER_RETRY
                 return
             raise MetricsBindError(
                 f"companion_metrics_bind {self.address.text}: cannot listen: "
                 f"{exc.strerror or exc}") from None
         self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+        if self.waiting_for_port:
+            self.log.info("Companion metrics at http://%s/metrics", self.bound_address)
 
     def _listen(self, take_over: bool) -> socket.socket:
         address = self.address

@@ -1,0 +1,102 @@
+"""The metrics server's and statsd sender's own sockets, driven directly in
+this process: a real selector, real sockets, the test's own clock."""
+
+import selectors
+import socket
+import types
+
+from support import short_socket_path
+
+from gunicorn_companion import httpwire, statsd
+from gunicorn_companion.webserver import TAKE_OVER_RETRY, MetricsServer
+
+
+class Log:
+    """Records what was logged (a value object, not a mock)."""
+
+    def __init__(self):
+        self.lines = []
+
+    def warning(self, msg, *args):
+        self.lines.append(msg % args)
+
+    info = error = warning
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_a_hot_upgrade_waits_for_the_old_manager_to_free_the_port():
+    old = socket.socket()
+    old.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    old.bind(("127.0.0.1", 0))
+    old.listen()
+    port = old.getsockname()[1]
+    selector, log, clock = selectors.DefaultSelector(), Log(), Clock()
+    server = MetricsServer(httpwire.parse_bind(f"127.0.0.1:{port}"), selector=selector,
+                           snapshot=list, log=log, title="t", now=clock)
+    try:
+        server.bind(take_over=True)  # the old manager still listens: no boot error
+        assert server.listener is None
+        assert server.next_deadline() == clock.t + TAKE_OVER_RETRY
+        assert "still in use" in log.lines[0]
+        clock.t += TAKE_OVER_RETRY
+        server.fire_due(clock.t)  # still held: retried again later
+        assert server.listener is None and server.next_deadline() == clock.t + TAKE_OVER_RETRY
+        assert len(log.lines) == 1  # said once, not every second
+        old.close()
+        clock.t += TAKE_OVER_RETRY
+        server.fire_due(clock.t)
+        assert server.listener is not None
+        assert server.next_deadline() is None
+        assert log.lines[-1] == f"Companion metrics at http://127.0.0.1:{port}/metrics"
+    finally:
+        server.close()
+        selector.close()
+        old.close()
+
+
+def test_statsd_send_failures_are_counted_and_logged_once():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
+        gone.bind(("127.0.0.1", 0))
+        port = gone.getsockname()[1]
+    # nobody listens there now: the kernel refuses the datagrams (ECONNREFUSED)
+    log, clock = Log(), Clock()
+    cfg = types.SimpleNamespace(statsd_host=("127.0.0.1", port), statsd_prefix="p",
+                                dogstatsd_tags="")
+    sender = statsd.StatsdSender(cfg, snapshot=lambda: [{"name": "a", "state": "RUNNING",
+                                                         "pid": None, "restarts": 0}],
+                                 log=log, now=clock, interval=1.0)
+    try:
+        for _ in range(5):
+            sender.fire_due(clock.t)
+            clock.t += 1.0
+        assert sender.errors > 0
+        assert len(log.lines) == 1 and "Cannot send companion metrics to statsd" in log.lines[0]
+    finally:
+        sender.close()
+
+
+def test_statsd_over_a_unix_datagram_socket():
+    path = short_socket_path("statsd.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(path))
+        receiver.settimeout(5)
+        cfg = types.SimpleNamespace(statsd_host=str(path), statsd_prefix="app",
+                                    dogstatsd_tags="env:x")
+        clock = Clock()
+        sender = statsd.StatsdSender(cfg, snapshot=lambda: [{"name": "w", "state": "FATAL",
+                                                             "pid": None, "restarts": 4}],
+                                     log=Log(), now=clock, interval=1.0)
+        sender.fire_due(clock.t)
+        got = [receiver.recv(1024) for _ in range(3)]
+        sender.close()
+    path.unlink()
+    path.parent.rmdir()
+    assert got == [b"app.companion.w.state:200|g|#env:x", b"app.companion.w.up:0|g|#env:x",
+                   b"app.companion.w.restarts:4|c|@1.0|#env:x"]
