@@ -9,7 +9,10 @@ import shutil
 import subprocess
 
 import pytest
-from support import Control, control_config, free_port
+from cdp import Browser
+from support import Control, control_config, free_port, wait_until
+
+from gunicorn_companion import metrics
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -76,3 +79,34 @@ def test_the_status_page_renders_every_companion_and_shows_a_restart(server, soc
     assert after["sleepy"][:3] == ["sleepy", "RUNNING", str(new_pid)]
     assert int(after["ticker"][4]) > ticker_restarts
     assert after["ticker"][6] == "exit code 3"
+
+
+def test_the_open_page_updates_itself_after_a_restart(server, sock_path):
+    """A page left open (as on a phone) shows the new pid by itself: its
+    script redraws the table, the page is never reloaded."""
+    port = free_port()
+    srv = server(control_config(sock_path, COMPANIONS,
+                                f'companion_metrics_bind = "127.0.0.1:{port}"'))
+    old_pid = srv.wait_starts("sleepy")[-1]
+    srv.wait_log("Companion metrics at")
+    browser = Browser(CHROMIUM, f"http://127.0.0.1:{port}/")
+    try:
+        def cell(name, column):
+            return browser.evaluate(
+                f"(function(){{var r=document.querySelector('tr[data-companion=\"{name}\"]');"
+                f"return r ? r.children[{column}].textContent : null;}})()")
+
+        wait_until(lambda: cell("sleepy", 2) == str(old_pid), message="the page to show sleepy")
+        browser.evaluate("window.stillTheSamePage = true")
+        reply = Control(sock_path).request({"cmd": "restart", "name": "sleepy"})
+        assert reply["ok"], reply
+        new_pid = srv.wait_starts("sleepy", 2)[-1]
+        wait_until(lambda: cell("sleepy", 2) == str(new_pid),
+                   timeout=metrics.REFRESH_SECONDS * 5,
+                   message="the open page to show sleepy's new pid")
+        assert cell("sleepy", 1) == "RUNNING"
+        assert browser.evaluate("window.stillTheSamePage") is True  # redrawn, not reloaded
+        assert int(browser.evaluate(
+            "document.getElementById('rows').getAttribute('data-refreshes')")) >= 1
+    finally:
+        browser.close()
