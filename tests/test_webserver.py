@@ -3,6 +3,7 @@ this process: a real selector, real sockets, the test's own clock."""
 
 import selectors
 import socket
+import time
 import types
 
 from support import short_socket_path
@@ -21,6 +22,9 @@ class Log:
         self.lines.append(msg % args)
 
     info = error = warning
+
+    def exception(self, msg, *args):
+        self.lines.append(msg % args)
 
 
 class Clock:
@@ -59,6 +63,51 @@ def test_a_hot_upgrade_waits_for_the_old_manager_to_free_the_port():
         server.close()
         selector.close()
         old.close()
+
+
+def _serve_one(server, selector, request: bytes) -> bytes:
+    """Run the server's part of the loop until one client has its whole answer."""
+    host, port = server.listener.getsockname()[:2]
+    with socket.create_connection((host, port), timeout=5) as client:
+        client.sendall(request)
+        client.setblocking(False)
+        data = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for key, mask in selector.select(0.05):
+                key.data(key, mask)
+            try:
+                chunk = client.recv(65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return data
+            data += chunk
+    raise AssertionError(f"no whole answer within 10 s: {data!r}")
+
+
+def test_a_page_that_fails_answers_500_and_the_server_goes_on():
+    calls = []
+
+    def snapshot():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return []
+
+    selector, log = selectors.DefaultSelector(), Log()
+    server = MetricsServer(httpwire.parse_bind("127.0.0.1:0"), selector=selector,
+                           snapshot=snapshot, log=log, title="t")
+    server.bind()
+    try:
+        first = _serve_one(server, selector, b"GET /metrics HTTP/1.1\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 500 Internal Server Error\r\n"), first
+        assert log.lines == ["Metrics page /metrics failed"]
+        second = _serve_one(server, selector, b"GET /metrics HTTP/1.1\r\n\r\n")
+        assert second.startswith(b"HTTP/1.1 200 OK\r\n")
+    finally:
+        server.close()
+        selector.close()
 
 
 def test_statsd_send_failures_are_counted_and_logged_once():

@@ -23,6 +23,7 @@ REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
     505: "HTTP Version Not Supported",
 }
 

@@ -84,7 +84,12 @@ class Connection:
         if isinstance(parsed, httpwire.Refusal):
             self.output = httpwire.refusal_response(parsed)
         else:
-            self.output = self.server.answer(parsed)
+            try:
+                self.output = self.server.answer(parsed)
+            except Exception:  # a bug in a page must not take the manager down
+                self.server.log.exception("Metrics page %s failed", parsed.path)
+                self.output = httpwire.refusal_response(
+                    httpwire.Refusal(500, "internal error; see the Gunicorn log"))
         self.head = bytearray()
         self.events = selectors.EVENT_WRITE
         self.server.selector.modify(self.sock, self.events, self.on_event)
