@@ -1,6 +1,7 @@
 """The metrics server's and statsd sender's own sockets, driven directly in
 this process: a real selector, real sockets, the test's own clock."""
 
+import os
 import selectors
 import socket
 import time
@@ -9,7 +10,8 @@ import types
 from support import short_socket_path
 
 from gunicorn_companion import httpwire, statsd
-from gunicorn_companion.webserver import TAKE_OVER_RETRY, MetricsServer
+from gunicorn_companion.metrics import Figures
+from gunicorn_companion.webserver import TAKE_OVER_RETRY, MetricsServer, ProcSampler
 
 
 class Log:
@@ -149,3 +151,38 @@ def test_statsd_over_a_unix_datagram_socket():
     path.parent.rmdir()
     assert got == [b"app.companion.w.state:200|g|#env:x", b"app.companion.w.up:0|g|#env:x",
                    b"app.companion.w.restarts:4|c|@1.0|#env:x"]
+
+
+def test_proc_reading_is_bounded_and_reaches_every_companion_in_turn():
+    entries = [{"name": f"c{i}", "pid": 100 + i} for i in range(10)] + [
+        {"name": "down", "pid": None}]
+    real = Clock()
+    reads = []
+
+    def read(pid):
+        reads.append(pid)
+        real.t += 0.02  # each read costs 20 ms of real time
+        return Figures(rss=pid, pss=0, uss=0, cpu_seconds=0.0)
+
+    scraped = Clock()
+    sampler = ProcSampler(scraped, read=read, clock=real, budget=0.05)
+    seen = []
+    for _ in range(4):
+        reads.clear()
+        figures, _ = sampler.sample(entries)
+        seen.append(sorted(figures))
+        # within the budget: the read that crosses it is the last
+        assert len([p for p in reads if p != os.getpid()]) <= 3
+        scraped.t += 1.0
+    assert seen[0] == ["c0", "c1", "c2"]
+    assert seen[-1] == sorted(f"c{i}" for i in range(10))
+    # asked again within a second of the last: nothing is read
+    scraped.t -= 0.5
+    reads.clear()
+    sampler.sample(entries)
+    assert reads == []
+    # a restarted companion's old figures are not shown for its new pid
+    scraped.t += 1.0
+    entries[0] = {"name": "c0", "pid": 999}
+    figures, _ = sampler.sample(entries)
+    assert figures["c0"].rss == 999  # never read: first in line
