@@ -11,7 +11,8 @@ from support import short_socket_path
 
 from gunicorn_companion import httpwire, statsd
 from gunicorn_companion.metrics import Figures
-from gunicorn_companion.webserver import TAKE_OVER_RETRY, MetricsServer, ProcSampler
+from gunicorn_companion.sampling import ProcSampler
+from gunicorn_companion.webserver import TAKE_OVER_RETRY, MetricsServer
 
 
 class Log:

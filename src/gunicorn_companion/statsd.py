@@ -27,7 +27,8 @@ import re
 import socket
 from collections.abc import Callable
 
-from . import procfs
+from .metrics import MEMORY_KINDS
+from .sampling import ProcSampler
 from .states import State
 
 STATE_CODES = {State.STOPPED: 0, State.STARTING: 10, State.RUNNING: 20, State.BACKOFF: 30,
@@ -107,6 +108,7 @@ class StatsdSender:
         self.sent_restarts: dict[str, int] = {}
         self.errors = 0  # datagrams lost to send errors
         self.next_send = now()  # the first at once: statsd learns of us at boot
+        self.sampler = ProcSampler(now)  # /proc reading bounded as for /metrics
 
     def next_deadline(self) -> float | None:
         return self.next_send
@@ -116,8 +118,9 @@ class StatsdSender:
             return
         self.next_send = now + self.interval
         entries = self.snapshot()
-        memory = {e["name"]: m for e in entries if e["pid"]
-                  and (m := procfs.memory(e["pid"])) is not None}
+        figures, _ = self.sampler.sample(entries)
+        memory = {name: {kind: f.memory(kind) for kind in MEMORY_KINDS}
+                  for name, f in figures.items()}
         for line in lines(entries, memory, self.sent_restarts, self.prefix):
             self.send(with_tags(line, self.tags))
 
