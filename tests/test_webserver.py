@@ -187,3 +187,37 @@ def test_proc_reading_is_bounded_and_reaches_every_companion_in_turn():
     entries[0] = {"name": "c0", "pid": 999}
     figures, _ = sampler.sample(entries)
     assert figures["c0"].rss == 999  # never read: first in line
+
+
+def test_a_client_that_does_not_read_its_response_is_dropped_at_its_deadline():
+    # a /metrics far bigger than the socket buffers: it cannot all be written
+    entries = [{"name": f"c{i}", "state": "RUNNING", "pid": None, "uptime": 1.0,
+                "restarts": 0, "last_exit": None, "stdout": None, "stderr": None}
+               for i in range(15000)]
+    selector, clock = selectors.DefaultSelector(), Clock()
+    server = MetricsServer(httpwire.parse_bind("127.0.0.1:0"), selector=selector,
+                           snapshot=lambda: entries, log=Log(), title="t", now=clock)
+    server.bind()
+    try:
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(server.listener.getsockname())
+            client.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            deadline = time.monotonic() + 10
+            while not any(conn.output for conn in server.connections):
+                assert time.monotonic() < deadline, "the response was never started"
+                for key, mask in selector.select(0.05):
+                    key.data(key, mask)
+            for _ in range(5):  # the loop goes on; the client still reads nothing
+                for key, mask in selector.select(0.01):
+                    key.data(key, mask)
+            (conn,) = server.connections
+            assert conn.output  # the rest waits for a reader that never comes
+            assert server.next_deadline() == conn.deadline
+            clock.t = conn.deadline
+            server.fire_due(clock.t)
+            assert server.connections == set()
+            assert server.next_deadline() is None
+    finally:
+        server.close()
+        selector.close()
