@@ -98,6 +98,7 @@ class OsMasterHost:
     def __init__(self, arbiter: "CompanionArbiter"):
         self.arbiter = arbiter
         self.lifeline: int | None = None  # read end; EOF = the whole old tree is gone
+        self.replacements = 0  # managers forked to replace a dead one (for the metrics)
 
     @property
     def log(self):
@@ -116,13 +117,15 @@ class OsMasterHost:
             except ConfigError as exc:
                 arbiter.log.error("Companion config is invalid now; the new manager runs the "
                                   "last valid one: %s", exc)
+        replacements = self.replacements + (0 if at_boot else 1)
         self._close_lifeline()
         read_end, write_end = os.pipe()
         boot.freeze_before_fork(boot.gc_freeze_wanted(arbiter.cfg))
         pid = fork_blocking_signals()
         if pid == 0:
             os.close(read_end)
-            run_manager_process(arbiter, write_end)  # never returns
+            run_manager_process(arbiter, write_end, replacements)  # never returns
+        self.replacements = replacements
         os.close(write_end)  # HTTP workers forked from now on must not hold it
         self.lifeline = read_end
         return pid
@@ -340,7 +343,8 @@ class CompanionArbiter(Arbiter):
             quick_requested=self._quick_stop_requested)
 
 
-def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
+def run_manager_process(arbiter: CompanionArbiter, lifeline: int,
+                        manager_restarts: int = 0) -> None:
     """The manager's life, in the freshly forked child. Never returns."""
     code = 1
     try:
@@ -370,6 +374,7 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int) -> None:
             # the master forwards the companions' news to systemd (sdnotify.py)
             notify_systemd=bool(arbiter.systemd),
             systemd_keepalive=arbiter.systemd.keepalive_every() if arbiter.systemd else None,
+            manager_restarts=manager_restarts,
         ), lifeline)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1

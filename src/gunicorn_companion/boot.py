@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import handshake, privileges, safefs, sdnotify
+from . import handshake, httpwire, privileges, safefs, sdnotify
 from .commands import dispatch
 from .host import OsHost
 from .loading import CompanionConfig, ConfigSources, load_companion_config
@@ -24,8 +24,10 @@ from .loop import ManagerLoop
 from .server import ControlServer, ControlSocketError
 from .spawn import become_subreaper, set_parent_death_signal, unblock_signals
 from .spec import CompanionSpec, ConfigError
+from .statsd import StatsdSender
 from .supervisor import Supervisor
 from .targets import resolve_all
+from .webserver import MetricsBindError, MetricsServer
 
 
 def gc_freeze_wanted(cfg) -> bool:
@@ -101,6 +103,8 @@ class BootValues:
     # for the master to forward (sdnotify.py), and a keep-alive this often
     notify_systemd: bool = False
     systemd_keepalive: float | None = None
+    # how many times the master replaced a dead manager (for the metrics)
+    manager_restarts: int = 0
 
 
 def _rearm_parent_death(master_pid: int) -> None:
@@ -165,14 +169,37 @@ def build(values: BootValues) -> ManagerLoop:
         server.bind(take_over=values.take_over_socket)
         loop.attach_control(server)
         log.info("Companion control socket listening at %s", server.path)
+    attach_observers(loop, values)
     return loop
+
+
+def attach_observers(loop: ManagerLoop, values: BootValues) -> None:
+    """The metrics endpoint and the statsd sender, when their settings ask
+    for them; with both off nothing is bound and /proc is never read for them.
+    Bound before any companion starts: an address in use stops the boot."""
+    cfg, log, supervisor = values.cfg, values.log, loop.supervisor
+    if cfg.companion_metrics_bind:
+        server = MetricsServer(
+            httpwire.parse_bind(cfg.companion_metrics_bind),
+            selector=loop.selector, snapshot=supervisor.snapshot, log=log,
+            title=f"gunicorn companions [{cfg.proc_name}]",
+            manager_restarts=values.manager_restarts, now=loop.host.now)
+        server.bind(take_over=values.take_over_socket)
+        loop.attach_service(server)
+        if server.listener is not None:
+            log.info("Companion metrics at http://%s/metrics", server.bound_address)
+    if cfg.statsd_host:
+        loop.attach_service(StatsdSender(
+            cfg, snapshot=supervisor.snapshot, log=log, now=loop.host.now,
+            interval=cfg.companion_statsd_interval))
 
 
 def run(values: BootValues, lifeline: int) -> int:
     """Build the manager, report on the lifeline, run until it is done."""
     try:
         loop = build(values)
-    except (ConfigError, ControlSocketError, privileges.PrivilegeError) as exc:
+    except (ConfigError, ControlSocketError, MetricsBindError,
+            privileges.PrivilegeError) as exc:
         os.write(lifeline, handshake.error_line(str(exc)))
         os._exit(1)
     if values.notify_systemd:

@@ -115,6 +115,9 @@ class ManagerLoop:
         self.selector = selector
         self.control = None  # a ControlServer, when companion_control_socket is set
         self.news = None  # a sdnotify.ManagerNews under systemd's Type=notify
+        # the metrics endpoint, the statsd sender: each has its own timers
+        # (next_deadline/fire_due), close and close_in_child
+        self.services: list = []
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         # One datagram socket for every companion's ready()/heartbeat(): the
         # companions inherit the sending end (see notify.py).
@@ -153,6 +156,17 @@ class ManagerLoop:
         self.control = server
         self.host.child_closers.append(server.close_in_child)
 
+    def attach_service(self, service) -> None:
+        self.services.append(service)
+        self.host.child_closers.append(service.close_in_child)
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [self.supervisor.next_deadline()]
+        if self.news is not None:
+            deadlines.append(self.news.next_keepalive)
+        deadlines.extend(service.next_deadline() for service in self.services)
+        return min((d for d in deadlines if d is not None), default=None)
+
     def close_in_child(self) -> None:
         """The loop's part of what a freshly forked companion must not keep."""
         self.selector.close()
@@ -164,18 +178,22 @@ class ManagerLoop:
         supervisor = self.supervisor
         supervisor.start()
         while not supervisor.finished():
-            deadline = supervisor.next_deadline()
-            if self.news is not None and self.news.next_keepalive is not None:
-                deadline = min(d for d in (deadline, self.news.next_keepalive) if d is not None)
+            deadline = self._next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - self.host.now())
             for key, mask in self.selector.select(timeout):
                 key.data(key, mask)
             supervisor.fire_due()
+            if self.services:
+                now = self.host.now()
+                for service in self.services:
+                    service.fire_due(now)
             if self.news is not None:
                 self.news.after_loop_turn([(r.name, str(r.state), r.wanted)
                                            for r in supervisor.records.values()])
         if self.control is not None:
             self.control.close()
+        for service in self.services:
+            service.close()
         supervisor.finish()
         self.host.close()
         self.log.info("Companion manager exiting (pid: %s)", os.getpid())

@@ -15,7 +15,7 @@ from typing import Any
 
 from gunicorn.config import KNOWN_SETTINGS, Setting, validate_bool
 
-from . import spec
+from . import httpwire, spec
 
 SECTION = "Companions"
 
@@ -318,6 +318,55 @@ class CompanionControlSocketMode(Setting):
         For example ``0o660`` lets the group in (members through a
         supplementary group too). The socket is created with these bits,
         never wider.
+        """
+
+
+def validate_metrics_bind(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected host:port or unix:/path, got {value!r}")
+    httpwire.parse_bind(value)  # ValueError says what is wrong
+    return value.strip()
+
+
+def validate_positive_seconds(value: Any) -> float:
+    seconds = spec.validate_optional_positive_seconds(_from_cli(value))
+    if seconds is None:
+        raise ValueError("must be a positive number of seconds, got None")
+    return seconds
+
+
+class CompanionMetricsBind(Setting):
+    name = "companion_metrics_bind"
+    section = SECTION
+    cli = ["--companion-metrics-bind"]
+    meta = "ADDRESS"
+    validator = validate_metrics_bind
+    default = None
+    desc = """\
+        Where the companion manager serves Prometheus metrics and a status page (off when unset).
+
+        ``127.0.0.1:9191``, ``[::1]:9191`` or ``unix:/run/app/metrics.sock``.
+        ``GET /metrics`` is the Prometheus text format, ``GET /`` a status
+        page, ``GET /status.json`` its data. The manager binds it before any
+        companion starts; an address in use stops the boot. See
+        docs/observability.md.
+        """
+
+
+class CompanionStatsdInterval(Setting):
+    name = "companion_statsd_interval"
+    section = SECTION
+    cli = ["--companion-statsd-interval"]
+    meta = "SECONDS"
+    validator = validate_positive_seconds
+    default = 10.0
+    desc = """\
+        How often the manager sends companion gauges to statsd.
+
+        Only when Gunicorn's ``statsd_host`` is set; under ``statsd_prefix``,
+        with ``dogstatsd_tags``. See docs/observability.md.
         """
 
 
