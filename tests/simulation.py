@@ -38,6 +38,7 @@ from gunicorn_companion.supervisor import LEFTOVER_GRACE, Supervisor
 EPS = 1e-6
 MiB = 2**20
 UNNAMED_SIGNAL = 40  # a real-time signal: no name
+SIM_EPOCH = 1_800_000_000.0  # the simulated wall clock at virtual time 0
 MANAGER = 0  # the parent of the manager's own children in the table
 
 
@@ -264,6 +265,9 @@ class SimHost:
 
     def now(self):
         return self.world.now
+
+    def wall_clock(self):
+        return SIM_EPOCH + self.world.now
 
     def random(self):
         return self.world.rng.random()
@@ -539,10 +543,24 @@ class Simulation:
             memory_check_interval=1.0,
         )
         world.supervisor = sup
+        self.announced = {}  # a fresh manager's records start STOPPED
+        sup.on_change.append(self.on_change)
         sup.start()
         world.manager.report = handshake.READY
         self.settle()
         return world.manager.pid
+
+    def on_change(self, event) -> None:
+        """The event stream's invariant, as each event comes: it continues
+        from the last one of its companion, and changes something."""
+        last = self.announced.get(event.companion, "STOPPED")
+        if event.previous != last or event.state == event.previous:
+            raise Violation(f"event {event.previous} -> {event.state} for {event.companion}, "
+                            f"whose last event said {last}")
+        if event.time != SIM_EPOCH + self.world.now:
+            raise Violation(f"event for {event.companion} stamped {event.time}, "
+                            f"not the time of the change")
+        self.announced[event.companion] = event.state
 
     @property
     def sup(self) -> Supervisor:
@@ -781,6 +799,14 @@ class Simulation:
                                     f"its deadline t={due:.3f} passed without SIGKILL")
                 if now > due + EPS and proc.alive:
                     raise Violation(f"{name} (pid {record.pid}) outlived its stop deadline")
+        # every change made exactly one event, in order: the last one of each
+        # companion names the state it is in (a removed one's are forgotten)
+        for name in [n for n in self.announced if n not in sup.records]:
+            del self.announced[name]
+        for name, record in sup.records.items():
+            if self.announced.get(name, "STOPPED") != str(record.state):
+                raise Violation(f"{name} is {record.state}, but its last event said "
+                                f"{self.announced.get(name, 'STOPPED')}")
         for pid, name in sup.pids.items():
             proc = procs.get(pid)
             if proc is None or proc.reaped:

@@ -226,6 +226,25 @@ def cmd_tail(manager, request, respond) -> None:
     manager.follow(names, respond)
 
 
+def cmd_events(manager, request, respond) -> None:
+    """Stream every state change (of the companions or groups named, else of
+    all) as it happens, until the client hangs up (events.py)."""
+    names = request.raw.get("names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        return respond(protocol.error(
+            "bad_field", f'"names" must be a list of companion or group names, '
+                         f"got {protocol._show(names)}"))
+    matched = []
+    for name in names:
+        found = resolve(manager, name)
+        if not found:
+            return respond(_unknown(manager, name))
+        matched += found
+    respond.push(protocol.ok(companions=list(dict.fromkeys(matched)) if names
+                             else [n for n in manager.records if n not in manager.retiring]))
+    manager.feed.subscribe(names, respond)
+
+
 COMMANDS: dict[str, Callable[..., None]] = {
     "status": cmd_status,
     "start": cmd_start,
@@ -233,6 +252,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "restart": cmd_restart,
     "reread": cmd_reread,
     "tail": cmd_tail,
+    "events": cmd_events,
 }
 assert set(COMMANDS) == set(protocol.COMMANDS), "every protocol command needs a handler"
 

@@ -10,7 +10,7 @@ all a simulated host must model:
 - spawn a companion; signal a process or a process group; reap exits;
 - list a group's live members, the manager's own children (strays), and
   each watched group's members in one go; read a process's private memory;
-- the clock and randomness;
+- the clock (monotonic, and the wall clock for event times) and randomness;
 - the output sinks (``output``: tail, dropped counts, reopen) and tail -f.
 """
 
@@ -37,6 +37,7 @@ class Host(Protocol):
     output: object  # .tail(names, count), .dropped[name], .owner_of
 
     def now(self) -> float: ...
+    def wall_clock(self) -> float: ...
     def random(self) -> float: ...
     def spawn(self, spec: CompanionSpec, target: Callable | None, *, lock_path: str | None,
               identity: Identity | None) -> int: ...
@@ -79,6 +80,10 @@ class OsHost:
 
     def now(self) -> float:
         return time.monotonic()
+
+    def wall_clock(self) -> float:
+        """The date, for people (event times); never for durations."""
+        return time.time()
 
     def random(self) -> float:
         return random.random()
