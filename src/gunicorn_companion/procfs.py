@@ -73,17 +73,43 @@ def group_members(pgid: int, sid: int) -> list[int]:
     return found
 
 
-def private_bytes(pid: int) -> int:
-    """Memory only this process maps (Private_Clean + Private_Dirty), in bytes."""
-    total = 0
+_ROLLUP_FIELDS = {"Rss:": "rss", "Pss:": "pss", "Private_Clean:": "uss", "Private_Dirty:": "uss"}
+
+
+def memory(pid: int) -> dict[str, int] | None:
+    """A process's memory from /proc/PID/smaps_rollup, in bytes: ``rss``
+    (resident), ``pss`` (shared pages split among their users) and ``uss``
+    (Private_Clean + Private_Dirty: only this process maps it, what ending it
+    frees). None when it cannot be read (gone, or not Linux)."""
+    found = {"rss": 0, "pss": 0, "uss": 0}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
-                if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                    total += int(line.split()[1]) * 1024
+                kind = _ROLLUP_FIELDS.get(line[:line.find(":") + 1])
+                if kind is not None:
+                    found[kind] += int(line.split()[1]) * 1024
     except (OSError, ValueError):
-        return 0
-    return total
+        return None
+    return found
+
+
+def private_bytes(pid: int) -> int:
+    """Memory only this process maps (Private_Clean + Private_Dirty), in bytes."""
+    figures = memory(pid)
+    return figures["uss"] if figures else 0
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_UTIME, _CSTIME = 11, 14  # utime, stime, cutime, cstime: fields 14-17 of stat
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time of a process and of its children it has waited for (user +
+    system), in seconds; None when it cannot be read."""
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) <= _CSTIME:
+        return None
+    return sum(int(v) for v in fields[_UTIME:_CSTIME + 1]) / _CLOCK_TICKS
 
 
 def supplementary_groups(pid: int) -> set[int]:
@@ -96,3 +122,15 @@ def supplementary_groups(pid: int) -> set[int]:
     except (OSError, ValueError):
         pass
     return set()
+
+
+_ARG_START, _ARG_END = 45, 46  # arg_start, arg_end: fields 48 and 49 of stat
+
+
+def argument_area(pid: int) -> tuple[int, int] | None:
+    """Where a process's command line lies in its memory: (arg_start,
+    arg_end) from /proc/PID/stat; None when it cannot be read (Linux 3.5+)."""
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) <= _ARG_END:
+        return None
+    return int(fields[_ARG_START]), int(fields[_ARG_END])
