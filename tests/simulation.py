@@ -320,6 +320,12 @@ class SimHost:
         proc = self.world.procs.get(pid)
         return proc.memory if proc is not None and proc.alive else 0
 
+    def usage(self, pid):
+        proc = self.world.procs.get(pid)
+        if proc is None or not proc.alive:
+            return None
+        return {"cpu_seconds": 0.0, "rss": proc.memory, "pss": proc.memory, "uss": proc.memory}
+
     def master_gone(self):
         return False
 

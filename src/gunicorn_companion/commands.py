@@ -46,7 +46,12 @@ def _refuse_while_shutting_down(manager) -> dict | None:
 STATUS_FIELDS = ("name", "state", "pid", "uptime", "restarts", "last_exit", "stdout", "stderr",
                  "stop_timeout", "reload_timeout", "target", "command", "group", "wanted",
                  "singleton", "stop_as_group", "stopping", "waiting", "memory", "last_recycle",
-                 "backoff", "output_dropped")
+                 "backoff", "output_dropped") + ("cpu_seconds", "rss", "pss", "uss")
+# Of those, the figures read from /proc when asked for, and only then (top
+# asks every second): CPU time (user + system, with the children it has
+# waited for) and memory (resident, proportional, unshared) of each
+# companion's process; absent for a companion without one.
+USAGE_FIELDS = ("cpu_seconds", "rss", "pss", "uss")
 # Fields read straight off a record: a status asking only for these skips the
 # full snapshot (the brief status of scripts and health checks, 200 companions
 # and more, on a connection kept open).
@@ -83,6 +88,8 @@ def cmd_status(manager, request, respond: Respond) -> None:
     if isinstance(fields, str):
         respond(protocol.error("bad_field", fields))
         return
+    usage = [field for field in fields if field in USAGE_FIELDS]
+    fields = tuple(field for field in fields if field not in USAGE_FIELDS)
     if all(field in _RECORD_FIELDS for field in fields):
         getters = [(field, _RECORD_FIELDS[field]) for field in fields]
         entries = [{field: get(record) for field, get in getters}
@@ -91,6 +98,11 @@ def cmd_status(manager, request, respond: Respond) -> None:
         # fields that appear only when they say something stay absent
         entries = [{field: entry[field] for field in fields if field in entry}
                    for entry in manager.snapshot()]
+    if usage:
+        figures = manager.usage()
+        for name, entry in zip(manager.records, entries, strict=True):
+            if name in figures:
+                entry.update((field, figures[name][field]) for field in usage)
     respond(protocol.ok(companions=entries, manager_pid=os.getpid(),
                         master_pid=manager.master_pid))
 

@@ -35,11 +35,13 @@ _HELP = {
     "reread": "re-read the companion configuration",
     "tail": "print a companion's latest output lines (-f: keep following)",
     "events": "print every state change as it happens (one line each; --json for JSON)",
+    "top": "a live table of the companions: CPU, memory, restarts (q quits)",
     "check": "health probe: exit 0 when every companion that should run is RUNNING",
 }
 
-# Commands of this CLI alone: ``check`` asks for a status and judges it here.
-_LOCAL_COMMANDS = {"check": "status"}
+# Commands of this CLI alone: ``check`` asks for a status and judges it here,
+# ``top`` asks for one every second and draws it (top.py).
+_LOCAL_COMMANDS = {"check": "status", "top": "status"}
 
 # Subcommands that cli.main runs before this parser ever sees them; listed
 # here so that `gunicorn-companion --help` shows them.
@@ -90,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "check":
         return _check(path, args)
+    if args.command == "top":
+        from .top import run as run_top
+
+        return run_top(path)
     if args.command == "events":
         return _events(path, args.names, args.json)
     request: dict[str, object] = {"cmd": args.command}

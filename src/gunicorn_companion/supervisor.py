@@ -479,6 +479,17 @@ class Supervisor:
         self.log.info("Companion config reread: %s", summary or "no changes")
         return True, summary or "no changes", changes
 
+    def usage(self) -> dict[str, dict]:
+        """CPU seconds and memory (rss, pss, uss) of each companion that has
+        a process, by name: what ``status`` adds when asked (top)."""
+        found = {}
+        for name, record in self.records.items():
+            if record.pid and record.state in PROCESS_STATES:
+                figures = self.host.usage(record.pid)
+                if figures is not None:
+                    found[name] = figures
+        return found
+
     def snapshot(self) -> list[dict]:
         """What ``status`` shows: one entry per companion.
 
