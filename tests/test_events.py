@@ -264,3 +264,21 @@ def test_format_event(event, tail):
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(1796150351.96))
     assert format_event({"time": 1796150351.96, **event}) == f"{stamp} {tail}"
     assert format_event(event) == f"? {tail}"
+
+
+def test_the_cli_reports_the_shutdown_then_says_the_stream_ended(server, sock_path):
+    srv = server(control_config(sock_path, TWO))
+    srv.until(lambda: all_running(sock_path), message="every companion RUNNING")
+    watcher = Lines([*CLI, "-s", str(sock_path), "events", "--json", "steady"])
+    # subscribed once a restart shows (nothing else tells)
+    wait_until(lambda: (Control(sock_path).request({"cmd": "restart", "name": "steady"})
+                        and watcher.ready()), message="the CLI to print a change")
+    watcher.skip_until('"state": "RUNNING"')
+    srv.signal(signal.SIGTERM)  # Gunicorn stops, and its manager with it
+    last = [json.loads(watcher.next()) for _ in range(2)]
+    assert [(e["previous"], e["state"]) for e in last] == [("RUNNING", "STOPPING"),
+                                                           ("STOPPING", "STOPPED")]
+    assert last[1]["exit"]["signal"] == "SIGTERM"
+    assert watcher.proc.wait(30) == 0
+    assert "the manager ended the event stream" in watcher.proc.stderr.read()
+    assert srv.wait_exit() == 0

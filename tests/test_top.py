@@ -3,6 +3,7 @@ person sees it."""
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -153,7 +154,7 @@ def pane(tmp_path):
         made.close()
 
 
-def top_in_tmux(server, sock_path, pane, width: int, height: int) -> Pane:
+def top_in_tmux(server, sock_path, pane, width: int, height: int):
     """A server with COMPANIONS all RUNNING, and top typed into a shell."""
     srv = server(control_config(sock_path, COMPANIONS))
     srv.until(lambda: sock_path.exists() and all(
@@ -161,12 +162,12 @@ def top_in_tmux(server, sock_path, pane, width: int, height: int) -> Pane:
         message="every companion RUNNING")
     screen = pane(width, height)
     screen.type(f"gunicorn-companion -s {sock_path} top; echo top exited $?", "Enter")
-    return screen
+    return srv, screen
 
 
 @needs_tmux
 def test_top_in_tmux_shows_updates_sorts_and_quits(server, sock_path, pane):
-    screen = top_in_tmux(server, sock_path, pane, 120, 30)
+    _, screen = top_in_tmux(server, sock_path, pane, 120, 30)
     # by name at first, every companion with its state and pid
     pids = {name: str(c["pid"]) for name, c in status(sock_path).items()}
     screen.until(lambda: [row[:3] for row in screen.rows()] == [
@@ -198,7 +199,7 @@ def test_top_in_tmux_shows_updates_sorts_and_quits(server, sock_path, pane):
 
 @needs_tmux
 def test_top_in_a_narrow_terminal_cuts_lines_and_survives_a_resize(server, sock_path, pane):
-    screen = top_in_tmux(server, sock_path, pane, 60, 12)
+    _, screen = top_in_tmux(server, sock_path, pane, 60, 12)
     screen.until(lambda: len(screen.rows()) == 3, "the table")
 
     def tidy() -> bool:
@@ -249,3 +250,15 @@ def test_status_reads_cpu_and_memory_only_when_asked(server, sock_path):
     assert entry["rss"] >= entry["pss"] >= entry["uss"] > 32 * MiB
     assert isinstance(entry["cpu_seconds"], float) and entry["cpu_seconds"] >= 0
     assert idle == {"name": "idle", "pid": None}  # no process: no figures
+
+
+@needs_tmux
+def test_top_says_so_when_the_manager_goes_away(server, sock_path, pane):
+    srv, screen = top_in_tmux(server, sock_path, pane, 100, 12)
+    screen.until(lambda: len(screen.rows()) == 3, "the table")
+    srv.signal(signal.SIGTERM)
+    screen.until(lambda: any(line == "top exited 2" for line in screen.screen()),
+                 "top to exit")
+    text = "\n".join(screen.screen())
+    # closed while top sent its request, or while it waited for the reply
+    assert f"gunicorn-companion: connection to {sock_path} closed" in text.replace("\n", "")
