@@ -216,7 +216,10 @@ class Supervisor:
                                  previous=str(old), state=str(new),
                                  pid=record.pid or before.pid, exit=how)
             for listener in self.on_change:
-                listener(change)
+                try:
+                    listener(change)
+                except Exception:  # a listener's bug must not leave a step half done
+                    self.log.exception("Companion change listener %r failed", listener)
 
     def _push_timer(self, deadline: float, name: str) -> None:
         if len(self.timers) > 2 * len(self.records) + _STALE_TIMERS_SLACK:
