@@ -1,7 +1,9 @@
 """Processes that say what they are: titles in ps, names in comm."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from support import control_config, status
@@ -105,3 +107,28 @@ def test_the_title_fits_a_short_argument_area(tmp_path):
     assert len(data) == area and data.endswith(b"\0")
     assert data.rstrip(b"\0") == b"gunicorn: companion " + b"x" * (area - 1 - 20)
     assert marker == "environment intact"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the other tests already run as a user")
+def test_the_title_is_written_as_an_unprivileged_user_too(tmp_path):
+    """Any user may write its own memory: a companion dropped to nobody
+    titles itself as a root one does."""
+    src = str(Path(proctitle.__file__).parent.parent)
+    code = ("from gunicorn_companion import proctitle\n"
+            "assert proctitle.write_argument_area('gunicorn: companion x [y]')\n"
+            "assert proctitle.set_comm('x')\n"
+            "print(open('/proc/self/cmdline', 'rb').read().rstrip(b'\\0').decode(),"
+            " open('/proc/self/comm').read().strip(), sep='|')\n")
+    for python in (sys.executable, "/usr/bin/python3"):
+        try:
+            out = subprocess.run([python, "-c", code, "an argument to make room"],
+                                 capture_output=True, text=True, timeout=30, user=65534,
+                                 group=65534, extra_groups=[], env={"PYTHONPATH": src})
+        except PermissionError:
+            continue  # an interpreter under a directory only root may enter
+        if "No module named" in out.stderr:
+            continue
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "gunicorn: companion x [y]|x\n"
+        return
+    pytest.skip("no Python interpreter and source tree that user nobody may read")

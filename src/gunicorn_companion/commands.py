@@ -41,17 +41,17 @@ def _refuse_while_shutting_down(manager) -> dict | None:
     return None
 
 
-# Every field a status entry can have (Supervisor.snapshot); a request may ask for
-# only some of them: {"cmd": "status", "fields": ["name", "state"]}.
+# Figures a status entry has only when the request names them, read from
+# /proc then and only then (top asks every second): CPU time (user + system,
+# with the children it has waited for) and memory (resident, proportional,
+# unshared) of each companion's process; absent for one without a process.
+USAGE_FIELDS = ("cpu_seconds", "rss", "pss", "uss")
+# Every field a status entry can have (Supervisor.snapshot, then those); a
+# request may ask for only some of them: {"cmd": "status", "fields": ["name", "state"]}.
 STATUS_FIELDS = ("name", "state", "pid", "uptime", "restarts", "last_exit", "stdout", "stderr",
                  "stop_timeout", "reload_timeout", "target", "command", "group", "wanted",
                  "singleton", "stop_as_group", "stopping", "waiting", "memory", "last_recycle",
-                 "backoff", "output_dropped") + ("cpu_seconds", "rss", "pss", "uss")
-# Of those, the figures read from /proc when asked for, and only then (top
-# asks every second): CPU time (user + system, with the children it has
-# waited for) and memory (resident, proportional, unshared) of each
-# companion's process; absent for a companion without one.
-USAGE_FIELDS = ("cpu_seconds", "rss", "pss", "uss")
+                 "backoff", "output_dropped") + USAGE_FIELDS
 # Fields read straight off a record: a status asking only for these skips the
 # full snapshot (the brief status of scripts and health checks, 200 companions
 # and more, on a connection kept open).
