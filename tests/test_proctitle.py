@@ -71,7 +71,10 @@ def test_ps_and_comm_name_the_manager_and_each_companion(server, sock_path, tmp_
                 "notifications-dispatcher": "notifications-d"}
     for name, comm in expected.items():
         title = f"gunicorn: companion {name} [shop]"
-        assert ps(pids[name]) == (comm, title)
+        # set moments after the fork, before the target runs: RUNNING came
+        # startsecs later, but a loaded machine may schedule the child late
+        srv.until(lambda p=pids[name], shown=(comm, title): ps(p) == shown,
+                  message=f"{name}'s title and comm in ps")
         with open(f"/proc/{pids[name]}/comm") as f:
             assert f.read() == comm + "\n"
         # the title alone, whatever padding follows it
@@ -83,7 +86,7 @@ def test_ps_and_comm_name_the_manager_and_each_companion(server, sock_path, tmp_
     comm, args = ps(pids["hands-off"])
     assert args.startswith(f"{sys.executable} -c import os, signal")
     assert comm.startswith("python")
-    assert ps(pids["relay"]) == ("sleep", "sleep infinity")
+    srv.until(lambda: ps(pids["relay"]) == ("sleep", "sleep infinity"), message="relay's exec")
 
 
 def test_the_title_fits_a_short_argument_area(tmp_path):

@@ -7,16 +7,21 @@ show.
   [proc_name]``, as Gunicorn titles its master and workers. With setproctitle
   installed (an optional dependency) it sets the title; without it, the title
   is written over the process's own argument area, whose bounds the kernel
-  gives (``arg_start`` and ``arg_end``, fields 48 and 49 of /proc/self/stat),
-  through /proc/self/mem: padded with NULs, cut to fit. That memory is the
-  process's own, and writing it through /proc/self/mem needs no privilege
-  (any user may write its own memory). Python decoded ``sys.argv`` from it
-  at start-up and never reads it again; glibc's ``program_invocation_name``
-  still points there and reads the title instead, a string ending within
-  the area like the argument it replaces.
-- ``comm`` (``/proc/PID/comm``): the companion's name, written after the title
-  because setproctitle sets it to the title's first 15 bytes
-  (``gunicorn: compa`` for every companion alike).
+  gives (``arg_start`` and ``arg_end``, fields 48 and 49 of /proc/self/stat):
+  padded with NULs, cut to fit. That memory is the process's own: Python
+  decoded ``sys.argv`` from it at start-up and never reads it again; glibc's
+  ``program_invocation_name`` still points there and reads the title
+  instead, a string ending within the area like the argument it replaces.
+  It is written through /proc/self/mem, which any user may do to itself and
+  which fails cleanly on a bad address; but a process that changed
+  credentials (a companion of a manager dropped to Gunicorn's user, or with
+  a user of its own) is not dumpable, its /proc/self files then belong to
+  root and that write is refused, so the bytes are copied in place instead
+  (what setproctitle does).
+- ``comm`` (``/proc/PID/comm``): the companion's name, set after the title
+  (setproctitle sets it to the title's first 15 bytes, ``gunicorn: compa``
+  for every companion alike) with prctl(PR_SET_NAME), which works whatever
+  the credentials; /proc/self/comm where there is no libc to call.
 
 A companion that execs another program (a ``command``, or a target that
 hands off) shows that program's own arguments and name from then on: exec
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import os
 
-from . import procfs
+from . import procfs, spawn
 
 COMM_BYTES = 15  # TASK_COMM_LEN less its NUL
 MANAGER_COMM = "companion-mgr"
@@ -72,12 +77,14 @@ def set_title(title: str, comm: str) -> None:
 
 
 def set_comm(comm: str) -> bool:
-    """prctl(PR_SET_NAME) by its file: /proc/self/comm names the main thread,
-    which is the one calling here (the manager and companions are single
-    threaded when titled)."""
+    """Name the calling thread: the main one, for the manager and companions
+    are single threaded when titled."""
+    name = _cut(comm.encode(), COMM_BYTES)
+    if spawn.set_thread_name(name.encode()):
+        return True
     try:
         with open("/proc/self/comm", "w") as f:
-            f.write(_cut(comm.encode(), COMM_BYTES))
+            f.write(name)
     except OSError:
         return False
     return True
@@ -94,11 +101,14 @@ def write_argument_area(title: str) -> bool:
         return False
     # the last byte stays NUL: the kernel then reads the area as it is, not
     # on into the environment after it
-    data = _cut(title.encode(), size - 1).encode()
+    data = _cut(title.encode(), size - 1).encode().ljust(size, b"\0")
     try:
         with open("/proc/self/mem", "r+b", buffering=0) as mem:
             mem.seek(start)
-            mem.write(data.ljust(size, b"\0"))
+            mem.write(data)
+    except PermissionError:
+        # not dumpable after a change of credentials: /proc/self/mem is root's
+        return spawn.write_own_memory(start, data)
     except (OSError, OverflowError, ValueError):
         return False
     return True
