@@ -38,6 +38,7 @@ from gunicorn_companion.supervisor import LEFTOVER_GRACE, Supervisor
 EPS = 1e-6
 MiB = 2**20
 UNNAMED_SIGNAL = 40  # a real-time signal: no name
+SIM_EPOCH = 1_800_000_000.0  # the simulated wall clock at virtual time 0
 MANAGER = 0  # the parent of the manager's own children in the table
 
 
@@ -265,6 +266,9 @@ class SimHost:
     def now(self):
         return self.world.now
 
+    def wall_clock(self):
+        return SIM_EPOCH + self.world.now
+
     def random(self):
         return self.world.rng.random()
 
@@ -315,6 +319,12 @@ class SimHost:
     def private_bytes(self, pid):
         proc = self.world.procs.get(pid)
         return proc.memory if proc is not None and proc.alive else 0
+
+    def usage(self, pid):
+        proc = self.world.procs.get(pid)
+        if proc is None or not proc.alive:
+            return None
+        return {"cpu_seconds": 0.0, "rss": proc.memory, "pss": proc.memory, "uss": proc.memory}
 
     def master_gone(self):
         return False
@@ -518,6 +528,8 @@ class Simulation:
         self.log = SimLog(self.world)
         self.final = False  # the closing shutdown has begun
         self.killed_at_final = False  # the master had to SIGKILL the manager then
+        self.announced: dict[str, str] = {}  # companion -> the state its last event named
+        self.event_problems: list[str] = []
         self.handle = handle.ManagerDriver(SimMaster(self))
         self.handle.start_at_boot()
 
@@ -539,10 +551,25 @@ class Simulation:
             memory_check_interval=1.0,
         )
         world.supervisor = sup
+        self.announced = {}  # a fresh manager's records start STOPPED
+        sup.on_change.append(self.on_change)
         sup.start()
         world.manager.report = handshake.READY
         self.settle()
         return world.manager.pid
+
+    def on_change(self, event) -> None:
+        """The event stream's invariant, as each event comes: it continues
+        from the last one of its companion, and changes something."""
+        last = self.announced.get(event.companion, "STOPPED")
+        # kept for check(): the supervisor logs what a listener raises
+        if event.previous != last or event.state == event.previous:
+            self.event_problems.append(f"event {event.previous} -> {event.state} for "
+                                       f"{event.companion}, whose last event said {last}")
+        if event.time != SIM_EPOCH + self.world.now:
+            self.event_problems.append(f"event for {event.companion} stamped {event.time}, "
+                                       f"not the time of the change")
+        self.announced[event.companion] = event.state
 
     @property
     def sup(self) -> Supervisor:
@@ -781,6 +808,16 @@ class Simulation:
                                     f"its deadline t={due:.3f} passed without SIGKILL")
                 if now > due + EPS and proc.alive:
                     raise Violation(f"{name} (pid {record.pid}) outlived its stop deadline")
+        if self.event_problems:
+            raise Violation(self.event_problems[0])
+        # every change made exactly one event, in order: the last one of each
+        # companion names the state it is in (a removed one's are forgotten)
+        for name in [n for n in self.announced if n not in sup.records]:
+            del self.announced[name]
+        for name, record in sup.records.items():
+            if self.announced.get(name, "STOPPED") != str(record.state):
+                raise Violation(f"{name} is {record.state}, but its last event said "
+                                f"{self.announced.get(name, 'STOPPED')}")
         for pid, name in sup.pids.items():
             proc = procs.get(pid)
             if proc is None or proc.reaped:

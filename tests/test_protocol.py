@@ -64,6 +64,7 @@ def test_commands_table():
         "restart": True,
         "reread": False,
         "tail": True,
+        "events": False,
     }
 
 
@@ -269,7 +270,7 @@ def test_parse_request_accepts(line, expected):
     assert parse_request(line) == expected
 
 
-_KNOWN = "known commands: status, start, stop, restart, reread, tail"
+_KNOWN = "known commands: status, start, stop, restart, reread, tail, events"
 
 
 @pytest.mark.parametrize(

@@ -465,3 +465,46 @@ def test_max_memory_is_enforced_after_the_drop(serve, users):
     # recycles it: the companion stays readable to its own user after the drop
     srv.wait_log("max_memory exceeded")
     assert "max_memory is not enforced" not in srv.log()
+
+
+@as_root
+@pytest.mark.parametrize("with_setproctitle", [True, False],
+                         ids=["setproctitle", "no-setproctitle"])
+def test_companions_that_dropped_privileges_still_name_themselves(serve, users, sock_dir,
+                                                                  with_setproctitle):
+    """A companion of a manager dropped to Gunicorn's user, or run as a user
+    of its own, is not dumpable: its /proc/self files belong to root, so it
+    cannot write /proc/self/mem or /proc/self/comm. Its title and name must
+    not depend on them."""
+    sock_dir.chmod(0o755)
+    sock = sock_dir / "c.sock"
+    srv = serve(f"""
+        preload_app = True
+        workers = 1
+        proc_name = "shop"
+        user = {SERVICE!r}
+        group = {SERVICE!r}
+        companion_control_socket = {str(sock)!r}
+        companion_workers = [
+            {{"name": "who", "target": "compapp:sleeper", "startsecs": 0}},
+            {{"name": "own", "target": "compapp:sleeper", "startsecs": 0, "user": {OTHER!r}}},
+        ]
+        """, start=False)
+    if not with_setproctitle:
+        hidden = srv.root / "hidden"
+        hidden.mkdir(mode=0o755)
+        (hidden / "setproctitle.py").write_text('raise ImportError("hidden for the test")\n')
+        srv.env["PYTHONPATH"] = str(hidden)
+    srv.start()
+    srv.until(lambda: sock.exists() and all(
+        c["state"] == "RUNNING" for c in Control(sock).request({"cmd": "status"})["companions"]),
+        message="both RUNNING")
+    def named(pid: int, name: str) -> bool:
+        with open(f"/proc/{pid}/cmdline", "rb") as f, open(f"/proc/{pid}/comm") as g:
+            return (f.read().rstrip(b"\0"), g.read()) == (
+                f"gunicorn: companion {name} [shop]".encode(), f"{name}\n")
+
+    # RUNNING at once (startsecs 0): the title follows within moments of the fork
+    for companion in Control(sock).request({"cmd": "status"})["companions"]:
+        srv.until(lambda c=companion: named(c["pid"], c["name"]),
+                  message=f"{companion['name']} to title and name itself")

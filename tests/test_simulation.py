@@ -73,6 +73,13 @@ def replace_the_manager_before_its_tree_is_gone(monkeypatch):
     monkeypatch.setattr(simulation, "handle", mutant)
 
 
+def skip_the_change_into_starting(monkeypatch):
+    # the change held back until Spawned is never announced: the stream
+    # jumps from BACKOFF (or STOPPED) straight to RUNNING
+    sup = mutated(supervisor, "changes.append((previous, State.STARTING, exit_))", "pass")
+    monkeypatch.setattr(simulation, "Supervisor", sup.Supervisor)
+
+
 # each with what the simulation must say when it catches it
 MUTATIONS = [
     (drop_sigkill_after_stop_timeout, ("passed without SIGKILL",)),
@@ -80,6 +87,7 @@ MUTATIONS = [
     (answer_stop_before_the_process_is_gone, ("answered ok while",)),
     (lose_an_exit, ("which is no process of it", "is tracked but gone")),
     (replace_the_manager_before_its_tree_is_gone, ("forked while the old tree lives",)),
+    (skip_the_change_into_starting, ("whose last event said", "but its last event said")),
 ]
 
 

@@ -729,3 +729,63 @@ def test_memory_of_a_companion_that_exited_unreaped_is_its_main_process_only():
     rig.sup.fire_due()
     assert rig.sup.memory == {"a": 0}
     assert rig.sup.records["a"].last_recycle is None
+
+
+# -- the event stream's changes ---------------------------------------------------------
+
+
+def changes_of(rig: Rig) -> list[tuple]:
+    seen: list[tuple] = []
+    rig.sup.on_change.append(lambda e: seen.append(
+        (e.companion, e.previous, e.state, e.pid, e.exit)))
+    return seen
+
+
+def test_a_start_with_no_settling_time_reports_starting_then_running_with_the_pid():
+    rig = Rig(spec("a", startsecs=0))
+    seen = changes_of(rig)
+    rig.sup.start()
+    pid = rig.sup.records["a"].pid
+    assert seen == [("a", "STOPPED", "STARTING", pid, None),
+                    ("a", "STARTING", "RUNNING", pid, None)]
+
+
+def test_a_crash_loop_reports_each_exit_and_the_fatal_end():
+    rig = Rig(spec("a", startsecs=1.0, restart_delay=0.1, startretries=1))
+    seen = changes_of(rig)
+    rig.sup.start()
+    first = rig.sup.records["a"].pid
+    rig.world.exit(rig.proc("a"), 3)
+    rig.run(0.2)
+    second = rig.sup.records["a"].pid
+    rig.world.exit(rig.proc("a"), 3)
+    rig.run(0.3)
+    assert seen == [
+        ("a", "STOPPED", "STARTING", first, None),
+        ("a", "STARTING", "BACKOFF", first, {"code": 3, "pid": first}),
+        ("a", "BACKOFF", "STARTING", second, None),
+        ("a", "STARTING", "FATAL", second, {"code": 3, "pid": second}),
+    ]
+    assert rig.sup.records["a"].state.value == "FATAL"
+
+
+def test_a_failed_spawn_reports_starting_without_a_pid_then_backoff():
+    rig = Rig(spec("a", singleton=True), lock_dir=None)  # no lock dir: the start fails
+    seen = changes_of(rig)
+    rig.sup.start()
+    assert seen == [("a", "STOPPED", "STARTING", None, None),
+                    ("a", "STARTING", "BACKOFF", None, None)]
+
+
+def test_a_listener_that_fails_is_logged_and_the_step_completes():
+    rig = Rig(spec("a", startsecs=0))
+
+    def broken(event):
+        raise RuntimeError("listener bug")
+
+    rig.sup.on_change.insert(0, broken)
+    seen = changes_of(rig)
+    rig.sup.start()
+    assert rig.sup.records["a"].state.value == "RUNNING"
+    assert [s[2] for s in seen] == ["STARTING", "RUNNING"]  # the others still hear
+    assert "Companion change listener" in rig.logged()

@@ -18,11 +18,10 @@ import signal
 import sys
 import time
 
-from gunicorn import util
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 
-from . import boot, procfs, sdnotify
+from . import boot, procfs, proctitle, sdnotify
 from .handle import ManagerBootFailed, ManagerDriver, Phase
 from .loading import CompanionConfig, ConfigSources, load_companion_config
 from .spawn import (
@@ -360,7 +359,7 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int,
         # fd a companion gets) number as low as at boot.
         for worker in arbiter.WORKERS.values():
             worker.tmp.close()
-        util._setproctitle(f"companion manager [{proc_name}]")
+        proctitle.set_title(proctitle.manager_title(proc_name), proctitle.MANAGER_COMM)
         code = boot.run(boot.BootValues(
             config=arbiter.companion_config,
             sources=arbiter.companion_sources,
@@ -368,7 +367,8 @@ def run_manager_process(arbiter: CompanionArbiter, lifeline: int,
             cfg=arbiter.cfg,
             master_pid=arbiter.pid,
             lock_scope=arbiter.companion_lock_scope(),
-            title=lambda name: util._setproctitle(f"companion {name} [{proc_name}]"),
+            title=lambda name: proctitle.set_title(proctitle.companion_title(name, proc_name),
+                                                   proctitle.comm_of(name)),
             known_targets=arbiter.companion_targets,
             take_over_socket=bool(arbiter.master_pid),
             # the master forwards the companions' news to systemd (sdnotify.py)

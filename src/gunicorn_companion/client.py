@@ -65,6 +65,29 @@ def stream(path: str, request: dict, timeout: float | None = None) -> Iterator[d
         sock.close()
 
 
+class Session:
+    """One connection for many requests, one at a time (top asks for a
+    status every second over it: no connect and accept per refresh)."""
+
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.sock = _connect(path, timeout)
+        # the socket's timeout (set by _connect) bounds each wait for a reply
+        self.replies = _lines(self.sock, path, LineDecoder(MAX_REPLY_LINE), timeout, None)
+
+    def request(self, request: dict) -> dict:
+        _send(self.sock, self.path, request, self.timeout, None)
+        line = next(self.replies, None)
+        if line is None:
+            raise ClientError(f"connection to {self.path} closed (the manager stopped?)",
+                              self.path)
+        return _decode_reply(line, self.path)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def _connect(path: str, timeout: float | None) -> socket.socket:
     """Open a connection to the manager, turning OS errors into ClientError."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

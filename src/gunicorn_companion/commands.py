@@ -41,12 +41,17 @@ def _refuse_while_shutting_down(manager) -> dict | None:
     return None
 
 
-# Every field a status entry can have (Supervisor.snapshot); a request may ask for
-# only some of them: {"cmd": "status", "fields": ["name", "state"]}.
+# Figures a status entry has only when the request names them, read from
+# /proc then and only then (top asks every second): CPU time (user + system,
+# with the children it has waited for) and memory (resident, proportional,
+# unshared) of each companion's process; absent for one without a process.
+USAGE_FIELDS = ("cpu_seconds", "rss", "pss", "uss")
+# Every field a status entry can have (Supervisor.snapshot, then those); a
+# request may ask for only some of them: {"cmd": "status", "fields": ["name", "state"]}.
 STATUS_FIELDS = ("name", "state", "pid", "uptime", "restarts", "last_exit", "stdout", "stderr",
                  "stop_timeout", "reload_timeout", "target", "command", "group", "wanted",
                  "singleton", "stop_as_group", "stopping", "waiting", "memory", "last_recycle",
-                 "backoff", "output_dropped")
+                 "backoff", "output_dropped") + USAGE_FIELDS
 # Fields read straight off a record: a status asking only for these skips the
 # full snapshot (the brief status of scripts and health checks, 200 companions
 # and more, on a connection kept open).
@@ -83,6 +88,8 @@ def cmd_status(manager, request, respond: Respond) -> None:
     if isinstance(fields, str):
         respond(protocol.error("bad_field", fields))
         return
+    usage = [field for field in fields if field in USAGE_FIELDS]
+    fields = tuple(field for field in fields if field not in USAGE_FIELDS)
     if all(field in _RECORD_FIELDS for field in fields):
         getters = [(field, _RECORD_FIELDS[field]) for field in fields]
         entries = [{field: get(record) for field, get in getters}
@@ -91,6 +98,11 @@ def cmd_status(manager, request, respond: Respond) -> None:
         # fields that appear only when they say something stay absent
         entries = [{field: entry[field] for field in fields if field in entry}
                    for entry in manager.snapshot()]
+    if usage:
+        figures = manager.usage()
+        for name, entry in zip(manager.records, entries, strict=True):
+            if name in figures:
+                entry.update((field, figures[name][field]) for field in usage)
     respond(protocol.ok(companions=entries, manager_pid=os.getpid(),
                         master_pid=manager.master_pid))
 
@@ -226,6 +238,25 @@ def cmd_tail(manager, request, respond) -> None:
     manager.follow(names, respond)
 
 
+def cmd_events(manager, request, respond) -> None:
+    """Stream every state change (of the companions or groups named, else of
+    all) as it happens, until the client hangs up (events.py)."""
+    names = request.raw.get("names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        return respond(protocol.error(
+            "bad_field", f'"names" must be a list of companion or group names, '
+                         f"got {protocol._show(names)}"))
+    matched = []
+    for name in names:
+        found = resolve(manager, name)
+        if not found:
+            return respond(_unknown(manager, name))
+        matched += found
+    respond.push(protocol.ok(companions=list(dict.fromkeys(matched)) if names
+                             else [n for n in manager.records if n not in manager.retiring]))
+    manager.feed.subscribe(names, respond)
+
+
 COMMANDS: dict[str, Callable[..., None]] = {
     "status": cmd_status,
     "start": cmd_start,
@@ -233,6 +264,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "restart": cmd_restart,
     "reread": cmd_reread,
     "tail": cmd_tail,
+    "events": cmd_events,
 }
 assert set(COMMANDS) == set(protocol.COMMANDS), "every protocol command needs a handler"
 

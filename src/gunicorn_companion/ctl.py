@@ -34,11 +34,14 @@ _HELP = {
     "restart": "stop a companion, then start it again",
     "reread": "re-read the companion configuration",
     "tail": "print a companion's latest output lines (-f: keep following)",
+    "events": "print every state change as it happens (one line each; --json for JSON)",
+    "top": "a live table of the companions: CPU, memory, restarts (q quits)",
     "check": "health probe: exit 0 when every companion that should run is RUNNING",
 }
 
-# Commands of this CLI alone: ``check`` asks for a status and judges it here.
-_LOCAL_COMMANDS = {"check": "status"}
+# Commands of this CLI alone: ``check`` asks for a status and judges it here,
+# ``top`` asks for one every second and draws it (top.py).
+_LOCAL_COMMANDS = {"check": "status", "top": "status"}
 
 # Subcommands that cli.main runs before this parser ever sees them; listed
 # here so that `gunicorn-companion --help` shows them.
@@ -89,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "check":
         return _check(path, args)
+    if args.command == "top":
+        from .top import run as run_top
+
+        return run_top(path)
+    if args.command == "events":
+        return _events(path, args.names, args.json)
     request: dict[str, object] = {"cmd": args.command}
     if COMMANDS[args.command]:
         request["name"] = args.name
@@ -296,16 +305,46 @@ def format_check(verdict: dict) -> str:
 
 def _follow(path: str, request: dict, as_json: bool) -> int:
     """tail -f: print lines as the manager sends them, until Ctrl-C."""
+
+    def show(reply: dict) -> None:
+        if as_json:
+            print(json.dumps(reply, sort_keys=True), flush=True)
+        else:
+            for line in reply.get("lines") or []:
+                print(line, flush=True)
+
+    return _stream(path, request, show)
+
+
+def _events(path: str, names: list[str], as_json: bool) -> int:
+    """events: one line per state change as the manager reports it, until
+    Ctrl-C; flushed at once, so that ``| grep`` and ``| jq`` see each."""
+    request: dict[str, object] = {"cmd": "events"}
+    if names:
+        request["names"] = names
+
+    def show(reply: dict) -> None:
+        event = reply.get("event")
+        if isinstance(event, dict):
+            print(json.dumps(event, sort_keys=True) if as_json else format_event(event),
+                  flush=True)
+
+    def ended() -> None:
+        _complain("the manager ended the event stream (it is stopping, or this reader fell "
+                  "behind by more than its buffer)")
+
+    return _stream(path, request, show, ended)
+
+
+def _stream(path: str, request: dict, show, ended=lambda: None) -> int:
+    """A streaming request: ``show`` each reply until Ctrl-C, or until the
+    manager ends the stream (then ``ended()``)."""
     try:
         for reply in client.stream(path, request):
             if reply.get("ok") is not True:
                 _complain(str(reply.get("error") or "the manager refused the request"))
                 return EXIT_REFUSED
-            if as_json:
-                print(json.dumps(reply, sort_keys=True), flush=True)
-            else:
-                for line in reply.get("lines") or []:
-                    print(line, flush=True)
+            show(reply)
     except client.ClientError as exc:
         _complain(" ".join(str(exc).split("\n")))
         return EXIT_USAGE
@@ -313,7 +352,29 @@ def _follow(path: str, request: dict, as_json: bool) -> int:
         return EXIT_OK  # the way to stop following
     except BrokenPipeError:
         return EXIT_OK  # piped into head: the reader has had enough
+    ended()
     return EXIT_OK
+
+
+def format_event(event: dict) -> str:
+    """``2026-12-01T18:40:01 scheduler RUNNING -> BACKOFF pid 1234 exit 1`` (pure
+    but for the local time zone)."""
+    import time
+
+    when = event.get("time")
+    stamp = (time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(when))
+             if isinstance(when, (int, float)) else "?")
+    text = (f"{stamp} {event.get('companion')} {event.get('previous')} -> "
+            f"{event.get('state')}")
+    if event.get("pid") is not None:
+        text += f" pid {event['pid']}"
+    how = event.get("exit")
+    if isinstance(how, dict):
+        if how.get("pid") in (None, event.get("pid")):
+            text += f" {format_exit(how)}"
+        else:  # a restart: the new process, after the old one's exit
+            text += f" (pid {how['pid']} ended: {format_exit(how)})"
+    return text
 
 
 def _formatter(prog: str):
@@ -390,9 +451,10 @@ def build_parser():
             cmd, parents=[after], help=_HELP.get(cmd), description=_HELP.get(cmd),
             epilog=_CHECK_EPILOG if cmd == "check" else _EPILOG, formatter_class=_formatter,
         )
-        if cmd == "check":
+        if cmd in ("check", "events"):
             sub.add_argument("names", metavar="NAME", nargs="*",
-                             help="check only these companions (names or group names)")
+                             help=f"{'check' if cmd == 'check' else 'report'} only these "
+                                  "companions (names or group names)")
         if cmd == "status":
             sub.add_argument("--wide", action="store_true",
                              help="show output paths whole instead of fitting the terminal")

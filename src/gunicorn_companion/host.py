@@ -9,8 +9,9 @@ all a simulated host must model:
 
 - spawn a companion; signal a process or a process group; reap exits;
 - list a group's live members, the manager's own children (strays), and
-  each watched group's members in one go; read a process's private memory;
-- the clock and randomness;
+  each watched group's members in one go; read a process's private memory,
+  or its CPU time and memory figures (status asked by top);
+- the clock (monotonic, and the wall clock for event times) and randomness;
 - the output sinks (``output``: tail, dropped counts, reopen) and tail -f.
 """
 
@@ -37,6 +38,7 @@ class Host(Protocol):
     output: object  # .tail(names, count), .dropped[name], .owner_of
 
     def now(self) -> float: ...
+    def wall_clock(self) -> float: ...
     def random(self) -> float: ...
     def spawn(self, spec: CompanionSpec, target: Callable | None, *, lock_path: str | None,
               identity: Identity | None) -> int: ...
@@ -48,6 +50,7 @@ class Host(Protocol):
     def process_groups(self, pgids) -> dict[int, list[int]]: ...
     def children(self) -> list[tuple[int, int]]: ...
     def private_bytes(self, pid: int) -> int: ...
+    def usage(self, pid: int) -> dict | None: ...
     def master_gone(self) -> bool: ...
     def follow(self, names: list[str], responder) -> None: ...
     def reopen_output(self) -> None: ...
@@ -79,6 +82,10 @@ class OsHost:
 
     def now(self) -> float:
         return time.monotonic()
+
+    def wall_clock(self) -> float:
+        """The date, for people (event times); never for durations."""
+        return time.time()
 
     def random(self) -> float:
         return random.random()
@@ -196,6 +203,13 @@ class OsHost:
 
     def private_bytes(self, pid: int) -> int:
         return procfs.private_bytes(pid)
+
+    def usage(self, pid: int) -> dict | None:
+        """{"cpu_seconds", "rss", "pss", "uss"} of a process; None once it is gone."""
+        memory, cpu = procfs.memory(pid), procfs.cpu_seconds(pid)
+        if memory is None or cpu is None:
+            return None
+        return {"cpu_seconds": round(cpu, 2), **memory}
 
     def master_gone(self) -> bool:
         return bool(self.master_pid) and os.getppid() != self.master_pid

@@ -122,3 +122,15 @@ def supplementary_groups(pid: int) -> set[int]:
     except (OSError, ValueError):
         pass
     return set()
+
+
+_ARG_START, _ARG_END = 45, 46  # arg_start, arg_end: fields 48 and 49 of stat
+
+
+def argument_area(pid: int) -> tuple[int, int] | None:
+    """Where a process's command line lies in its memory: (arg_start,
+    arg_end) from /proc/PID/stat; None when it cannot be read (Linux 3.5+)."""
+    fields = _stat_fields(pid)
+    if fields is None or len(fields) <= _ARG_END:
+        return None
+    return int(fields[_ARG_START]), int(fields[_ARG_END])

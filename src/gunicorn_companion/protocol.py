@@ -7,8 +7,8 @@ A client sends one request line such as ``{"cmd": "start", "name": "beat"}``
 and the manager answers with one reply line, ``{"ok": true, ...}`` or
 ``{"ok": false, "code": "...", "error": "..."}``: ``code`` is one of
 ERROR_CODES, stable for programs to test, and ``error`` an English message for
-people (its wording may change). ``tail`` with ``follow`` sends several reply
-lines.
+people (its wording may change). ``tail`` with ``follow`` and ``events``
+send several reply lines: a stream that ends when the client hangs up.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ COMMANDS: dict[str, bool] = {
     "restart": True,
     "reread": False,
     "tail": True,
+    "events": False,
 }
 
 # The "code" of every error reply (docs/control.md explains each). Stable:

@@ -222,11 +222,13 @@ class Responder:
             self.conn._pump()
             self.conn._settle()
 
-    def push(self, reply: dict) -> None:
+    def push(self, reply: dict, limit: int = MAX_OUTPUT) -> None:
+        """One more reply of a stream; the client is dropped instead once
+        ``limit`` bytes already wait for it."""
         if self.answered or self.conn.closed:
             return
         self.conn.streaming = True
-        if len(self.conn.output) > MAX_OUTPUT:
+        if len(self.conn.output) > limit:
             # a follower that stopped reading: drop it rather than buffer forever
             self.conn.close()
             return

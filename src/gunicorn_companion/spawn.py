@@ -30,6 +30,7 @@ EXIT_EXEC_FAILED = 127
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
+_PR_SET_NAME = 15
 _PR_SET_CHILD_SUBREAPER = 36
 
 _ALL_SIGNALS = set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP}
@@ -58,6 +59,23 @@ def set_dumpable() -> bool:
     if _LIBC is None:
         return False
     return _LIBC.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0) == 0
+
+
+def set_thread_name(name: bytes) -> bool:
+    """prctl(PR_SET_NAME): the kernel's 15-byte name of the calling thread
+    (``comm``), which needs no access to /proc/self (Linux only)."""
+    if _LIBC is None:
+        return False
+    return _LIBC.prctl(_PR_SET_NAME, ctypes.c_char_p(name[:15]), 0, 0, 0) == 0
+
+
+def write_own_memory(address: int, data: bytes) -> bool:
+    """Copy ``data`` to ``address`` of this process, which the caller knows
+    to be mapped and writable (its own argument area)."""
+    if _LIBC is None:
+        return False
+    ctypes.memmove(address, data, len(data))
+    return True
 
 
 def set_parent_death_signal(sig: int) -> bool:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from . import lifecycle as lc
 from . import privileges, protocol
+from .events import ChangeEvent, ChangeFeed
 from .host import Host
 from .loading import CompanionConfig
 from .spec import CompanionSpec, ConfigError
@@ -88,6 +89,13 @@ class Supervisor:
         self.base_identity: privileges.Identity | None = None
         if base_identity is not None:
             self.use_identity(base_identity)
+        # called with every state change, in order (the event stream, and
+        # whatever else wants to know); a listener must not step a record
+        self.feed = ChangeFeed()
+        self.on_change: list[Callable[[ChangeEvent], None]] = [self.feed.publish]
+        # name -> (previous state, exit) of a change into STARTING whose pid
+        # the Spawned step that follows supplies (see _announce)
+        self._unannounced: dict[str, tuple[State, dict | None]] = {}
 
     @property
     def output(self):
@@ -159,6 +167,10 @@ class Supervisor:
         before = self.records[name]
         record, actions = lc.step(before, event, self.host.now())
         self.records[name] = record
+        if self.on_change:
+            # before the actions: a spawn steps the record again, and its
+            # change must come after this one
+            self._announce(before, record, event)
         if record.deadline is not None and record.deadline != before.deadline:
             self._push_timer(record.deadline, name)
         for action in actions:
@@ -174,6 +186,40 @@ class Supervisor:
             self.retiring.discard(name)
             self.targets.pop(name, None)
             self._settle_waiters(name)
+
+    def _announce(self, before: lc.Record, record: lc.Record, event: lc.Event) -> None:
+        """Tell the listeners about a state change, with the pid it concerns.
+
+        A start is two steps: into STARTING without a pid, then Spawned with
+        one (or SpawnFailed). The change into STARTING is held back until the
+        second step, so that it names the new process.
+        """
+        name = record.name
+        previous, exit_ = self._unannounced.pop(name, (before.state, None))
+        if isinstance(event, lc.Exited):
+            exit_ = {**event.status.as_json(), "pid": before.pid}
+        if record.state == State.STARTING and record.pid is None:
+            if previous != State.STARTING:
+                self._unannounced[name] = (previous, exit_)
+            return
+        changes = []
+        if previous != before.state:  # the held back change into STARTING
+            changes.append((previous, State.STARTING, exit_))
+            previous, exit_ = State.STARTING, None
+        if record.state != previous:
+            changes.append((previous, record.state, exit_))
+        if not changes:
+            return
+        now = self.host.wall_clock()
+        for old, new, how in changes:
+            change = ChangeEvent(time=now, companion=name, group=record.spec.group_name,
+                                 previous=str(old), state=str(new),
+                                 pid=record.pid or before.pid, exit=how)
+            for listener in self.on_change:
+                try:
+                    listener(change)
+                except Exception:  # a listener's bug must not leave a step half done
+                    self.log.exception("Companion change listener %r failed", listener)
 
     def _push_timer(self, deadline: float, name: str) -> None:
         if len(self.timers) > 2 * len(self.records) + _STALE_TIMERS_SLACK:
@@ -435,6 +481,17 @@ class Supervisor:
                             if v and k != "unchanged")
         self.log.info("Companion config reread: %s", summary or "no changes")
         return True, summary or "no changes", changes
+
+    def usage(self) -> dict[str, dict]:
+        """CPU seconds and memory (rss, pss, uss) of each companion that has
+        a process, by name: what ``status`` adds when asked (top)."""
+        found = {}
+        for name, record in self.records.items():
+            if record.pid and record.state in PROCESS_STATES:
+                figures = self.host.usage(record.pid)
+                if figures is not None:
+                    found[name] = figures
+        return found
 
     def snapshot(self) -> list[dict]:
         """What ``status`` shows: one entry per companion.
