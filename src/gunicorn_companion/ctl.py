@@ -13,6 +13,7 @@ import sys
 
 from . import client
 from .protocol import COMMANDS
+from .units import format_bytes, format_duration
 
 PROG = "gunicorn-companion"
 SOCKET_ENV = "GUNICORN_COMPANION_SOCKET"
@@ -636,37 +637,6 @@ def format_brief(reply: dict) -> str:
         for c in (companions if isinstance(companions, list) else []) if isinstance(c, dict)]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name.ljust(width)}  {state}" for name, state in rows)
-
-
-def format_duration(seconds: object) -> str:
-    """Seconds as a compact duration: '5s', '3m12s', '2h05m', '3d04h'; '-' when unknown."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        return "-"
-    if not math.isfinite(seconds):
-        return "-"
-    # A slightly negative value can only be clock noise between two readings.
-    total = max(0, int(seconds))
-    minutes, secs = divmod(total, 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
-
-
-def format_bytes(size: object) -> str:
-    """Unshared memory as '812K', '12.3M', '1.5G'; '-' when not measured."""
-    if isinstance(size, bool) or not isinstance(size, (int, float)) or size < 0:
-        return "-"
-    for unit, scale in (("G", 2**30), ("M", 2**20), ("K", 2**10)):
-        if size >= scale:
-            value = size / scale
-            return f"{value:.1f}{unit}" if value < 100 else f"{value:.0f}{unit}"
-    return f"{int(size)}B"
 
 
 def format_dropped(companion: dict) -> str:

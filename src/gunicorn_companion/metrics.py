@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .states import State
+from .units import format_bytes, format_duration
 
 PREFIX = "gunicorn_companion_"
 MEMORY_KINDS = ("rss", "pss", "uss")
@@ -166,31 +167,6 @@ COLUMNS = ("Companion", "State", "PID", "Uptime", "Restarts", "Memory (RSS / PSS
 REFRESH_SECONDS = 3
 
 
-def human_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    if minutes:
-        return f"{minutes}m {secs}s"
-    return f"{secs}s"
-
-
-def human_bytes(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def _last_exit_text(last_exit: dict | None) -> str:
     if not last_exit:
         return "-"
@@ -211,10 +187,10 @@ def status_rows(entries: list[dict], figures: dict[str, Figures]) -> list[dict]:
     for entry in entries:
         seen = figures.get(entry["name"])
         memory = ("-" if seen is None else
-                  " / ".join(human_bytes(seen.memory(kind)) for kind in MEMORY_KINDS))
+                  " / ".join(format_bytes(seen.memory(kind)) for kind in MEMORY_KINDS))
         cells = [entry["name"], entry["state"],
                  "-" if entry["pid"] is None else str(entry["pid"]),
-                 human_seconds(entry["uptime"]), str(entry["restarts"]), memory,
+                 format_duration(entry["uptime"]), str(entry["restarts"]), memory,
                  _last_exit_text(entry.get("last_exit")), _output_text(entry)]
         rows.append({"name": entry["name"], "state": entry["state"], "cells": cells})
     return rows
@@ -222,8 +198,8 @@ def status_rows(entries: list[dict], figures: dict[str, Figures]) -> list[dict]:
 
 def _manager_line(manager: ManagerFacts) -> str:
     memory = ("" if manager.figures is None else
-              f", RSS {human_bytes(manager.figures.rss)}")
-    return (f"Manager pid {manager.pid}, up {human_seconds(manager.uptime)}, "
+              f", RSS {format_bytes(manager.figures.rss)}")
+    return (f"Manager pid {manager.pid}, up {format_duration(manager.uptime)}, "
             f"replaced {manager.restarts} times{memory}")
 
 

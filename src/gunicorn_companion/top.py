@@ -24,11 +24,10 @@ from .ctl import (
     EXIT_USAGE,
     _complain,
     _cut_end,
-    format_bytes,
-    format_duration,
     format_exit,
     shorten_middle,
 )
+from .units import format_bytes, format_duration
 
 REFRESH_SECONDS = 1.0
 STATUS_FIELDS = ["name", "state", "pid", "uptime", "restarts", "last_exit",
