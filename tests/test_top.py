@@ -27,6 +27,19 @@ def test_cpu_percent_is_the_cpu_time_between_two_refreshes_over_their_interval()
     assert rows[0]["cpu"] is None
 
 
+def test_cpu_percent_divides_by_the_time_between_the_managers_readings():
+    # the manager reads /proc within a budget: a figure it did not refresh
+    # keeps its old sampled_at, and is not a rate of 0 over this refresh
+    _, sample = top.table_rows([{"name": "a", "pid": 5, "cpu_seconds": 1.0, "sampled_at": 100.0},
+                                {"name": "b", "pid": 7, "cpu_seconds": 2.0}], {}, 10.0)
+    rows, sample = top.table_rows([{"name": "a", "pid": 5, "cpu_seconds": 1.0, "sampled_at": 100.0},
+                                   {"name": "b", "pid": 7, "cpu_seconds": 2.5}], sample, 11.0)
+    assert [row["cpu"] for row in rows] == [None, 50.0]  # a: not read again yet
+    rows, _ = top.table_rows([{"name": "a", "pid": 5, "cpu_seconds": 2.0, "sampled_at": 104.0}],
+                             sample, 12.0)
+    assert rows[0]["cpu"] == 25.0  # one second of CPU over the four between readings
+
+
 ROWS = [
     {"name": "zeta", "state": "RUNNING", "pid": 30, "uptime": 50, "restarts": 0, "cpu": 1.0,
      "rss": 30 * MiB},
@@ -249,6 +262,9 @@ def test_status_reads_cpu_and_memory_only_when_asked(server, sock_path):
     entry, idle = hog()
     assert entry["rss"] >= entry["pss"] >= entry["uss"] > 32 * MiB
     assert isinstance(entry["cpu_seconds"], float) and entry["cpu_seconds"] >= 0
+    # when the figures were read, on the manager's clock, for top's rate
+    later = hog()[0]
+    assert later["sampled_at"] > entry["sampled_at"]
     assert idle == {"name": "idle", "pid": None}  # no process: no figures
 
 

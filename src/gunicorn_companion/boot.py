@@ -183,7 +183,8 @@ def attach_observers(loop: ManagerLoop, values: BootValues) -> None:
             httpwire.parse_bind(cfg.companion_metrics_bind),
             selector=loop.selector, snapshot=supervisor.snapshot, log=log,
             title=f"gunicorn companions [{cfg.proc_name}]",
-            manager_restarts=values.manager_restarts, now=loop.host.now)
+            manager_restarts=values.manager_restarts, now=loop.host.now,
+            sampler=supervisor.sampler)
         server.bind(take_over=values.take_over_socket)
         loop.attach_service(server)
         if server.listener is not None:
@@ -191,7 +192,7 @@ def attach_observers(loop: ManagerLoop, values: BootValues) -> None:
     if cfg.statsd_host:
         loop.attach_service(StatsdSender(
             cfg, snapshot=supervisor.snapshot, log=log, now=loop.host.now,
-            interval=cfg.companion_statsd_interval))
+            interval=cfg.companion_statsd_interval, sampler=supervisor.sampler))
 
 
 def run(values: BootValues, lifeline: int) -> int:

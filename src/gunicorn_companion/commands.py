@@ -103,6 +103,9 @@ def cmd_status(manager, request, respond: Respond) -> None:
         for name, entry in zip(manager.records, entries, strict=True):
             if name in figures:
                 entry.update((field, figures[name][field]) for field in usage)
+                if "cpu_seconds" in usage:
+                    # when it was read, for a rate (the read is budgeted: see sampling.py)
+                    entry["sampled_at"] = figures[name]["sampled_at"]
     respond(protocol.ok(companions=entries, manager_pid=os.getpid(),
                         master_pid=manager.master_pid))
 

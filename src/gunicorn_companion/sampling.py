@@ -40,15 +40,24 @@ class ProcSampler:
         self.read_at: dict[tuple[str, int], float] = {}
         self.manager: metrics.Figures | None = None
 
-    def sample(self, entries: list[dict]) -> tuple[dict[str, metrics.Figures],
-                                                    metrics.Figures | None]:
+    def sample(self, entries: list[dict], max_age: float = SAMPLE_MAX_AGE,
+               ) -> tuple[dict[str, metrics.Figures], metrics.Figures | None]:
+        """Figures of the entries' live pids by name, and the manager's own.
+
+        ``max_age`` 0 reads again at each call (``status`` for top, which
+        asks once a second and computes CPU % from ``sampled_at``); the
+        budget still bounds each read."""
         live = [(e["name"], e["pid"]) for e in entries if e["pid"]]
         now = self.now()
-        if self.taken_at is None or now - self.taken_at >= SAMPLE_MAX_AGE:
+        if self.taken_at is None or now - self.taken_at >= max_age:
             self.taken_at = now
             self._refresh(live, now)
             self.manager = self.read(os.getpid())
         return {key[0]: self.known[key] for key in live if key in self.known}, self.manager
+
+    def sampled_at(self, name: str, pid: int) -> float | None:
+        """When (the manager's clock) the figures of that process were read."""
+        return self.read_at.get((name, pid))
 
     def _refresh(self, live: list[tuple[str, int]], now: float) -> None:
         alive = set(live)
@@ -71,3 +80,10 @@ def read_figures(pid: int) -> metrics.Figures | None:
     if memory is None or cpu is None:
         return None
     return metrics.Figures(memory["rss"], memory["pss"], memory["uss"], cpu)
+
+
+def figures_of(usage: dict | None) -> metrics.Figures | None:
+    """A host's ``usage(pid)`` reply as Figures (None once the process is gone)."""
+    if usage is None:
+        return None
+    return metrics.Figures(usage["rss"], usage["pss"], usage["uss"], usage["cpu_seconds"])

@@ -96,7 +96,7 @@ class StatsdSender:
     every timer there."""
 
     def __init__(self, cfg, *, snapshot: Callable[[], list[dict]], log,
-                 now: Callable[[], float], interval: float):
+                 now: Callable[[], float], interval: float, sampler: ProcSampler | None = None):
         self.host = cfg.statsd_host
         self.prefix = gunicorn_prefix(cfg.statsd_prefix)
         self.tags = getattr(cfg, "dogstatsd_tags", "") or ""
@@ -108,7 +108,8 @@ class StatsdSender:
         self.sent_restarts: dict[str, int] = {}
         self.errors = 0  # datagrams lost to send errors
         self.next_send = now()  # the first at once: statsd learns of us at boot
-        self.sampler = ProcSampler(now)  # /proc reading bounded as for /metrics
+        # /proc reading bounded as for /metrics (the manager shares one sampler)
+        self.sampler = sampler or ProcSampler(now)
 
     def next_deadline(self) -> float | None:
         return self.next_send

@@ -25,6 +25,7 @@ from . import privileges, protocol
 from .events import ChangeEvent, ChangeFeed
 from .host import Host
 from .loading import CompanionConfig
+from .sampling import ProcSampler, figures_of
 from .spec import CompanionSpec, ConfigError
 from .states import PROCESS_STATES, QUIESCENT_STATES, State
 
@@ -60,6 +61,8 @@ class Supervisor:
     ):
         self.host = host
         self.log = log
+        # /proc figures for status, /metrics and statsd, read within one budget
+        self.sampler = ProcSampler(host.now, read=lambda pid: figures_of(host.usage(pid)))
         self.load_config = load_config
         self.resolve = resolve
         self.master_pid = master_pid
@@ -484,14 +487,19 @@ class Supervisor:
 
     def usage(self) -> dict[str, dict]:
         """CPU seconds and memory (rss, pss, uss) of each companion that has
-        a process, by name: what ``status`` adds when asked (top)."""
-        found = {}
-        for name, record in self.records.items():
-            if record.pid and record.state in PROCESS_STATES:
-                figures = self.host.usage(record.pid)
-                if figures is not None:
-                    found[name] = figures
-        return found
+        a process, by name, with when they were read (``sampled_at``, the
+        manager's clock): what ``status`` adds when asked (top). Read through
+        the sampler the metrics share, so that a top refreshing every second
+        against hundreds of companions holds the loop no longer than its
+        budget; the processes it did not reach keep their last figures, and
+        their ``sampled_at`` says how old those are."""
+        live = [{"name": name, "pid": record.pid} for name, record in self.records.items()
+                if record.pid and record.state in PROCESS_STATES]
+        figures, _ = self.sampler.sample(live, max_age=0.0)
+        return {entry["name"]: {"cpu_seconds": round(found.cpu_seconds, 2), "rss": found.rss,
+                                "pss": found.pss, "uss": found.uss,
+                                "sampled_at": self.sampler.sampled_at(entry["name"], entry["pid"])}
+                for entry in live if (found := figures.get(entry["name"])) is not None}
 
     def snapshot(self) -> list[dict]:
         """What ``status`` shows: one entry per companion.

@@ -58,17 +58,24 @@ FOOTER = ("sort: n name  s state  p pid  u uptime  r restarts  c cpu  m memory "
 def table_rows(companions: list[dict], previous: dict[str, tuple], now: float
                ) -> tuple[list[dict], dict[str, tuple]]:
     """One row per companion with its CPU %, and the sample to compare the
-    next refresh with: name -> (pid, cpu_seconds, now) (pure)."""
+    next refresh with: name -> (pid, cpu_seconds, when read) (pure).
+
+    When read is the manager's ``sampled_at`` where it gives one (it reads
+    /proc within a time budget, so a figure may be older than this refresh),
+    else ``now``: either way the rate divides by the time between readings."""
     rows, sample = [], {}
     for companion in companions:
         name, pid = companion.get("name"), companion.get("pid")
         cpu_seconds = companion.get("cpu_seconds")
         cpu = None
         if isinstance(cpu_seconds, (int, float)) and pid is not None:
-            sample[name] = (pid, cpu_seconds, now)
+            read_at = companion.get("sampled_at")
+            if not isinstance(read_at, (int, float)):
+                read_at = now
+            sample[name] = (pid, cpu_seconds, read_at)
             before = previous.get(name)
-            if before is not None and before[0] == pid and now > before[2]:
-                cpu = max(0.0, 100.0 * (cpu_seconds - before[1]) / (now - before[2]))
+            if before is not None and before[0] == pid and read_at > before[2]:
+                cpu = max(0.0, 100.0 * (cpu_seconds - before[1]) / (read_at - before[2]))
         rows.append({**companion, "cpu": cpu})
     return rows, sample
 

@@ -128,7 +128,8 @@ class MetricsServer:
 
     def __init__(self, address: httpwire.BindAddress, *, selector: selectors.BaseSelector,
                  snapshot: Callable[[], list[dict]], log, title: str,
-                 manager_restarts: int = 0, now: Callable[[], float] = time.monotonic):
+                 manager_restarts: int = 0, now: Callable[[], float] = time.monotonic,
+                 sampler: ProcSampler | None = None):
         self.address = address
         self.selector = selector
         self.snapshot = snapshot
@@ -137,7 +138,7 @@ class MetricsServer:
         self.manager_restarts = manager_restarts
         self.now = now
         self.started_at = now()
-        self.sampler = ProcSampler(now)
+        self.sampler = sampler or ProcSampler(now)
         self.listener: socket.socket | None = None
         self.connections: set[Connection] = set()
         self.deadlines: list[tuple[float, int, Connection]] = []
