@@ -7,7 +7,7 @@ import math
 import time
 
 from .results import Results
-from .suite import CIRCUS, COMPANIONS, SUPERVISORD, Plan, output_figure
+from .suite import CAT, CIRCUS, COMPANIONS, DEVNULL, SUPERVISORD, Plan, output_figure
 
 SYSTEMS = (COMPANIONS, SUPERVISORD, CIRCUS)
 
@@ -125,6 +125,12 @@ def throughput_check(vs_supervisord: float | None):
                 return None, "not measured"
             details.insert(0, f"× supervisord {_num(r[0])} (≥ {vs_supervisord:g})")
             met = met and r[0] >= vs_supervisord
+            # No supervisor gets more through than the programs print with none.
+            alone = results.ratio(row.figure, DEVNULL)
+            if alone is not None:
+                details.append(f"the programs alone, to /dev/null: {_num(alone[0])}× supervisord"
+                               + (", so no supervisor can reach the target"
+                                  if alone[0] < vs_supervisord else ""))
         return met, ", ".join(details)
 
     return check
@@ -175,6 +181,15 @@ def output_rows(plan: Plan) -> list[Row]:
                     "better)", "",
                     "≥ circus" if stamped else "≥ 3× supervisord, ≥ circus",
                     throughput_check(None if stamped else 3.0)),
+            ]
+            if not stamped:
+                rows += [
+                    Row(f"{fig}_mbps", f"Output ceiling: {who}, no supervisor, {how_}, MB/s "
+                        "(ratio: × supervisord's throughput above)", "",
+                        columns={COMPANIONS: sink, SUPERVISORD: SUPERVISORD})
+                    for sink, how_ in ((DEVNULL, "stdout to /dev/null"),
+                                       (CAT, "stdout piped to `cat > file`"))]
+            rows += [
                 Row(f"{fig}_cpu", f"Output CPU: {who}, supervising process's CPU s per 100 MB",
                     "", "" if stamped else "≤ 1/3 of supervisord",
                     None if stamped else ratio_at_most(1 / 3)),
@@ -309,11 +324,12 @@ def render(results: Results, plan: Plan, elapsed: float) -> tuple[str, list[Verd
                            + " | | | | |")
                 continue
             if row.columns:
+                ratio = (COMPANIONS, SUPERVISORD)  # the columns' systems, as the header says
                 out.append(
                     f"| {row.title} | "
                     + " | ".join(cell(results, row.figure, row.columns[s], row.unit)
                                  if s in row.columns else "" for s in SYSTEMS)
-                    + f" | {ratio_cell(results, row.figure, COMPANIONS, row.columns[SUPERVISORD])}"
+                    + f" | {ratio_cell(results, row.figure, *map(row.columns.get, ratio))}"
                     + f" | | {row.target} | {met_text} |")
                 continue
             out.append(
