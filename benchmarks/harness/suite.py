@@ -73,7 +73,7 @@ class Plan:
     reload_companions: int = 8  # configured and unchanged during the HUP reload
     reload_workers: int = 2  # HTTP workers
     reload_reps: int = 10  # HUPs per server
-    reread_sizes: tuple[int, ...] = (10, 200)  # companions configured; one changes
+    reread_sizes: tuple[int, ...] = (10, 50, 200)  # companions configured; one changes
     reread_reps: int = 5
 
     @classmethod
