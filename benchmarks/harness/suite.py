@@ -461,6 +461,8 @@ class Suite:
                 popens.append(self.run.spawn(["/bin/sh", "-c", command], env=env, cwd=workdir,
                                              log=os.path.join(workdir, f"{program.name}.err")))
             time.sleep(plan.settle)  # the interpreters started, waiting for the go file
+            cats = [pid for popen in popens for pid in proc.tree(popen.pid) if _comm(pid) == "cat"]
+            cpu0 = [proc.cpu_ns(pid) for pid in cats]
             with open(go, "w"):
                 pass
             written = wait_written(done, count, plan.output_seconds + 120, _Alive(popens))
@@ -470,9 +472,16 @@ class Suite:
                 reached = max(w["finished"] for w in written.values())
             else:
                 reached = wait_last_lines(_Files(workdir), written, 120)
+                cpu1 = [proc.cpu_ns(pid) for pid in cats]
+                if len(cats) != count or None in cpu0 + cpu1:
+                    raise BenchError(f"cannot read the CPU of the {count} cat process(es)")
+                self.results.add(f"{figure}_cpu", sink, (sum(cpu1) - sum(cpu0)) / 1e9
+                                 / (total / 100e6))
             self.results.add(f"{figure}_mbps", sink, total / 1e6 / (reached - started))
             log(f"  output ceiling {sink:<12} {count} program(s): "
-                f"{self.results.get(f'{figure}_mbps', sink).values[-1]:.0f} MB/s")
+                f"{self.results.get(f'{figure}_mbps', sink).values[-1]:.0f} MB/s"
+                + (f", cat's CPU {self.results.get(f'{figure}_cpu', sink).values[-1]:.2f} s "
+                   "per 100 MB" if sink == CAT else ""))
         finally:
             proc.kill_trees([p.pid for p in popens if p.poll() is None], None)
             for popen in popens:
@@ -629,6 +638,14 @@ class Suite:
                 f"{results.get(f'scale_manager_pss_{n}', COMPANIONS).values[-1]:.1f} MiB PSS")
         finally:
             stop_instance(system)
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 class _Alive:
