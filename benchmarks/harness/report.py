@@ -448,7 +448,9 @@ def method_notes(plan: Plan) -> list[str]:
         "span, per 100 MB. Lost: numbers missing between the oldest line kept (rotation deletes "
         "older ones) and the last printed (a torn line's number counts as missing too: it "
         "cannot be read back whole); torn: pieces in the files that are not exactly one "
-        "printed line (cut, joined, stamped in the middle, or a file ending mid-line).",
+        "printed line (cut, joined, stamped in the middle, or a file ending mid-line). "
+        "No supervisor: the same programs with stdout to /dev/null, and piped to `cat > file` "
+        "(`cat`'s CPU from /proc/PID/schedstat, per 100 MB).",
         f"HUP reload: SIGHUP to the master until each of the {plan.reload_workers} new HTTP "
         "workers ran Gunicorn's `post_worker_init` hook (it appends its pid and "
         "`time.monotonic()` to a file), with the trivial app preloaded; companions: "
@@ -461,7 +463,8 @@ def method_notes(plan: Plan) -> list[str]:
         "request, until the brief `status` shows that companion RUNNING with a new pid "
         "(startsecs 0, polled every 2 ms); the manager's CPU (schedstat) from the request to "
         "its answer: reading the config file (compiling it: the bench writes every companion "
-        "out), validating every entry, the diff.",
+        "out, so this part grows with their number), validating the entries that changed "
+        "(the others keep their specs), the diff.",
     ]
 
 
