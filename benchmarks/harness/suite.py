@@ -451,15 +451,21 @@ class Suite:
         go, done = os.path.join(workdir, "go"), os.path.join(workdir, "done.jsonl")
         popens = []
         try:
+            # One shell, so one session: with the kernel's autogroup scheduling
+            # a session shares the CPU with the machine's others as a whole, as
+            # a supervisor with its programs does; a session each would get
+            # the programs more of the machine than any supervisor's get.
+            pipelines = []
             for program in chatty_programs(count):
                 path = os.path.join(workdir, "logs", f"{program.name}.log")
-                command = shlex.join(program.argv) + (
-                    " > /dev/null" if sink == DEVNULL else f" | cat > {shlex.quote(path)}")
-                env = self.run.env(workdir, {"WORKLOAD_NAME": program.name,
-                                             "CHATTY_SECONDS": str(plan.output_seconds),
-                                             "CHATTY_GO": go, "CHATTY_DONE": done})
-                popens.append(self.run.spawn(["/bin/sh", "-c", command], env=env, cwd=workdir,
-                                             log=os.path.join(workdir, f"{program.name}.err")))
+                pipelines.append(
+                    f"WORKLOAD_NAME={program.name} " + shlex.join(program.argv)
+                    + (" > /dev/null" if sink == DEVNULL else f" | cat > {shlex.quote(path)}"))
+            env = self.run.env(workdir, {"CHATTY_SECONDS": str(plan.output_seconds),
+                                         "CHATTY_GO": go, "CHATTY_DONE": done})
+            popens.append(self.run.spawn(["/bin/sh", "-c", " & ".join(pipelines) + " & wait"],
+                                         env=env, cwd=workdir,
+                                         log=os.path.join(workdir, "programs.err")))
             time.sleep(plan.settle)  # the interpreters started, waiting for the go file
             cats = [pid for popen in popens for pid in proc.tree(popen.pid) if _comm(pid) == "cat"]
             cpu0 = [proc.cpu_ns(pid) for pid in cats]
