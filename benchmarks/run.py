@@ -57,7 +57,7 @@ def check_environment() -> list[str]:
 
 def expected_figures(plan) -> list[tuple[str, str]]:
     """Every (figure, system) a complete run has at least one sample of."""
-    from harness.suite import CIRCUS, COMPANIONS, SUPERVISORD, output_figure
+    from harness.suite import CAT, CEILINGS, CIRCUS, COMPANIONS, SUPERVISORD, output_figure
 
     three = (COMPANIONS, SUPERVISORD, CIRCUS)
     wanted = []
@@ -80,6 +80,9 @@ def expected_figures(plan) -> list[tuple[str, str]]:
             figure = output_figure(count, stamped)
             for system in (COMPANIONS, CIRCUS) if stamped else three:
                 wanted += [(f"{figure}_{what}", system) for what in ("mbps", "cpu", "lost", "torn")]
+            if not stamped:
+                wanted += [(f"{figure}_mbps", sink) for sink in CEILINGS]
+                wanted.append((f"{figure}_cpu", CAT))
     wanted += [("hup_reload", COMPANIONS), ("hup_reload", "gunicorn")]
     wanted += [(f"reread_running_{n}", COMPANIONS) for n in plan.reread_sizes]
     return wanted

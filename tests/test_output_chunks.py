@@ -160,3 +160,63 @@ def test_a_pipe_found_full_is_enlarged_within_the_budget_and_given_back(router, 
         capture.finish()
         capture.destination.close()
     assert budget.free == 1
+
+
+def enlarged_capture(router, path):
+    """A capture whose pipe was found full, so it is enlarged and read into
+    the capture's own buffer from then on: (write end, capture, what the
+    filling wrote)."""
+    write_fd, capture = capture_to_file(router, path)
+    fill = b"f" * (pipe_size(capture.fd) - 1) + b"\n"
+    os.write(write_fd, fill)
+    assert capture.read()
+    assert pipe_size(capture.fd) == output.BIG_PIPE_SIZE and capture.buffer is not None
+    return write_fd, capture, fill
+
+
+LINES = [b"%06d %s\n" % (n, b"x" * 92) for n in range(30000)]  # 100 bytes each
+
+
+@pytest.mark.parametrize("writes, expected", [
+    ([b"one\ntwo\n"], b"one\ntwo\n"),
+    ([b"on", b"e\ntw", b"o\n"], b"one\ntwo\n"),
+    ([b"no newline at the end"], b"no newline at the end\n"),
+    ([b"x" * (MAX_LINE - 1), b"y\nz\n"], b"x" * (MAX_LINE - 1) + b"y\nz\n"),
+    ([b"x" * 40000, b"x" * 40000, b"\n"], b"x" * 80000 + b"\n\n"),
+    # a flood in the producer's 100 kB writes, reads ending mid-line
+    ([b"".join(LINES[k:k + 1000]) for k in range(0, 30000, 1000)], b"".join(LINES)),
+    ([b"".join(LINES)[k:k + 77777] for k in range(0, 3000000, 77777)], b"".join(LINES)),
+])
+def test_an_enlarged_pipe_gets_every_byte_in_whole_lines(router, tmp_path, writes, expected):
+    write_fd, capture, fill = enlarged_capture(router, tmp_path / "c.log")
+    feed(capture, write_fd, writes)
+    assert (tmp_path / "c.log").read_bytes() == fill + expected
+
+
+@pytest.mark.parametrize("line_bytes", [100, 1000, 200 * 1024])
+def test_tail_after_a_flood_through_an_enlarged_pipe_is_the_newest_lines_in_order(
+        router, tmp_path, line_bytes):
+    write_fd, capture, _ = enlarged_capture(router, tmp_path / "c.log")
+    count = 3 * 1024 * 1024 // line_bytes
+    lines = [b"%07d " % n + b"x" * (line_bytes - 9) + b"\n" for n in range(count)]
+    os.set_blocking(write_fd, False)
+    data = memoryview(b"".join(lines))
+    while data:
+        try:
+            data = data[os.write(write_fd, data):]
+        except BlockingIOError:
+            capture.read()
+    while capture.read() and capture.partial:
+        pass
+    tail = router.tail(["c"], TAIL_LINES)
+    assert tail, "the ring keeps the newest lines of a flood"
+    newest = [line.decode().rstrip("\n") for line in lines[-len(tail):]]
+    if line_bytes < MAX_LINE:
+        assert tail == newest  # the newest lines, none missing between them
+    else:  # longer than MAX_LINE: written in pieces, and tail shows the newest one's end
+        assert tail[-1].encode() in b"".join(lines)
+    os.close(write_fd)
+    while capture.read():
+        pass
+    capture.finish()
+    capture.destination.close()

@@ -1355,3 +1355,60 @@ def _error_of(validator, value) -> ValueError:
     with pytest.raises(ValueError) as info:
         validator(value)
     return info.value
+
+
+# -- rereads: unchanged entries are not validated again ------------------------------
+
+
+def many(count: int, **extra) -> list[dict]:
+    return [entry(name=f"w{i}", env={"N": str(i)}, **extra) for i in range(count)]
+
+
+def test_reread_reuses_the_specs_of_unchanged_entries():
+    before = parse_companions(many(50))
+    entries = many(50)  # new objects, equal to the first read's (a config executed again)
+    entries[7] = entry(name="w7", env={"N": "changed"})
+    after = parse_companions(entries)
+    assert [s.name for s in after] == [f"w{i}" for i in range(50)]
+    assert all(after[i] is before[i] for i in range(50) if i != 7)
+    assert after[7] is not before[7] and after[7].env == (("N", "changed"),)
+
+
+@pytest.mark.parametrize("good, bad, problem", [
+    # equal to == (1 == 1.0 == True), told apart by the validators: never reused
+    ({"processes": 2}, {"processes": 2.0}, "processes must be a whole number from 1 to 1000"),
+    ({"autostart": True}, {"autostart": 1}, "autostart must be True or False"),
+    ({"stdout_backups": 0}, {"stdout_backups": False}, "stdout_backups must be a whole number"),
+])
+def test_reread_tells_values_apart_that_compare_equal(good, bad, problem):
+    parse_companions([entry(**good)])
+    assert good == bad
+    assert problem in only_problem([entry(**bad)])
+
+
+def test_reread_with_other_defaults_applies_them_to_unchanged_entries():
+    parse_companions(many(3), {"companion_stop_timeout": 5})
+    after = parse_companions(many(3), {"companion_stop_timeout": 7})
+    assert [s.stop_timeout for s in after] == [7.0, 7.0, 7.0]
+
+
+def test_reread_still_reports_every_fault_of_entries_seen_before():
+    parse_companions(many(3))
+    entries = [*many(3), entry(name="w1"), entry(name="x", bogus=1)]
+    assert problems_of(entries) == [
+        "companion_workers[3]: duplicate name 'w1' (companion_workers[1] has it too)",
+        "companion 'x': unknown key 'bogus'",
+    ]
+
+
+def test_reread_validates_user_and_group_again():
+    # the user database may have changed between two reads
+    import grp
+    import os
+    import pwd
+
+    user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    first = parse_companions([entry(user=user), entry(name="v", group=group)])
+    again = parse_companions([entry(user=user), entry(name="v", group=group)])
+    assert first == again
+    assert all(a is not b for a, b in zip(first, again))  # noqa: B905

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -33,6 +34,9 @@ from .systems import (
 )
 
 COMPANIONS, SUPERVISORD, CIRCUS = "companions", "supervisord", "circus"
+# The output programs with no supervisor: stdout to /dev/null, and piped to `cat > file`.
+DEVNULL, CAT = "no supervisor, /dev/null", "no supervisor, cat > file"
+CEILINGS = (DEVNULL, CAT)
 LATENCY_PROGRAM = "worker-0"
 BRIEF_WITH_PID = ("name", "state", "pid")
 HUP_SETTLE = 0.4  # seconds between one reload's old workers exiting and the next SIGHUP
@@ -69,7 +73,7 @@ class Plan:
     reload_companions: int = 8  # configured and unchanged during the HUP reload
     reload_workers: int = 2  # HTTP workers
     reload_reps: int = 10  # HUPs per server
-    reread_sizes: tuple[int, ...] = (10, 200)  # companions configured; one changes
+    reread_sizes: tuple[int, ...] = (10, 50, 200)  # companions configured; one changes
     reread_reps: int = 5
 
     @classmethod
@@ -382,6 +386,10 @@ class Suite:
                         self.guard(f"output {label} {count} program(s)"
                                    f"{' time-stamped' if stamped else ''} rep {rep + 1}",
                                    self.output_round, label, count, stamped, rep)
+                    if not stamped:
+                        for sink in CEILINGS:
+                            self.guard(f"output ceiling {sink} {count} program(s) rep {rep + 1}",
+                                       self.ceiling_round, sink, count, rep)
 
     def output_round(self, label: str, count: int, stamped: bool, rep: int) -> None:
         plan, results = self.plan, self.results
@@ -431,6 +439,60 @@ class Suite:
         finally:
             stop_instance(system)
             shutil.rmtree(os.path.join(system.dir, "logs"), ignore_errors=True)  # up to GBs
+
+    def ceiling_round(self, sink: str, count: int, rep: int) -> None:
+        """The same programs with no supervisor: what rate they reach on their
+        own (stdout to /dev/null) and through a pipe that `cat` copies to a file
+        (the least a supervisor writing a file can do). No supervisor can get
+        more through than the first; the throughput targets are read against it."""
+        plan = self.plan
+        figure = output_figure(count, False)
+        workdir = self.run.workdir(f"ceiling-{sink}-p{count}-r{rep}")
+        go, done = os.path.join(workdir, "go"), os.path.join(workdir, "done.jsonl")
+        popens = []
+        try:
+            # One shell, so one session: with the kernel's autogroup scheduling
+            # a session shares the CPU with the machine's others as a whole, as
+            # a supervisor with its programs does; a session each would get
+            # the programs more of the machine than any supervisor's get.
+            pipelines = []
+            for program in chatty_programs(count):
+                path = os.path.join(workdir, "logs", f"{program.name}.log")
+                pipelines.append(
+                    f"WORKLOAD_NAME={program.name} " + shlex.join(program.argv)
+                    + (" > /dev/null" if sink == DEVNULL else f" | cat > {shlex.quote(path)}"))
+            env = self.run.env(workdir, {"CHATTY_SECONDS": str(plan.output_seconds),
+                                         "CHATTY_GO": go, "CHATTY_DONE": done})
+            popens.append(self.run.spawn(["/bin/sh", "-c", " & ".join(pipelines) + " & wait"],
+                                         env=env, cwd=workdir,
+                                         log=os.path.join(workdir, "programs.err")))
+            time.sleep(plan.settle)  # the interpreters started, waiting for the go file
+            cats = [pid for popen in popens for pid in proc.tree(popen.pid) if _comm(pid) == "cat"]
+            cpu0 = [proc.cpu_ns(pid) for pid in cats]
+            with open(go, "w"):
+                pass
+            written = wait_written(done, count, plan.output_seconds + 120, _Alive(popens))
+            total = sum(w["lines"] for w in written.values()) * LINE_BYTES
+            started = min(w["started"] for w in written.values())
+            if sink == DEVNULL:
+                reached = max(w["finished"] for w in written.values())
+            else:
+                reached = wait_last_lines(_Files(workdir), written, 120)
+                cpu1 = [proc.cpu_ns(pid) for pid in cats]
+                if len(cats) != count or None in cpu0 + cpu1:
+                    raise BenchError(f"cannot read the CPU of the {count} cat process(es)")
+                self.results.add(f"{figure}_cpu", sink, (sum(cpu1) - sum(cpu0)) / 1e9
+                                 / (total / 100e6))
+            self.results.add(f"{figure}_mbps", sink, total / 1e6 / (reached - started))
+            log(f"  output ceiling {sink:<12} {count} program(s): "
+                f"{self.results.get(f'{figure}_mbps', sink).values[-1]:.0f} MB/s"
+                + (f", cat's CPU {self.results.get(f'{figure}_cpu', sink).values[-1]:.2f} s "
+                   "per 100 MB" if sink == CAT else ""))
+        finally:
+            proc.kill_trees([p.pid for p in popens if p.poll() is None], None)
+            for popen in popens:
+                popen.wait(timeout=10)
+            shutil.rmtree(os.path.join(workdir, "logs"), ignore_errors=True)
 
     # -- phase 5: reloads ---------------------------------------------------------------
 
@@ -582,6 +644,36 @@ class Suite:
                 f"{results.get(f'scale_manager_pss_{n}', COMPANIONS).values[-1]:.1f} MiB PSS")
         finally:
             stop_instance(system)
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+class _Alive:
+    """The programs of a ceiling round, in the place of a system for the waits."""
+
+    def __init__(self, popens: list[subprocess.Popen]):
+        self.popens = popens
+
+    def check_alive(self) -> None:
+        for popen in self.popens:
+            if popen.poll() is not None:
+                raise BenchError(f"a chatty pipeline exited with status {popen.returncode}")
+
+
+class _Files:
+    """Where a ceiling round's `cat` writes each program's lines."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+
+    def log_paths(self, name: str) -> list[str]:
+        return [os.path.join(self.workdir, "logs", f"{name}.log")]
 
 
 def output_figure(count: int, stamped: bool) -> str:

@@ -192,7 +192,7 @@ class OsHost:
         return procfs.process_groups(pgids)
 
     def children(self) -> list[tuple[int, int]]:
-        """(pid, pgid) of the manager's live children."""
+        """(pid, pgid) of the manager's children (zombies too: see procfs.children_of)."""
         found = []
         for pid in procfs.children_of(os.getpid()):
             try:

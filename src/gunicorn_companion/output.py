@@ -445,6 +445,20 @@ def _advance(views: list[memoryview], size: int) -> list[memoryview]:
     return []
 
 
+def _newest_lines(pieces: list[bytes | memoryview]) -> tuple[list[bytes], bool]:
+    """A copy of the whole lines in the last TAIL_SCAN bytes of ``pieces``
+    (which end in a newline), and whether older lines were left out."""
+    total = sum(map(len, pieces))
+    if total <= TAIL_SCAN:
+        return [b"".join(pieces)], False
+    last = b"".join(pieces)[-TAIL_SCAN:] if len(pieces[-1]) < TAIL_SCAN else bytes(
+        pieces[-1][-TAIL_SCAN:])
+    start = last.find(b"\n") + 1
+    if start == len(last):
+        start = 0  # no whole line fits: the end of the newest piece, as a line
+    return [last[start:]], True
+
+
 def _newlines(piece: bytes | memoryview) -> int:
     return (bytes(piece) if isinstance(piece, memoryview) else piece).count(b"\n")
 
@@ -465,7 +479,13 @@ class Ring:
         self.size = 0
         self.trim_at = TAIL_BYTES
 
-    def add(self, sequence: int, name: str, stream: str, pieces: list) -> None:
+    def add(self, sequence: int, name: str, stream: str, pieces: list,
+            cut: bool = False) -> None:
+        """``cut``: older lines of this stream were left out of ``pieces``, so
+        the ones kept before them would not run on from these: dropped."""
+        if cut:
+            self.chunks = collections.deque(c for c in self.chunks if c[2] != stream)
+            self.size = sum(len(p) for c in self.chunks for p in c[3])
         self.chunks.append((sequence, name, stream, pieces))
         self.size += sum(map(len, pieces))
         if self.size > self.trim_at or len(self.chunks) > 2 * TAIL_LINES:
@@ -527,6 +547,7 @@ class Capture:
         self.reading = False  # registered with the selector
         self.big_pipes: BigPipes | None = None  # set by OutputRouter.watch
         self.enlarged: bool | None = None  # None: not tried yet
+        self.buffer: bytearray | None = None  # an enlarged pipe's reads (see _read_into_buffer)
 
     def pause(self) -> None:
         if self.reading:
@@ -559,6 +580,8 @@ class Capture:
         """Read up to ``reads`` chunks while the pipe keeps them coming, and pass
         them on together (one write for all): bytes read (0: nothing there now),
         None at EOF."""
+        if self.buffer is not None:
+            return self._read_into_buffer()
         chunks: list[bytes] = []
         eof = False
         for _ in range(reads):
@@ -576,9 +599,45 @@ class Capture:
                 break  # the pipe is empty now: no use asking again
             if self.enlarged is None and self.big_pipes is not None:
                 self.enlarged = self.big_pipes.enlarge(self.fd)  # it filled up: a chatty one
+                if self.enlarged:
+                    self.buffer = bytearray(BIG_PIPE_SIZE)
         if chunks:
             self._take(chunks)
         return None if eof else sum(map(len, chunks))
+
+    def _read_into_buffer(self) -> int | None:
+        """An enlarged pipe: read whole into this capture's own buffer, used
+        again for every read. Fresh buffers of that size (os.read's) cost the
+        manager more than the copying: glibc's malloc gives them back to the
+        kernel and faults them in again, page by page, on every read
+        (benchmarks/README.md, "Output"). What outlives the call is copied:
+        the unfinished line, the ring's share, and what the destination
+        cannot take yet (Sink._keep)."""
+        try:
+            size = os.readv(self.fd, [self.buffer])
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            size = 0
+        if not size:
+            return None
+        buffer = self.buffer
+        end = buffer.rfind(b"\n", 0, size) + 1
+        if not end:
+            if len(self.partial) + size < MAX_LINE:
+                self.partial += buffer[:size]
+                return size
+            end = size  # too long: cut here
+        pieces: list[bytes | memoryview] = [self.partial] if self.partial else []
+        pieces.append(memoryview(buffer)[:end])
+        if buffer[end - 1] != NEWLINE:
+            pieces.append(b"\n")
+        self.partial = bytes(buffer[end:size])
+        if len(self.partial) >= MAX_LINE:
+            pieces += [self.partial, b"\n"]  # a line too long: written as it is
+            self.partial = b""
+        self._emit(pieces)
+        return size
 
     def _take(self, chunks: list[bytes]) -> None:
         # Whole reads, never line by line, and no copies: the lines go to the
@@ -608,7 +667,12 @@ class Capture:
 
     def _emit(self, pieces: list[bytes | memoryview]) -> None:
         """Lines that end in a newline: into the ring for ``tail``, to the destination."""
-        self.ring.add(next(_sequence), self.name, self.stream, pieces)
+        if self.buffer is None:
+            self.ring.add(next(_sequence), self.name, self.stream, pieces)
+        else:
+            # the buffer is read into again: the ring keeps a copy of the
+            # newest lines only (enough for TAIL_LINES of up to 128 bytes)
+            self.ring.add(next(_sequence), self.name, self.stream, *_newest_lines(pieces))
         if self.timestamp_format:
             # One time stamp per read (they arrived together), put in front
             # of each line by bytes.replace: a C loop, not a Python one.
@@ -628,6 +692,7 @@ class Capture:
         if self.enlarged:
             self.big_pipes.release()
             self.enlarged = False
+        self.buffer = None
 
 
 class OutputRouter:

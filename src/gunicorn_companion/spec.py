@@ -416,55 +416,128 @@ def parse_companions(
         raise ConfigError(
             problems + [f"companion_workers must be a list of dicts, got {type(entries).__name__}"]
         )
-    collected: list[dict[str, Any]] = []
+    memo = _memo.fresh(defaults)
+    collected: list[tuple[CompanionSpec, ...]] = []
     first_index: dict[str, int] = {}
     for index, entry in enumerate(entries):
-        where = f"companion_workers[{index}]"
-        if not isinstance(entry, Mapping):
-            problems.append(f"{where} must be a dict, got {type(entry).__name__}")
-            continue
-        name = entry.get("name")
-        if isinstance(name, str) and _NAME_RE.fullmatch(name):
-            where = f"companion {name!r}"
-        fields: dict[str, Any] = {}
-        for key in entry:
-            if key not in KNOWN_KEYS:
-                problems.append(f"{where}: unknown key {key!r}{suggest(str(key), KNOWN_KEYS)}")
-        for key in REQUIRED_KEYS:
-            if key not in entry:
-                problems.append(f"{where}: missing {key!r}")
-        if "target" not in entry and "command" not in entry:
-            problems.append(f"{where}: missing 'target' (a 'module:callable') or 'command' "
-                            "(a program to run)")
-        elif "target" in entry and "command" in entry:
-            problems.append(f"{where}: has both 'target' and 'command'; use one")
-        for key, validator in OWN_KEYS.items():
-            if key in entry:
-                try:
-                    fields[FIELD_OF_KEY.get(key, key)] = validator(entry[key])
-                except ValueError as exc:
-                    label = "" if key in ("name", "target") else f"{key} "
-                    problems.append(f"{where}: {label}{exc}")
-        for key, (validator, _) in DEFAULTABLE_KEYS.items():
-            if key in entry:
-                try:
-                    fields[key] = validator(entry[key])
-                except ValueError as exc:
-                    problems.append(f"{where}: {key} {exc}")
-            elif key in defaults:
-                fields[key] = defaults[key]
-        if "name" in fields:
-            if fields["name"] in first_index:
+        key = memo.key(entry)
+        specs = memo.get(key, entry) if key is not None else None
+        if specs is not None:
+            name = specs[0].group_name
+        else:
+            fields, entry_problems = _entry_fields(entry, index, defaults)
+            problems += entry_problems
+            name = fields.get("name")
+            if not problems:
+                specs = tuple(_instances(fields))
+                if key is not None and not entry_problems:
+                    memo.keep(key, entry, specs)
+        if name is not None:
+            if name in first_index:
                 problems.append(
-                    f"companion_workers[{index}]: duplicate name {fields['name']!r} "
-                    f"(companion_workers[{first_index[fields['name']]}] has it too)"
+                    f"companion_workers[{index}]: duplicate name {name!r} "
+                    f"(companion_workers[{first_index[name]}] has it too)"
                 )
             else:
-                first_index[fields["name"]] = index
-        collected.append(fields)
+                first_index[name] = index
+        if specs is not None:
+            collected.append(specs)
     if problems:
         raise ConfigError(problems)
-    return tuple(spec for fields in collected for spec in _instances(fields))
+    return tuple(spec for specs in collected for spec in specs)
+
+
+def _entry_fields(entry: Any, index: int, defaults: dict[str, Any]
+                  ) -> tuple[dict[str, Any], list[str]]:
+    """One ``companion_workers`` entry validated: (spec fields, problems)."""
+    where = f"companion_workers[{index}]"
+    if not isinstance(entry, Mapping):
+        return {}, [f"{where} must be a dict, got {type(entry).__name__}"]
+    problems: list[str] = []
+    name = entry.get("name")
+    if isinstance(name, str) and _NAME_RE.fullmatch(name):
+        where = f"companion {name!r}"
+    fields: dict[str, Any] = {}
+    for key in entry:
+        if key not in KNOWN_KEYS:
+            problems.append(f"{where}: unknown key {key!r}{suggest(str(key), KNOWN_KEYS)}")
+    for key in REQUIRED_KEYS:
+        if key not in entry:
+            problems.append(f"{where}: missing {key!r}")
+    if "target" not in entry and "command" not in entry:
+        problems.append(f"{where}: missing 'target' (a 'module:callable') or 'command' "
+                        "(a program to run)")
+    elif "target" in entry and "command" in entry:
+        problems.append(f"{where}: has both 'target' and 'command'; use one")
+    for key, validator in OWN_KEYS.items():
+        if key in entry:
+            try:
+                fields[FIELD_OF_KEY.get(key, key)] = validator(entry[key])
+            except ValueError as exc:
+                label = "" if key in ("name", "target") else f"{key} "
+                problems.append(f"{where}: {label}{exc}")
+    for key, (validator, _) in DEFAULTABLE_KEYS.items():
+        if key in entry:
+            try:
+                fields[key] = validator(entry[key])
+            except ValueError as exc:
+                problems.append(f"{where}: {key} {exc}")
+        elif key in defaults:
+            fields[key] = defaults[key]
+    return fields, problems
+
+
+# Keys whose validation asks the world (the user and group databases), not
+# just the value: an entry with them is validated on every read.
+_WORLD_KEYS = frozenset({"user", "group"})
+
+
+class _SpecMemo:
+    """The specs of the entries of the last config read, so that a reread
+    validates only the entries that changed: a reread that changes one
+    companion of 200 costs little more than one of 10.
+
+    An entry is found by its ``repr`` (computed in C, and unlike ``==`` it
+    tells 1, 1.0 and True apart, which the validators do) and must also
+    equal the entry kept (an object whose repr says too little). Kept
+    entries are the previous read's own objects: a config is executed
+    afresh on every read, so nothing mutates them. Valid for one set of
+    defaults; holds only the last read's entries."""
+
+    def __init__(self) -> None:
+        self.defaults: str | None = None
+        self.last: dict[str, tuple[dict, tuple[CompanionSpec, ...]]] = {}
+        self.now: dict[str, tuple[dict, tuple[CompanionSpec, ...]]] = {}
+
+    def fresh(self, defaults: dict[str, Any]) -> _SpecMemo:
+        """Start a read with these defaults: what the previous read kept
+        stays usable only if its defaults were the same."""
+        key = repr(defaults)
+        self.last = self.now if key == self.defaults else {}
+        self.now = {}
+        self.defaults = key
+        return self
+
+    @staticmethod
+    def key(entry: Any) -> str | None:
+        if type(entry) is not dict or not entry.keys().isdisjoint(_WORLD_KEYS):
+            return None
+        return repr(entry)
+
+    def get(self, key: str, entry: dict) -> tuple[CompanionSpec, ...] | None:
+        kept = self.last.get(key)
+        if kept is None or kept[0] != entry:
+            return None
+        self.now[key] = kept
+        return kept[1]
+
+    def keep(self, key: str, entry: dict, specs: tuple[CompanionSpec, ...]) -> None:
+        self.now[key] = (entry, specs)
+
+
+# One memo for the process: the master's boot read fills it before the
+# manager is forked, so the manager's first reread already reuses it.
+_memo = _SpecMemo()
 
 
 def _instances(fields: dict[str, Any]) -> list[CompanionSpec]:
