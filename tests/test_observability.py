@@ -284,6 +284,31 @@ def test_statsd_gets_companion_gauges_and_counters(server, sock_path):
     assert Control(sock_path).request({"cmd": "status"})["ok"]
 
 
+def test_a_state_change_reaches_statsd_at_once_not_at_the_next_interval(server, sock_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsd:
+        statsd.bind(("127.0.0.1", 0))
+        port = statsd.getsockname()[1]
+        srv = server(control_config(sock_path, COMPANIONS, "\n".join([
+            f'statsd_host = "127.0.0.1:{port}"',
+            "companion_statsd_interval = 3600",  # one send at boot, then none for an hour
+        ])))
+        srv.wait_starts("sleepy")
+        assert Control(sock_path).request({"cmd": "stop", "name": "sleepy"})["ok"]
+        received: list[bytes] = []
+
+        def heard_stopped():
+            statsd.settimeout(0.05)
+            try:
+                for _ in range(1000):
+                    received.append(statsd.recv(65536))
+            except TimeoutError:
+                pass
+            return b"companion.sleepy.state:0|g" in received  # STOPPED
+
+        srv.until(heard_stopped, message="sleepy's STOPPED gauge")
+        assert b"companion.sleepy.up:0|g" in received
+
+
 def test_nothing_is_bound_when_the_setting_is_off(server, sock_path):
     srv = server(control_config(sock_path, COMPANIONS))
     srv.wait_starts("sleepy")

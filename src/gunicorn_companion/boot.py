@@ -190,9 +190,11 @@ def attach_observers(loop: ManagerLoop, values: BootValues) -> None:
         if server.listener is not None:
             log.info("Companion metrics at http://%s/metrics", server.bound_address)
     if cfg.statsd_host:
-        loop.attach_service(StatsdSender(
+        sender = StatsdSender(
             cfg, snapshot=supervisor.snapshot, log=log, now=loop.host.now,
-            interval=cfg.companion_statsd_interval, sampler=supervisor.sampler))
+            interval=cfg.companion_statsd_interval, sampler=supervisor.sampler)
+        supervisor.on_change.append(sender.changed)
+        loop.attach_service(sender)
 
 
 def run(values: BootValues, lifeline: int) -> int:
