@@ -250,6 +250,18 @@ def test_connections_beyond_the_cap_are_closed_at_once(metrics_server):
     wait_until(lambda: get(address)[0] == 200, 15, message="scrapes to work again")
 
 
+def datagrams(sock: socket.socket) -> list[bytes]:
+    """What has arrived so far (datagrams keep coming: read what is there)."""
+    sock.settimeout(0.05)
+    got = []
+    try:
+        for _ in range(1000):
+            got.append(sock.recv(65536))
+    except TimeoutError:
+        pass
+    return got
+
+
 def test_statsd_gets_companion_gauges_and_counters(server, sock_path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsd:
         statsd.bind(("127.0.0.1", 0))
@@ -264,13 +276,7 @@ def test_statsd_gets_companion_gauges_and_counters(server, sock_path):
         received: list[bytes] = []
 
         def heard(*wanted):
-            # what arrived so far (datagrams keep coming: read what is there)
-            statsd.settimeout(0.05)
-            try:
-                for _ in range(1000):
-                    received.append(statsd.recv(65536))
-            except TimeoutError:
-                pass
+            received.extend(datagrams(statsd))
             return all(any(re.fullmatch(w, d) for d in received) for w in wanted)
 
         srv.until(lambda: heard(rb"myapp\.companion\.sleepy\.state:20\|g\|#env:test",
@@ -297,12 +303,7 @@ def test_a_state_change_reaches_statsd_at_once_not_at_the_next_interval(server, 
         received: list[bytes] = []
 
         def heard_stopped():
-            statsd.settimeout(0.05)
-            try:
-                for _ in range(1000):
-                    received.append(statsd.recv(65536))
-            except TimeoutError:
-                pass
+            received.extend(datagrams(statsd))
             return b"companion.sleepy.state:0|g" in received  # STOPPED
 
         srv.until(heard_stopped, message="sleepy's STOPPED gauge")
