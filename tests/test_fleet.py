@@ -23,7 +23,17 @@ from pathlib import Path
 
 import pytest
 from redis_server import RedisServer, find_redis_server
-from support import Server, proc_stat, running_code, short_socket_path, status, wait_until
+from support import (
+    Control,
+    Server,
+    alive,
+    cmdline,
+    proc_stat,
+    running_code,
+    short_socket_path,
+    status,
+    wait_until,
+)
 
 pytest.importorskip("redis", reason="the redis client: pip install 'gunicorn-companion[redis]'")
 
@@ -268,3 +278,34 @@ def test_service_unreachable_holder_stops_in_time_and_nobody_starts(fleet, lease
     lease_service.start()
     new = fleet.one_instance(timeout=3 * TTL + 10)
     assert fleet.token_of(new) > fleet.token_of(pid)
+
+
+def test_stop_on_the_holder_hands_over_at_once(fleet):
+    pid = fleet.one_instance()
+    holder = fleet.host_of(pid)
+    asked_at = time.monotonic()
+    reply = Control(fleet.sockets[holder]).request({"cmd": "stop", "name": NAME})
+    assert reply["ok"], reply
+    new = fleet.one_instance(other_than=pid, timeout=10)
+    assert time.monotonic() - asked_at < 3.0
+    assert fleet.host_of(new) != holder
+    entry = status(fleet.sockets[holder])[NAME]
+    assert entry["state"] == "STOPPED"
+    assert entry["lease"]["state"] == "waiting"
+
+
+def test_a_killed_keeper_is_replaced_and_the_holder_keeps_running(fleet):
+    pid = fleet.one_instance()
+    server = fleet.servers[fleet.host_of(pid)]
+    keepers = [p for p in server.tree() if "lease keeper" in cmdline(p)]
+    assert len(keepers) == 1, [cmdline(p) for p in server.tree()]
+    os.kill(keepers[0], signal.SIGKILL)
+    server.until(lambda: [p for p in server.tree() if "lease keeper" in cmdline(p)
+                          and p != keepers[0] and alive(p)], 10, message="a new keeper")
+    # renewed by the new keeper: the same instance, the same token, past a TTL
+    until = time.monotonic() + 1.5 * TTL
+    while time.monotonic() < until:
+        assert fleet.instances() == (pid,)
+        time.sleep(0.05)
+    lease = status(fleet.sockets[fleet.host_of(pid)])[NAME]["lease"]
+    assert (lease["state"], lease["token"]) == ("held", fleet.token_of(pid))

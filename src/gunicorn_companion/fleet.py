@@ -37,7 +37,7 @@ from .spec import lease_stop_budget
 from .states import State
 
 # A keeper that died is replaced after this long (its leases' deadlines run on).
-KEEPER_RESTART_DELAY = 1.0
+KEEPER_RESTART_DELAY = 0.25
 # How long a manager on its way out waits for the keeper to release its leases.
 KEEPER_EXIT_WAIT = 5.0
 
