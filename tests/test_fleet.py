@@ -274,7 +274,7 @@ def test_service_unreachable_holder_stops_in_time_and_nobody_starts(fleet, lease
         time.sleep(0.05)
     entries = [status(sock)[NAME] for sock in fleet.sockets]
     assert all(e["state"] == "STARTING" and e["pid"] is None for e in entries), entries
-    assert all("unavailable" in (e.get("waiting") or "") for e in entries), entries
+    assert all("cannot be asked" in (e.get("waiting") or "") for e in entries), entries
     lease_service.start()
     new = fleet.one_instance(timeout=3 * TTL + 10)
     assert fleet.token_of(new) > fleet.token_of(pid)

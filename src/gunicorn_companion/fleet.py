@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from . import lifecycle as lc
 from .keeper import keeper_main, owner_name
-from .spec import lease_stop_budget
+from .spec import LEASE_KILL_GRACE, lease_stop_budget
 from .states import State
 
 # A keeper that died is replaced after this long (its leases' deadlines run on).
@@ -156,8 +156,8 @@ class Fleet:
             return
         if delay > 0:
             self.log.warning("Companion %r: fleet lease taken (token %s); the lease service "
-                             "may have lost its data, so it starts after a lock-delay of %gs",
-                             lease.name, token, delay)
+                             "had no record of it (first use, or it lost its data), so it "
+                             "starts after a lock-delay of %gs", lease.name, token, delay)
         else:
             self.log.info("Companion %r: fleet lease taken (token %s)", lease.name, token)
         self.check(self.now())
@@ -173,7 +173,8 @@ class Fleet:
         lease.why = why
         if lease.token is None:
             lease.holder = lease.holder_token = None
-            self.apply(lease.name, lc.LeaseNote(f"lease service unavailable: {why}"))
+            self.apply(lease.name, lc.LeaseNote(
+                f"fleet lease; the lease service cannot be asked: {why}"))
 
     def _lose(self, lease: Lease, reason: str) -> None:
         """The lease is not ours any more (or soon will not be): the companion
@@ -183,7 +184,8 @@ class Fleet:
         now = self.now()
         record = self.records().get(lease.name)
         remaining = (lease.valid_until or now) - now
-        quick = record is not None and remaining < record.spec.stop_timeout + lease_budget_slack()
+        # graceful while stop_timeout and the kill still fit before the end
+        quick = record is not None and remaining < record.spec.stop_timeout + LEASE_KILL_GRACE
         if lease.token is not None:
             self.link.send("forget", lease.name, lease.token)
         self._forget(lease)
@@ -288,11 +290,6 @@ class Fleet:
         for lease in self.leases.values():
             self._give_up(lease)
         self.link.close(KEEPER_EXIT_WAIT)
-
-
-def lease_budget_slack() -> float:
-    """What a graceful stop needs beyond stop_timeout to be gone in time."""
-    return lease_stop_budget(0.0)
 
 
 class KeeperLink:
