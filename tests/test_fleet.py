@@ -66,6 +66,11 @@ class RedisLeaseService:
         self.stop()
         self.start()
 
+    def hang(self, hung: bool) -> None:
+        """SIGSTOP (or SIGCONT): connections are accepted by the kernel but
+        never answered, so calls time out instead of failing fast."""
+        self.server.proc.send_signal(signal.SIGSTOP if hung else signal.SIGCONT)
+
 
 LEASE_SERVICES = {"redis": RedisLeaseService}
 
@@ -309,3 +314,24 @@ def test_a_killed_keeper_is_replaced_and_the_holder_keeps_running(fleet):
         time.sleep(0.05)
     lease = status(fleet.sockets[fleet.host_of(pid)])[NAME]["lease"]
     assert (lease["state"], lease["token"]) == ("held", fleet.token_of(pid))
+
+
+def test_service_hung_holder_stops_in_time_and_nobody_starts(fleet, lease_service):
+    pid = fleet.one_instance()
+    lease_service.hang(True)
+    hung_at = time.monotonic()
+    try:
+        wait_until(lambda: not running_code(pid), TTL + 1, interval=0.005,
+                   message="the holder's instance gone before its lease can expire")
+        assert time.monotonic() - hung_at < TTL
+        quiet_until = time.monotonic() + TTL
+        while time.monotonic() < quiet_until:
+            assert fleet.instances() == ()
+            time.sleep(0.05)
+        entries = [status(sock)[NAME] for sock in fleet.sockets]
+        assert all("cannot be asked" in (e.get("waiting") or "") for e in entries), entries
+        assert all("Timeout" in e["lease"]["why"] for e in entries), entries
+    finally:
+        lease_service.hang(False)
+    new = fleet.one_instance(timeout=3 * TTL + 10)
+    assert fleet.token_of(new) >= fleet.token_of(pid)
