@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from support import (
     Server,
     alive,
     cmdline,
+    control_command,
     proc_stat,
     running_code,
     short_socket_path,
@@ -206,6 +208,11 @@ def test_one_instance_across_the_fleet_and_status_names_the_holder(fleet):
         assert fleet.instances() in ((pid,), ())
         time.sleep(0.05)
     assert fleet.instances() == (pid,)
+    # a health probe passes on every host: the standbys are not failing
+    for sock in fleet.sockets:
+        probe = subprocess.run([*control_command(), "--socket", str(sock), "check"],
+                               capture_output=True, text=True, timeout=30)
+        assert probe.returncode == 0, probe.stdout + probe.stderr
 
 
 def test_sigkill_of_the_holders_master_fails_over(fleet):

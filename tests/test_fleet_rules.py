@@ -195,3 +195,33 @@ def test_status_of_a_waiting_host_names_the_holder():
     fleet.news("unavailable s Redis: ConnectionError: refused")
     assert fleet.status("s", clock())["state"] == "unavailable"
     assert "refused" in records["s"].waiting
+
+
+# -- health checks ------------------------------------------------------------------------
+
+
+def _entry(state, lease, **more):
+    return {"name": "s", "state": state, "singleton": "fleet", "lease": lease, **more}
+
+
+@pytest.mark.parametrize("entry, healthy, standby", [
+    # another host runs it: this host stands by, healthy (a probe must not
+    # restart every standby pod)
+    (_entry("STARTING", {"state": "waiting", "token": 9, "holder": "b:1", "expires_in": None,
+                         "why": None}, waiting="fleet lease held by b:1 (token 9)"), True, ["s"]),
+    (_entry("STARTING", {"state": "delay", "token": 9, "holder": "me:1", "expires_in": 2.0,
+                         "why": "lock-delay: starts in 2s"}), True, ["s"]),
+    # the service cannot be asked: no host can run it, which is a fault
+    (_entry("STARTING", {"state": "unavailable", "token": None, "holder": None,
+                         "expires_in": None, "why": "refused"},
+            waiting="fleet lease; the lease service cannot be asked: refused"), False, []),
+    (_entry("RUNNING", {"state": "held", "token": 9, "holder": "me:1", "expires_in": 2.0,
+                        "why": None}), True, []),
+])
+def test_a_fleet_singleton_standing_by_is_healthy(entry, healthy, standby):
+    from gunicorn_companion.ctl import assess_health, format_check
+    verdict = assess_health([entry], [])
+    assert verdict["healthy"] is healthy
+    assert verdict.get("standing_by", []) == standby
+    if standby:
+        assert "standing by (another host runs it): s" in format_check(verdict)
