@@ -225,3 +225,31 @@ def test_a_fleet_singleton_standing_by_is_healthy(entry, healthy, standby):
     assert verdict.get("standing_by", []) == standby
     if standby:
         assert "standing by (another host runs it): s" in format_check(verdict)
+
+
+# -- regressions found by tests/fleet_simulation.py -------------------------------------------
+
+
+def test_a_past_lock_delay_of_an_unwanted_companion_is_no_deadline():
+    # seed 4: the manager's loop would spin on a deadline that stays due
+    fleet, clock, said, records, events = manager(WAITING)
+    fleet.news(f"granted s 7 {TTL!r} {NOW!r}")
+    records["s"] = replace(records["s"], wanted=False, state=State.STOPPED)
+    clock.t = NOW + 2.6
+    fleet.news(f"renewed s 7 {NOW + 2.5!r}")
+    clock.t = NOW + TTL + 0.1  # the lock-delay is over, the lease still ours
+    fleet.check(clock())
+    assert fleet.next_deadline() > clock()
+
+
+def test_a_released_lease_leaves_no_leave_to_start():
+    # seed 17: a start after a release spawned during another grant's lock-delay
+    fleet, clock, said, records, events = manager(WAITING)
+    fleet.news(f"granted s 7 0.0 {NOW!r}")
+    assert records["s"].leased
+    records["s"] = replace(records["s"], wanted=False, state=State.STOPPED)
+    fleet.sync("s")
+    assert "release s 7" in said.lines
+    assert not records["s"].leased
+    after, actions = lc.step(records["s"], lc.Start(), clock())
+    assert not any(isinstance(a, lc.Spawn) for a in actions)
