@@ -8,9 +8,12 @@ checks that it never saw two. The faults are the issue's: SIGKILL and
 SIGTERM of the holder's master, the holder's whole tree frozen past the TTL,
 the service restarted empty, and the service gone for a while.
 
-The tests take a ``lease_service`` fixture, parametrized by backend, that
-can start, stop and restart (and so wipe) the service: a backend adds
-itself to LEASE_SERVICES.
+The tests take a ``lease_service`` fixture, parametrized by backend: a
+backend adds a class to LEASE_SERVICES, made from a data directory, with
+``url`` (what companion_lease_url is set to), ``start()`` (and start again
+on the same address after a stop), ``stop()`` (a crash: SIGKILL),
+``restart_empty()`` (a crash and a restart that lost the data) and
+``hang(True/False)`` (the server stops answering, connections stay open).
 """
 
 from __future__ import annotations
