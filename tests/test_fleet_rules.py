@@ -168,6 +168,7 @@ def test_a_lock_delay_holds_the_start_back():
     fleet.news(f"granted s 7 {TTL!r} {NOW!r}")
     assert not any(isinstance(e, lc.LeaseGranted) for e in events)
     assert fleet.status("s", clock())["state"] == "delay"
+    assert records["s"].waiting.startswith("fleet lease lock-delay of 3s (token 7)")
     fleet.news(f"renewed s 7 {NOW + 1!r}")
     fleet.news(f"renewed s 7 {NOW + 2!r}")
     clock.t = NOW + TTL

@@ -166,6 +166,9 @@ class Fleet:
             self.log.warning("Companion %r: fleet lease taken (token %s); the lease service "
                              "had no record of it (first use, or it lost its data), so it "
                              "starts after a lock-delay of %gs", lease.name, token, delay)
+            self.apply(lease.name, lc.LeaseNote(
+                f"fleet lease lock-delay of {delay:g}s (token {token}): the lease service had "
+                "no record of it"))
         else:
             self.log.info("Companion %r: fleet lease taken (token %s)", lease.name, token)
         self.check(self.now())
