@@ -104,6 +104,7 @@ class FleetRun:
         (self.dir / "instances").mkdir(parents=True)
         self.servers: list[Server] = []
         self.sockets = []
+        self.configs: list[str] = []
         for i in range(hosts):
             home = root / f"host{i}"
             home.mkdir()
@@ -119,6 +120,7 @@ class FleetRun:
                 f"companion_lease_ttl = {TTL}",
                 f"companion_workers = {companions!r}",
             ]) + "\n"
+            self.configs.append(config)
             self.servers.append(Server(home, config, env={"FLEET_DIR": str(self.dir),
                                                           "FLEET_HOST": str(i)}))
         self.samples: list[tuple[float, tuple[int, ...]]] = []
@@ -345,3 +347,19 @@ def test_service_hung_holder_stops_in_time_and_nobody_starts(fleet, lease_servic
         lease_service.hang(False)
     new = fleet.one_instance(timeout=3 * TTL + 10)
     assert fleet.token_of(new) >= fleet.token_of(pid)
+
+
+def test_a_reread_that_removes_it_on_the_holder_hands_over_at_once(fleet):
+    pid = fleet.one_instance()
+    holder = fleet.host_of(pid)
+    server = fleet.servers[holder]
+    # the same settings without the fleet singleton: the URL must go too
+    server.write_config("preload_app = True\nworkers = 1\n"
+                        f"companion_control_socket = {str(fleet.sockets[holder])!r}\n"
+                        "companion_workers = []\n")
+    asked_at = time.monotonic()
+    reply = Control(fleet.sockets[holder]).request({"cmd": "reread"})
+    assert reply["ok"], reply
+    new = fleet.one_instance(other_than=pid, timeout=10)
+    assert time.monotonic() - asked_at < 3.0
+    assert fleet.host_of(new) != holder
