@@ -30,6 +30,8 @@ import signal
 import sys
 from collections import defaultdict
 
+from simulation import SIM_EPOCH
+
 from gunicorn_companion.fleet import Fleet
 from gunicorn_companion.keeper import Keeper
 from gunicorn_companion.lease import Acquired, Busy, Holder, LeaseUnavailable
@@ -226,6 +228,9 @@ class SimHost:
 
     def now(self):
         return self.world.now
+
+    def wall_clock(self):
+        return SIM_EPOCH + self.world.now
 
     def random(self):
         return self.world.rng.random()
