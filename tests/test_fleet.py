@@ -23,6 +23,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ from support import (
     alive,
     cmdline,
     control_command,
+    free_port,
     proc_stat,
     running_code,
     short_socket_path,
@@ -99,12 +101,13 @@ def live(pid: int) -> bool:
 class FleetRun:
     """N hosts, the shared instance directory, and the sampler."""
 
-    def __init__(self, root: Path, url: str, hosts: int = 3):
+    def __init__(self, root: Path, url: str, hosts: int = 3, metrics: bool = False):
         self.dir = root / "fleet"
         (self.dir / "instances").mkdir(parents=True)
         self.servers: list[Server] = []
         self.sockets = []
         self.configs: list[str] = []
+        self.metrics_ports = [free_port() for _ in range(hosts)] if metrics else []
         for i in range(hosts):
             home = root / f"host{i}"
             home.mkdir()
@@ -119,7 +122,8 @@ class FleetRun:
                 f"companion_lease_url = {url!r}",
                 f"companion_lease_ttl = {TTL}",
                 f"companion_workers = {companions!r}",
-            ]) + "\n"
+            ] + [f'companion_metrics_bind = "127.0.0.1:{port}"'
+                 for port in self.metrics_ports[i:i + 1]]) + "\n"
             self.configs.append(config)
             self.servers.append(Server(home, config, env={"FLEET_DIR": str(self.dir),
                                                           "FLEET_HOST": str(i)}))
@@ -365,3 +369,31 @@ def test_a_reread_that_removes_it_on_the_holder_hands_over_at_once(fleet):
     new = fleet.one_instance(other_than=pid, timeout=10)
     assert time.monotonic() - asked_at < 3.0
     assert fleet.host_of(new) != holder
+
+
+def lease_metrics(port: int) -> dict[str, float]:
+    """The lease's samples on a host's /metrics, read with Prometheus' own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return {sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith("gunicorn_companion_lease_")
+            and sample.labels.get("companion") == NAME}
+
+
+def test_metrics_show_which_host_holds_the_lease_and_its_token(tmp_path, lease_service):
+    run = FleetRun(tmp_path, lease_service.url, metrics=True).start()
+    try:
+        pid = run.one_instance()
+        holder, token = run.host_of(pid), run.token_of(pid)
+        for i, port in enumerate(run.metrics_ports):
+            expected = {"gunicorn_companion_lease_held": 1.0 if i == holder else 0.0,
+                        "gunicorn_companion_lease_token": float(token)}
+            # a standby may need one poll to have seen the holder's token
+            wait_until(lambda port=port, expected=expected: lease_metrics(port) == expected,
+                       10, message=f"host {i}'s lease metrics to be {expected}")
+    finally:
+        run.close()
+    assert run.most_at_once() <= 1
