@@ -607,6 +607,147 @@ def test_a_notify_datagram_names_its_sender_by_the_kernels_word_when_it_can():
     manager_loop.close_in_child()
 
 
+
+class SimSelector:
+    """The loop's selector over the simulated world: where the real one
+    would sleep, virtual time runs on to the next happening (or the
+    timeout), and a SIGCHLD the world raised arrives as the byte CPython's
+    C handler writes on the wakeup socket. The sockets are real."""
+
+    def __init__(self, rig: Rig):
+        self.rig = rig
+        self.real = selectors.DefaultSelector()
+        self.timeouts: list[float | None] = []
+        self.manager_loop: loop.ManagerLoop | None = None
+
+    def register(self, *args):
+        return self.real.register(*args)
+
+    def close(self):
+        self.real.close()
+
+    def select(self, timeout):
+        self.timeouts.append(timeout)
+        world = self.rig.world
+        if not (ready := self.real.select(0)):
+            until = None if timeout is None else world.now + timeout
+            if world.happenings and (until is None or world.happenings[0][0] <= until):
+                world.now = max(world.now, world.happenings[0][0])
+                while world.happenings and world.happenings[0][0] <= world.now:
+                    heapq.heappop(world.happenings)[2]()
+            else:
+                assert until is not None, "the loop would block forever"
+                world.now = until
+            if world.sigchld:
+                world.sigchld = False
+                self.manager_loop._wakeup_w.send(bytes([signal.SIGCHLD]))
+            ready = self.real.select(0)
+        return ready
+
+
+class SimNews:
+    """systemd's news (sdnotify.ManagerNews): a keepalive due at a set time."""
+
+    def __init__(self, rig: Rig, keepalive_at: float | None):
+        self.rig = rig
+        self.next_keepalive = keepalive_at
+        self.turns: list[tuple[float, list]] = []
+
+    def after_loop_turn(self, states):
+        self.turns.append((self.rig.world.now, states))
+        if self.next_keepalive is not None and self.rig.world.now >= self.next_keepalive:
+            self.next_keepalive = None  # sent
+
+
+def test_the_loop_runs_companions_until_sigterm_has_stopped_them_all_then_cleans_up():
+    rig = Rig(spec("a", startsecs=0.0), spec("b", startsecs=0.0, autostart=False),
+              stop_delay=0.25)
+    selector = SimSelector(rig)
+    rig.host.child_closers = []
+    manager_loop = selector.manager_loop = loop.ManagerLoop(rig.sup, selector)
+    # what install_signals does, without touching this process's signal handlers
+    manager_loop._wakeup_r.setblocking(False)
+    selector.register(manager_loop._wakeup_r, selectors.EVENT_READ, manager_loop._on_wakeup)
+    control, cleaned = Recorder(), []
+    manager_loop.attach_control(control)
+    # a freshly forked companion closes the control server's sockets too
+    assert rig.host.child_closers[0] == manager_loop.close_in_child
+    rig.host.child_closers[1]()
+    assert control.calls == [("close_in_child",)]
+    manager_loop.news = SimNews(rig, keepalive_at=2.0)
+    rig.host.kill_session = lambda: cleaned.append(("kill_session", rig.world.now)) or True
+    rig.host.close = lambda: cleaned.append(("close", rig.world.now))
+    rig.world.at(5.0, lambda: manager_loop._wakeup_w.send(bytes([signal.SIGTERM])))
+    assert manager_loop.run() == 0
+    assert rig.world.now == 5.25  # the stop took what the companion took, no more
+    assert [e["state"] for e in rig.sup.snapshot()] == ["STOPPED", "STOPPED"]
+    assert len(starts(rig, "a")) == 1 and starts(rig, "b") == []
+    # woken by the keepalive, then nothing to wait for until the signal
+    # came, then the stop's own deadline (stop_timeout) bounds the wait
+    assert selector.timeouts[:3] == [2.0, None, 10.0]
+    turns = manager_loop.news.turns
+    assert turns[0] == (2.0, [("a", "RUNNING", True), ("b", "STOPPED", False)])
+    assert turns[-1] == (5.25, [("a", "STOPPED", False), ("b", "STOPPED", False)])
+    assert control.calls == [("close_in_child",), ("close",)]
+    assert cleaned == [("kill_session", 5.25), ("close", 5.25)]
+    assert rig.messages()[-1] == f"Companion manager exiting (pid: {os.getpid()})"
+    manager_loop.close_in_child()
+
+
+def test_the_loop_never_waits_past_a_deadline_already_due():
+    rig = Rig(spec("a", startsecs=0.0))
+    selector = SimSelector(rig)
+    rig.host.child_closers = []
+    manager_loop = selector.manager_loop = loop.ManagerLoop(rig.sup, selector)
+    manager_loop._wakeup_r.setblocking(False)
+    selector.register(manager_loop._wakeup_r, selectors.EVENT_READ, manager_loop._on_wakeup)
+    manager_loop.news = SimNews(rig, keepalive_at=-1.0)  # overdue: select must not block
+    rig.world.at(1.0, lambda: manager_loop._wakeup_w.send(bytes([signal.SIGTERM])))
+    manager_loop.run()
+    assert selector.timeouts[:2] == [0.0, None]
+    manager_loop.close_in_child()
+
+
+@pytest.fixture
+def restored_signals():
+    """install_signals changes this process's handlers: put them back after."""
+    saved = {sig: signal.getsignal(sig) for sig in signal.valid_signals()}
+    yield
+    signal.set_wakeup_fd(-1)
+    for sig, handler in saved.items():
+        if handler is not None and handler != signal.getsignal(sig):
+            signal.signal(sig, handler)
+
+
+def test_installed_signals_reach_the_supervisor_through_the_wakeup_socket(restored_signals):
+    rig = Rig(spec("a", startsecs=0.0))
+    manager_loop = loop_over(rig)
+    handled = Recorder()
+    rig.sup.reread = handled.reread
+    strays = loop.stray_signals()
+    manager_loop.install_signals()
+    assert all(signal.getsignal(sig) is loop._record_only for sig in loop.HANDLED_SIGNALS)
+    # what would end the manager for nothing is ignored, and a companion
+    # is told to undo that (an ignored signal stays ignored across exec)
+    assert manager_loop.ignored_signals == strays and signal.SIGALRM in strays
+    assert all(signal.getsignal(sig) == signal.SIG_IGN for sig in strays)
+    assert rig.host.handled_signals == loop.HANDLED_SIGNALS + strays
+    assert {key.fileobj: key.data for key in manager_loop.selector.get_map().values()} == {
+        manager_loop._wakeup_r: manager_loop._on_wakeup,
+        manager_loop._notify_r: manager_loop._on_notify}
+    # the loop must never block on its own sockets, nor a companion on its
+    # ready()/heartbeat() datagram
+    assert not any(sock.getblocking() for sock in (
+        manager_loop._wakeup_r, manager_loop._wakeup_w, manager_loop._notify_r,
+        manager_loop.notify_w))
+    assert manager_loop._notify_r.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED) == 1
+    os.kill(os.getpid(), signal.SIGHUP)  # a real signal: its byte wakes the selector
+    for key, mask in manager_loop.selector.select(timeout=10.0):
+        key.data(key, mask)
+    assert handled.calls == [("reread",)]
+    manager_loop.close_in_child()
+
+
 UCRED = struct.Struct("iII")
 
 
