@@ -870,3 +870,38 @@ def test_memory_of_a_companion_that_exited_unreaped_is_its_main_process_only():
     rig.sup.fire_due()
     assert rig.sup.memory == {"a": 0}
     assert rig.sup.records["a"].last_recycle is None
+
+
+def test_companions_and_their_log_files_belong_to_gunicorns_user_unless_they_set_their_own():
+    rig = Rig(spec("a", startsecs=0.0), spec("b", startsecs=0.0, unix_group="root"))
+    spawned = {}
+
+    def spawn(spec, target, *, lock_path, identity, real=rig.host.spawn):
+        spawned[spec.name] = identity
+        return real(spec, target, lock_path=lock_path, identity=identity)
+
+    rig.host.spawn = spawn
+    rig.sup.start()
+    assert spawned == {"a": None, "b": None}  # no user of its own: it runs as the manager
+    assert rig.host.output.owner_of(rig.sup.records["a"].spec) is None
+    base = privileges.Identity(os.geteuid() + 1, os.getegid() + 1, ())
+    rig.sup.use_identity(base)
+    rig.sup.shutdown(quick=True)
+    rig.run(1.0)
+    rig.sup.shutting_down = False
+    rig.sup.request("a", "start")
+    rig.sup.request("b", "start")
+    assert spawned["a"] == base
+    assert (spawned["b"].uid, spawned["b"].gid) == (base.uid, 0)
+    # the files it writes its output to are created for whom it runs as
+    assert rig.host.output.owner_of(rig.sup.records["a"].spec) == (base.uid, base.gid)
+    assert rig.host.output.owner_of(rig.sup.records["b"].spec) == (base.uid, 0)
+
+
+def test_tail_follow_asks_the_host_for_the_companions_new_lines():
+    rig = Rig(spec("a"))
+    followed = []
+    rig.host.follow = lambda names, responder: followed.append((names, responder))
+    responder = Recorder()
+    rig.sup.follow(["a"], responder)
+    assert followed == [(["a"], responder)]
