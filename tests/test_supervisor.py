@@ -11,7 +11,9 @@ changes, which process a signal reaches, when memory recycles.
 
 from __future__ import annotations
 
+import errno
 import faulthandler
+import hashlib
 import heapq
 import os
 import selectors
@@ -25,7 +27,7 @@ from simulation import MiB, SimHost, SimLog, SimManager, World
 from gunicorn_companion import commands, loop, privileges, protocol
 from gunicorn_companion.loading import CompanionConfig
 from gunicorn_companion.spec import CompanionSpec, ConfigError
-from gunicorn_companion.supervisor import Supervisor, diff_specs
+from gunicorn_companion.supervisor import LEFTOVER_GRACE, Supervisor, diff_specs
 
 
 def spec(name: str, **options) -> CompanionSpec:
@@ -905,3 +907,232 @@ def test_tail_follow_asks_the_host_for_the_companions_new_lines():
     responder = Recorder()
     rig.sup.follow(["a"], responder)
     assert followed == [(["a"], responder)]
+
+
+# -- spawning: failures, singleton locks ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("error", "says"), [
+    (OSError(errno.EAGAIN, "Resource temporarily unavailable"),
+     "Resource temporarily unavailable"),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "/opt/bin/worker"),
+     "No such file or directory: '/opt/bin/worker'"),
+    (OSError("the stdout file cannot be opened"), "the stdout file cannot be opened"),
+])
+def test_a_failed_spawn_says_why_and_backs_off(error, says):
+    rig = Rig(spec("a", restart_delay=2.0))
+    real = rig.host.spawn
+    rig.host.spawn = lambda *args, **kwargs: (_ for _ in ()).throw(error)
+    rig.sup.start()
+    assert rig.messages()[-1] == f"companion 'a' could not be started: {says}; retrying in 2s"
+    assert rig.entry("a")["state"] == "BACKOFF" and rig.sup.pids == {}
+    rig.host.spawn = real
+    rig.run(2.0)
+    assert rig.entry("a")["state"] == "STARTING"
+    assert rig.sup.pids == {rig.proc("a").pid: "a"}
+
+
+def lock_paths(rig: Rig) -> dict[str, str | None]:
+    paths = {}
+
+    def spawn(spec, target, *, lock_path, identity, real=rig.host.spawn):
+        paths[spec.name] = lock_path
+        return real(spec, target, lock_path=lock_path, identity=identity)
+
+    rig.host.spawn = spawn
+    return paths
+
+
+def test_a_singleton_locks_a_file_of_its_own_per_config_in_the_lock_dir():
+    rig = Rig(spec("s", singleton=True), spec("t", singleton=True), spec("plain"))
+    paths = lock_paths(rig)
+    rig.sup.start()
+    scope = hashlib.sha256(b"test").hexdigest()[:12]  # the lock scope: the config's
+    assert paths == {"s": f"/sim/locks/{scope}-s.lock", "t": f"/sim/locks/{scope}-t.lock",
+                     "plain": None}
+
+
+def test_the_lock_dir_is_prepared_once_when_a_singleton_first_starts():
+    prepared = []
+    rig = Rig(spec("plain"), spec("s", singleton=True, autostart=False),
+              spec("t", singleton=True, autostart=False), lock_dir=None,
+              prepare_lock_dir=lambda: prepared.append(1) or "/run/gc-locks")
+    paths = lock_paths(rig)
+    rig.sup.start()
+    assert prepared == []  # no singleton running: nothing created
+    rig.sup.request("s", "start")
+    rig.sup.request("t", "start")
+    assert prepared == [1]
+    assert paths["t"].startswith("/run/gc-locks/") and paths["t"].endswith("-t.lock")
+
+
+@pytest.mark.parametrize(("prepare", "says"), [
+    (None, "no companion_lock_dir for singleton 's'"),
+    (ConfigError("companion_lock_dir '/x' is not a directory"),
+     "invalid companion configuration: companion_lock_dir '/x' is not a directory"),
+])
+def test_a_singleton_never_runs_without_its_lock(prepare, says):
+    def failing():
+        raise prepare
+
+    rig = Rig(spec("s", singleton=True), lock_dir=None,
+              prepare_lock_dir=None if prepare is None else failing)
+    rig.sup.start()
+    assert rig.world.procs == {}
+    assert f"companion 's' could not be started: {says}; retrying in 1s" in rig.messages()
+
+
+# -- the notify channel --------------------------------------------------------------------
+
+
+def test_ready_and_heartbeats_count_only_from_a_companions_own_process():
+    rig = Rig(spec("r", wait_ready=True), spec("w", startsecs=0.0, watchdog_timeout=1.0))
+    rig.sup.start()
+    ready, watched = rig.proc("r").pid, rig.proc("w").pid
+    rig.sup.notified(watched, "ready")  # another companion's word
+    rig.sup.notified(ready, "READY=1")  # not one of ours
+    rig.sup.notified(4242, "ready")  # no companion's pid
+    assert rig.entry("r")["state"] == "STARTING"
+    rig.sup.notified(ready, "ready")
+    assert rig.entry("r")["state"] == "RUNNING"
+    for t in (0.6, 1.2, 1.8, 2.4):  # heartbeats keep the watchdog quiet
+        rig.run(t)
+        rig.sup.notified(watched, "heartbeat")
+    assert rig.proc("w").pid == watched and rig.proc("w").alive
+    rig.run(3.5)  # then silence: past watchdog_timeout it is restarted
+    assert rig.proc("w").pid != watched
+
+
+def test_a_singleton_waiting_for_its_lock_says_so_and_settles_once_it_holds_it():
+    rig = Rig(spec("s", singleton=True, startsecs=1.0))
+    rig.sup.start()
+    pid = rig.sup.records["s"].pid
+    rig.sup.notified(pid, "lock-wait")
+    assert rig.entry("s")["waiting"] == "singleton lock held by another instance"
+    rig.world.now = 5.0
+    rig.sup.notified(pid, "lock-held")
+    rig.run(5.99)
+    assert rig.entry("s")["state"] == "STARTING"  # startsecs counts from the lock
+    rig.run(6.0)
+    assert rig.entry("s")["state"] == "RUNNING"
+
+
+# -- what a companion leaves behind ---------------------------------------------------------
+
+
+def leaving_rig(member_stop_delay: float | None) -> tuple[Rig, object]:
+    """A companion whose main process exits, leaving a pool child in its group."""
+    rig = Rig(spec("a", startsecs=0.0, restart_delay=30.0), stop_delay=None)
+    rig.sup.start()
+    rig.run(0.1)
+    main = rig.proc("a")
+    rig.world._fork_member(main, rig.world.behaviour(0))
+    member = rig.world.procs[max(rig.world.procs)]
+    member.stop_delay = member_stop_delay
+    rig.world.die(main, 0)
+    rig.settle()
+    return rig, member
+
+
+def test_what_a_companion_left_in_its_group_gets_sigterm_then_sigkill_after_a_grace():
+    rig, member = leaving_rig(member_stop_delay=None)  # ignores SIGTERM
+    assert (f"Companion 'a' (pid {member.pgid}) left processes in its group; sent them SIGTERM"
+            in rig.messages())
+    assert rig.sup.next_deadline() == 0.1 + LEFTOVER_GRACE
+    rig.run(0.1 + LEFTOVER_GRACE - 0.001)
+    assert member.alive
+    rig.run(0.1 + LEFTOVER_GRACE)
+    assert not member.alive
+    assert ("1 process(es) left behind by companion 'a' did not exit 2s after SIGTERM; "
+            "sending SIGKILL") in rig.messages()
+    assert rig.sup.leftovers == {}
+
+
+def test_what_leaves_on_sigterm_is_forgotten_when_its_exit_is_reaped():
+    rig, member = leaving_rig(member_stop_delay=0.05)
+    assert rig.sup.leftovers
+    rig.run(0.2)  # it exits, orphaned to the manager: reaped as no companion's
+    assert not member.alive and rig.sup.leftovers == {}
+    assert rig.sup.next_deadline() == rig.sup.records["a"].deadline  # its restart only
+    assert "sending SIGKILL" not in rig.logged()
+
+
+def test_a_companion_that_leaves_nothing_gets_no_grace():
+    rig = Rig(spec("a", startsecs=0.0, restart_delay=30.0))
+    rig.sup.start()
+    rig.world.die(rig.proc("a"), 0)
+    rig.settle()
+    assert rig.sup.leftovers == {} and "left processes" not in rig.logged()
+
+
+def test_a_quick_stop_gives_leftovers_no_grace_and_the_manager_finishes_only_once_they_are_gone():
+    rig, member = leaving_rig(member_stop_delay=None)
+    rig.sup.shutdown(quick=True)
+    assert not rig.sup.finished()  # the leftovers have their grace
+    rig.sup.kill_leftovers_now()
+    rig.settle()
+    assert not member.alive and rig.sup.leftovers == {}
+    assert rig.sup.finished()
+
+
+def test_strays_that_left_their_group_are_killed_after_an_exit_and_ours_are_spared():
+    rig = Rig(spec("a", startsecs=0.0), spec("b", startsecs=0.0), stop_delay=None)
+    rig.sup.start()
+    rig.run(0.1)
+    a, b = rig.proc("a"), rig.proc("b")
+    rig.world._fork_member(a, rig.world.behaviour(0))
+    daemon = rig.world.procs[max(rig.world.procs)]
+    daemon.pgid, daemon.parent = daemon.pid, 0  # setsid and double fork: orphaned to us
+    rig.sup.kill_strays()
+    assert not daemon.alive and a.alive and b.alive
+    # and on the way out, when the session cannot be killed as a whole
+    rig.world._fork_member(a, rig.world.behaviour(0))
+    other = rig.world.procs[max(rig.world.procs)]
+    other.pgid, other.parent = other.pid, 0
+    rig.host.kill_session = lambda: False
+    rig.sup.finish()
+    assert not other.alive and a.alive
+
+
+def test_finish_kills_the_managers_whole_session_when_it_can():
+    rig = Rig(spec("a", startsecs=0.0), stop_delay=None)
+    rig.sup.start()
+    scanned = []
+    rig.host.children = lambda: scanned.append(1) or []
+    rig.sup.finish()
+    assert not rig.proc("a").alive and scanned == []  # no /proc scan needed
+
+
+# -- shutdown and waiters ----------------------------------------------------------------
+
+
+def test_shutdown_stops_every_companion_and_says_so_once():
+    rig = Rig(spec("a", startsecs=0.0), spec("b", startsecs=0.0, autostart=False))
+    rig.sup.start()
+    rig.sup.shutdown(quick=False)
+    rig.sup.shutdown(quick=True)  # a quick stop overtakes the graceful one
+    assert rig.messages().count("Companion manager stopping companions (graceful)") == 1
+    assert "Companion manager stopping companions (quick)" not in rig.messages()
+    assert rig.sup.records["a"].state.name == "STOPPING"
+    rig.run(0.1)
+    assert rig.sup.finished()
+
+
+def test_a_waiter_is_answered_once_when_settled_and_a_removed_companion_says_so():
+    rig = Rig(spec("a", startsecs=1.0), spec("b", startsecs=0.0, autostart=False))
+    rig.sup.start()
+    answers = []
+
+    def running(record):
+        return {"ok": True} if record.state.name == "RUNNING" else None
+
+    rig.sup.wait_for("a", running, answers.append)
+    rig.sup.wait_for("b", running, answers.append)
+    rig.run(0.5)
+    assert answers == [] and set(rig.sup.waiters) == {"a", "b"}
+    rig.run(1.0)
+    assert answers == [{"ok": True}] and list(rig.sup.waiters) == ["b"]
+    rig.config = CompanionConfig((spec("a", startsecs=1.0),))
+    rig.sup.reread()
+    assert answers[1] == protocol.error("removed", "b was removed from the configuration")
+    assert rig.sup.waiters == {}
