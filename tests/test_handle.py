@@ -327,7 +327,7 @@ class ScriptedMaster:
             manager.exit_at, manager.status = at, status
 
     def signal(self, pid: int, sig: int) -> None:
-        self.calls.append(("signal", pid, signal.Signals(sig).name))
+        self.calls.append(("signal", pid, signal.Signals(sig).name, self.clock))
         manager = next(m for m in self.managers if m.pid == pid)
         if manager.exit_at is not None and manager.exit_at <= self.clock:
             return  # gone already: no error
@@ -370,7 +370,10 @@ class ScriptedMaster:
                 manager.swept_at = self.clock
 
     def signals(self) -> list[tuple]:
-        return [c[1:] for c in self.calls if c[0] == "signal"]
+        return [c[1:3] for c in self.calls if c[0] == "signal"]
+
+    def signalled_at(self, name: str) -> float:
+        return next(c[3] for c in self.calls if c[0] == "signal" and c[2] == name)
 
 
 def booted_driver(*scripts: Script, **first) -> tuple[ManagerDriver, ScriptedMaster]:
@@ -511,11 +514,12 @@ def test_a_graceful_shutdown_waits_for_the_manager_then_sweeps_its_session():
 
 def test_a_manager_that_overruns_the_shutdown_timeout_is_killed():
     driver, master = booted_driver(stop_takes=None)  # it ignores TERM
-    driver.shutdown(graceful=True, timeout=3.0)
+    driver.shutdown(graceful=True, timeout=3.04)
     assert master.signals() == [(PID, "SIGTERM"), (PID, "SIGKILL")]
     assert ("error", "Companion manager did not stop in 3.0s; killing it") in master.log.lines
     assert driver.phase is Phase.STOPPED
-    assert 3.0 <= master.clock < 3.2
+    # killed when the timeout ran out, not a polling interval later
+    assert 3.14 <= master.signalled_at("SIGKILL") < 3.14 + 1e-6  # booted at 0.1
 
 
 def test_a_quick_shutdown_requested_during_a_graceful_one_hurries_the_manager_once():
@@ -554,3 +558,12 @@ def test_wait_exit_says_whether_the_manager_was_reaped_in_time():
     assert master.clock >= 1.0 and driver.phase is Phase.UP
     assert driver.wait_exit(5.0) is True
     assert 2.0 <= master.clock < 2.1 and driver.phase is Phase.DRAINING
+
+
+def test_what_a_dead_manager_left_unread_on_its_lifeline_does_not_delay_its_replacement():
+    driver, master = booted_driver(lines=((0.1, READY), (0.5, b"STATUS=busy\n"),
+                                          (0.6, b"STATUS=busier\n")), exits_after=1.0)
+    master.clock = 1.0  # it wrote news the master never read, then died
+    driver.claim()
+    driver.maintain(wanted=True)
+    assert driver.phase is Phase.IDLE  # read to the lifeline's end in one turn

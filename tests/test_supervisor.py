@@ -15,6 +15,7 @@ import errno
 import faulthandler
 import hashlib
 import heapq
+import json
 import os
 import selectors
 import signal
@@ -26,6 +27,7 @@ from simulation import MiB, SimHost, SimLog, SimManager, World
 
 from gunicorn_companion import commands, loop, privileges, protocol
 from gunicorn_companion.loading import CompanionConfig
+from gunicorn_companion.server import ControlServer
 from gunicorn_companion.spec import CompanionSpec, ConfigError
 from gunicorn_companion.supervisor import LEFTOVER_GRACE, Supervisor, diff_specs
 
@@ -605,6 +607,9 @@ def test_a_notify_datagram_names_its_sender_by_the_kernels_word_when_it_can():
     sender.send(b"ready 4242")  # another companion's pid: the kernel says who sent it
     manager_loop._on_notify(None, None)
     assert heard.calls[1:] == [("notified", os.getpid(), "ready")]
+    sender.send(b"\xff\xfeready 4242")  # garbage: no crash, and no word of ours
+    manager_loop._on_notify(None, None)
+    assert heard.calls[2:] == [("notified", os.getpid(), "\ufffd\ufffdready")]
     sender.close()
     manager_loop.close_in_child()
 
@@ -622,11 +627,8 @@ class SimSelector:
         self.timeouts: list[float | None] = []
         self.manager_loop: loop.ManagerLoop | None = None
 
-    def register(self, *args):
-        return self.real.register(*args)
-
-    def close(self):
-        self.real.close()
+    def __getattr__(self, name):  # register, modify, unregister, close: the real one's
+        return getattr(self.real, name)
 
     def select(self, timeout):
         self.timeouts.append(timeout)
@@ -707,6 +709,31 @@ def test_the_loop_never_waits_past_a_deadline_already_due():
     rig.world.at(1.0, lambda: manager_loop._wakeup_w.send(bytes([signal.SIGTERM])))
     manager_loop.run()
     assert selector.timeouts[:2] == [0.0, None]
+    manager_loop.close_in_child()
+
+
+def test_the_loop_serves_the_control_socket_and_a_stop_answers_once_stopped(sock_path):
+    rig = Rig(spec("a", startsecs=0.0), stop_delay=0.25)
+    selector = SimSelector(rig)
+    rig.host.child_closers = []
+    manager_loop = selector.manager_loop = loop.ManagerLoop(rig.sup, selector)
+    manager_loop._wakeup_r.setblocking(False)
+    selector.register(manager_loop._wakeup_r, selectors.EVENT_READ, manager_loop._on_wakeup)
+    server = ControlServer(str(sock_path), 0o600, selector=selector, log=rig.log,
+                           handle=lambda request, respond: commands.dispatch(
+                               rig.sup, request, respond))
+    server.bind()
+    manager_loop.attach_control(server)
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(str(sock_path))
+    client.sendall(b'{"cmd": "stop", "name": "a"}\n')
+    rig.world.at(5.0, lambda: manager_loop._wakeup_w.send(bytes([signal.SIGTERM])))
+    manager_loop.run()
+    client.settimeout(10.0)
+    reply = json.loads(client.makefile("rb").readline())
+    assert reply["ok"] is True and "a stopped" in reply["message"]
+    assert rig.sup.records["a"].state.name == "STOPPED"
+    client.close()
     manager_loop.close_in_child()
 
 
