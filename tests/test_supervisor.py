@@ -1047,22 +1047,25 @@ def test_a_singleton_waiting_for_its_lock_says_so_and_settles_once_it_holds_it()
 # -- what a companion leaves behind ---------------------------------------------------------
 
 
-def leaving_rig(member_stop_delay: float | None) -> tuple[Rig, object]:
-    """A companion whose main process exits, leaving a pool child in its group."""
+def leaving_rig(*stop_delays: float | None) -> tuple[Rig, list]:
+    """A companion whose main process exits, leaving pool children in its
+    group; each exits this long after SIGTERM (None: ignores it)."""
     rig = Rig(spec("a", startsecs=0.0, restart_delay=30.0), stop_delay=None)
     rig.sup.start()
     rig.run(0.1)
     main = rig.proc("a")
-    rig.world._fork_member(main, rig.world.behaviour(0))
-    member = rig.world.procs[max(rig.world.procs)]
-    member.stop_delay = member_stop_delay
+    members = []
+    for stop_delay in stop_delays:
+        rig.world._fork_member(main, rig.world.behaviour(0))
+        members.append(rig.world.procs[max(rig.world.procs)])
+        members[-1].stop_delay = stop_delay
     rig.world.die(main, 0)
     rig.settle()
-    return rig, member
+    return rig, members
 
 
 def test_what_a_companion_left_in_its_group_gets_sigterm_then_sigkill_after_a_grace():
-    rig, member = leaving_rig(member_stop_delay=None)  # ignores SIGTERM
+    rig, [member] = leaving_rig(None)  # ignores SIGTERM
     assert (f"Companion 'a' (pid {member.pgid}) left processes in its group; sent them SIGTERM"
             in rig.messages())
     assert rig.sup.next_deadline() == 0.1 + LEFTOVER_GRACE
@@ -1076,7 +1079,7 @@ def test_what_a_companion_left_in_its_group_gets_sigterm_then_sigkill_after_a_gr
 
 
 def test_what_leaves_on_sigterm_is_forgotten_when_its_exit_is_reaped():
-    rig, member = leaving_rig(member_stop_delay=0.05)
+    rig, [member] = leaving_rig(0.05)
     assert rig.sup.leftovers
     rig.run(0.2)  # it exits, orphaned to the manager: reaped as no companion's
     assert not member.alive and rig.sup.leftovers == {}
@@ -1093,12 +1096,14 @@ def test_a_companion_that_leaves_nothing_gets_no_grace():
 
 
 def test_a_quick_stop_gives_leftovers_no_grace_and_the_manager_finishes_only_once_they_are_gone():
-    rig, member = leaving_rig(member_stop_delay=None)
+    rig, [member] = leaving_rig(None)
     rig.sup.shutdown(quick=True)
     assert not rig.sup.finished()  # the leftovers have their grace
     rig.sup.kill_leftovers_now()
     rig.settle()
     assert not member.alive and rig.sup.leftovers == {}
+    assert ("1 process(es) left behind by companion 'a' did not exit 2s after SIGTERM; "
+            "sending SIGKILL") in rig.messages()
     assert rig.sup.finished()
 
 
@@ -1163,3 +1168,66 @@ def test_a_waiter_is_answered_once_when_settled_and_a_removed_companion_says_so(
     rig.sup.reread()
     assert answers[1] == protocol.error("removed", "b was removed from the configuration")
     assert rig.sup.waiters == {}
+
+
+# -- reaping -------------------------------------------------------------------------------
+
+
+def test_one_sigchld_handles_every_exit_an_orphans_included():
+    rig = Rig(spec("a", startsecs=0.0, restart_delay=30.0), spec("b", startsecs=0.0,
+                                                                  restart_delay=0.1),
+              stop_delay=None)
+    rig.sup.start()
+    rig.run(0.1)
+    rig.world._fork_member(rig.proc("a"), rig.world.behaviour(0))
+    orphan = rig.world.procs[max(rig.world.procs)]
+    rig.world.die(rig.proc("a"), 0)  # its pool child is orphaned to the manager
+    rig.world.die(rig.proc("b"), 0)
+    rig.run(0.5)  # b restarted: its pid is after the orphan's
+    told = []
+    rig.host.exited = told.append
+    b = rig.proc("b")
+    rig.world.die(orphan, 0)
+    rig.world.die(b, 3 << 8)  # both exit before the manager's loop wakes
+    loop.handle_signal(rig.sup, signal.SIGCHLD)
+    assert rig.entry("b")["state"] == "BACKOFF" and rig.entry("b")["last_exit"] == {"code": 3}
+    assert told == [b.pid]  # the host flushes its last output before the exit is handled
+    assert rig.sup.leftovers == {}
+
+
+def test_status_forgets_the_memory_of_a_companion_that_exited():
+    rig = Rig(spec("a", startsecs=0.0, max_memory=100 * MiB, restart_delay=30.0))
+    rig.sup.start()
+    rig.run(1.5)
+    assert rig.entry("a")["memory"] == 10 * MiB
+    rig.world.die(rig.proc("a"), 0)
+    rig.run(1.6)
+    assert "memory" not in rig.entry("a")
+
+
+def test_companions_that_crash_together_do_not_restart_in_lockstep():
+    rig = Rig(*(spec(n, startsecs=5.0, restart_delay=1.0) for n in "abc"))
+    rig.sup.start()
+    for crash in (0.5, 2.0):  # the second failed start in a row is where the spread starts
+        rig.run(crash)
+        for name in "abc":
+            rig.world.die(rig.proc(name), 3 << 8)
+        rig.settle()
+    retries = [rig.sup.records[n].deadline - 2.0 for n in "abc"]
+    assert len(set(retries)) == 3
+    assert all(1.8 <= r <= 2.2 for r in retries)  # 2 s, spread by +-10%
+
+
+def test_a_leftover_group_is_kept_until_its_last_member_is_gone():
+    rig, [member, stubborn] = leaving_rig(0.05, None)
+    rig.run(0.2)  # the first exits on SIGTERM and is reaped; the other ignores it
+    assert not member.alive and stubborn.alive and rig.sup.leftovers
+    rig.run(0.1 + LEFTOVER_GRACE)
+    assert not stubborn.alive and rig.sup.leftovers == {}
+
+
+def test_a_control_request_is_logged_with_what_and_whom():
+    rig = Rig(spec("a", startsecs=0.0))
+    rig.sup.start()
+    rig.sup.request("a", "restart")
+    assert "Control request: restart a" in rig.messages()
