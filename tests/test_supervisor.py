@@ -16,6 +16,7 @@ import faulthandler
 import hashlib
 import heapq
 import json
+import logging
 import os
 import selectors
 import signal
@@ -1158,15 +1159,29 @@ def test_a_waiter_is_answered_once_when_settled_and_a_removed_companion_says_so(
     def running(record):
         return {"ok": True} if record.state.name == "RUNNING" else None
 
-    rig.sup.wait_for("a", running, answers.append)
+    def stopped(record):
+        return {"ok": "stopped"} if record.state.name == "STOPPED" else None
+
+    def running_then_stop(reply):
+        # as a connection's next request would: a new waiter on the same
+        # companion while its waiters are being answered
+        answers.append(reply)
+        rig.sup.wait_for("a", stopped, answers.append)
+
+    rig.sup.wait_for("a", running, running_then_stop)
+    rig.sup.wait_for("a", stopped, answers.append)
+    rig.sup.wait_for("b", running, answers.append)
     rig.sup.wait_for("b", running, answers.append)
     rig.run(0.5)
     assert answers == [] and set(rig.sup.waiters) == {"a", "b"}
     rig.run(1.0)
-    assert answers == [{"ok": True}] and list(rig.sup.waiters) == ["b"]
+    assert answers == [{"ok": True}] and len(rig.sup.waiters["a"]) == 2
+    rig.sup.request("a", "stop")
+    rig.run(1.5)
+    assert answers == [{"ok": True}, {"ok": "stopped"}, {"ok": "stopped"}]
     rig.config = CompanionConfig((spec("a", startsecs=1.0),))
     rig.sup.reread()
-    assert answers[1] == protocol.error("removed", "b was removed from the configuration")
+    assert answers[3:] == [protocol.error("removed", "b was removed from the configuration")] * 2
     assert rig.sup.waiters == {}
 
 
@@ -1231,3 +1246,85 @@ def test_a_control_request_is_logged_with_what_and_whom():
     rig.sup.start()
     rig.sup.request("a", "restart")
     assert "Control request: restart a" in rig.messages()
+
+
+# -- timers ---------------------------------------------------------------------------------
+
+
+def test_the_next_deadline_is_the_earliest_of_memory_check_leftover_and_timer():
+    rig = Rig(spec("a", startsecs=5.0, max_memory=100 * MiB))
+    rig.sup.start()
+    assert rig.sup.next_deadline() == 1.0  # the memory check, before startsecs passes
+    rig.sup.request("a", "stop")  # STOPPING: the startsecs timer is stale now
+    rig.sup.next_memory_check = None
+    assert rig.sup.next_deadline() == 10.0  # stop_timeout, found behind the stale entry
+
+
+def test_a_companion_heartbeating_for_long_keeps_the_timer_heap_bounded_and_its_watchdog():
+    # s's startsecs timer stays at the top of the heap: the stale entries
+    # each heartbeat leaves beneath it do not surface to be dropped
+    rig = Rig(spec("w", startsecs=0.0, watchdog_timeout=60.0), spec("s", startsecs=30.0))
+    rig.sup.start()
+    pid = rig.proc("w").pid
+    sizes = []
+    for beat in range(1, 400):  # every heartbeat moves the watchdog deadline on
+        rig.run(beat * 0.01)
+        rig.sup.notified(pid, "heartbeat")
+        sizes.append(len(rig.sup.timers))
+    assert max(sizes) == 2 * 2 + 64 + 1  # then rebuilt from the records
+    assert sizes.count(max(sizes)) < 10  # rebuilt, not grown
+    assert rig.entry("s")["state"] == "STARTING"
+    rig.run(30.0)
+    assert rig.entry("s")["state"] == "RUNNING"  # its timer survived every rebuild
+    rig.run(3.99 + 59.99)
+    assert rig.proc("w").pid == pid
+    rig.run(3.99 + 60.0)  # silent for watchdog_timeout: restarted
+    assert rig.proc("w").pid != pid
+
+
+def test_a_sweep_for_strays_runs_once_per_exit_not_on_every_loop_turn():
+    rig = Rig(spec("a", startsecs=0.0, restart_delay=0.5))
+    scans = []
+    rig.host.children = lambda real=rig.host.children: scans.append(rig.world.now) or real()
+    rig.sup.start()
+    rig.run(1.0)
+    assert scans == []  # nothing exited: /proc is not read
+    rig.world.die(rig.proc("a"), 0)
+    rig.run(1.1)
+    rig.sup.fire_due()
+    assert scans == [1.0]  # once, in the loop turn that reaped it
+
+
+def test_companions_started_together_are_recycled_at_spread_times():
+    rig = Rig(*(spec(n, startsecs=0.0, max_lifetime=60.0, max_lifetime_jitter=30.0)
+                for n in "abc"))
+    rig.sup.start()
+    recycles = [rig.sup.records[n].lifetime_at for n in "abc"]
+    assert len(set(recycles)) == 3 and all(60.0 <= t <= 90.0 for t in recycles)
+
+
+def test_log_lines_keep_their_level():
+    rig = Rig(spec("a", startsecs=5.0, restart_delay=1.0))
+    levels = []
+    rig.log.log = lambda level, fmt, *args: levels.append((level, fmt % args))
+    rig.sup.start()
+    rig.world.die(rig.proc("a"), 3 << 8)
+    rig.settle()
+    assert levels == [
+        (logging.INFO, "companion 'a' (pid 100) starting"),
+        (logging.ERROR,
+         "companion 'a' (pid 100) exited unexpectedly with exit code 3; restarting in 1s")]
+
+
+def test_a_companion_runs_the_target_resolved_for_it():
+    rig = Rig(spec("a"))
+    targets = {}
+
+    def spawn(spec, target, *, lock_path, identity, real=rig.host.spawn):
+        targets[spec.name] = target
+        return real(spec, target, lock_path=lock_path, identity=identity)
+
+    rig.host.spawn = spawn
+    rig.config = CompanionConfig((spec("a"), spec("b")))
+    rig.sup.reread()
+    assert targets == {"b": "target of b"}
