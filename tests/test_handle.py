@@ -364,13 +364,16 @@ class ScriptedMaster:
             self.clock = min(upcoming)
 
     def sweep_session(self, leader: int) -> None:
-        self.calls.append(("sweep", leader))
+        self.calls.append(("sweep", leader, self.clock))
         for manager in self.managers:
             if manager.pid == leader:
                 manager.swept_at = self.clock
 
     def signals(self) -> list[tuple]:
         return [c[1:3] for c in self.calls if c[0] == "signal"]
+
+    def swept(self) -> list[int]:
+        return [c[1] for c in self.calls if c[0] == "sweep"]
 
     def signalled_at(self, name: str) -> float:
         return next(c[3] for c in self.calls if c[0] == "signal" and c[2] == name)
@@ -407,7 +410,7 @@ def test_a_first_manager_that_cannot_boot_halts_with_why_and_leaves_nothing(scri
     # it is killed (unreaped, it is still there), waited for and its session
     # swept: nothing is left
     assert set(master.signals()) == {(PID, "SIGKILL")}
-    assert ("sweep", PID) in master.calls
+    assert PID in master.swept()
     assert (driver.phase, driver.pid) == (Phase.STOPPED, 0)
     assert master.clock == at
 
@@ -420,7 +423,7 @@ def test_a_crashed_manager_is_replaced_only_after_its_tree_is_gone_and_its_backo
     assert driver.phase is Phase.UP  # claim only records (it may run in a signal handler)
     driver.maintain(wanted=True)
     assert (driver.phase, driver.pid) == (Phase.DRAINING, 0)
-    assert ("sweep", PID) in master.calls
+    assert PID in master.swept()
     assert master.log.lines[-1] == ("error", "Companion manager exited by signal SIGKILL; "
                                              "starting a new one in 0.5s, once its companions "
                                              "are gone")
@@ -474,7 +477,7 @@ def test_a_manager_reaped_twice_counts_once():
     driver.maintain(wanted=True)
     assert driver.phase is Phase.IDLE
     assert sum(1 for level, _ in master.log.lines if level == "error") == 1
-    assert master.calls.count(("sweep", PID)) == 1
+    assert master.swept() == [PID]
 
 
 def test_news_after_the_boot_line_is_read_whole_lines_only_and_only_while_up():
@@ -508,7 +511,7 @@ def test_a_graceful_shutdown_waits_for_the_manager_then_sweeps_its_session():
     assert master.signals() == [(PID, "SIGTERM")]
     assert order == [10.0]  # Gunicorn's workers are told right after the manager
     assert (driver.phase, driver.pid) == (Phase.STOPPED, 0)
-    assert master.calls[-1] == ("sweep", PID)  # the last word, once it is gone
+    assert master.calls[-1][:2] == ("sweep", PID)  # the last word, once it is gone
     assert 10.7 <= master.clock < 10.8  # no longer than the manager took
 
 
@@ -547,7 +550,7 @@ def test_a_shutdown_with_no_manager_running_still_sweeps_the_last_tree():
     driver.maintain(wanted=True)  # DRAINING, its session swept
     driver.shutdown(graceful=True, timeout=30.0)
     assert master.signals() == []
-    assert master.calls.count(("sweep", PID)) == 2
+    assert master.swept() == [PID, PID]
     assert driver.phase is Phase.STOPPED
     assert master.clock == 1.0 + KILL_WAIT  # waits a little, not forever, for the tree
 
@@ -567,3 +570,11 @@ def test_what_a_dead_manager_left_unread_on_its_lifeline_does_not_delay_its_repl
     driver.claim()
     driver.maintain(wanted=True)
     assert driver.phase is Phase.IDLE  # read to the lifeline's end in one turn
+
+
+def test_the_master_notices_its_managers_exit_while_companions_still_hold_the_lifeline():
+    driver, master = booted_driver(stop_takes=0.7, tree_lingers=30.0)
+    master.clock = 10.0
+    driver.shutdown(graceful=True, timeout=20.0)
+    swept_at = next(c[2] for c in master.calls if c[0] == "sweep")
+    assert 10.7 <= swept_at <= 10.75  # polled, not woken by the lifeline's EOF
