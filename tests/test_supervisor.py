@@ -1258,6 +1258,14 @@ def test_the_next_deadline_is_the_earliest_of_memory_check_leftover_and_timer():
     rig.sup.request("a", "stop")  # STOPPING: the startsecs timer is stale now
     rig.sup.next_memory_check = None
     assert rig.sup.next_deadline() == 10.0  # stop_timeout, found behind the stale entry
+    # what a companion left gets SIGKILL after the memory check that comes first
+    rig = Rig(spec("b", startsecs=0.0, max_memory=100 * MiB, restart_delay=30.0))
+    rig.sup.start()
+    rig.world._fork_member(rig.proc("b"), rig.world.behaviour(0))
+    rig.world.procs[max(rig.world.procs)].stop_delay = None
+    rig.world.die(rig.proc("b"), 0)
+    rig.settle()
+    assert rig.sup.leftovers and rig.sup.next_deadline() == 1.0
 
 
 def test_a_companion_heartbeating_for_long_keeps_the_timer_heap_bounded_and_its_watchdog():
@@ -1328,3 +1336,16 @@ def test_a_companion_runs_the_target_resolved_for_it():
     rig.config = CompanionConfig((spec("a"), spec("b")))
     rig.sup.reread()
     assert targets == {"b": "target of b"}
+
+
+def test_a_removed_command_companion_is_retired_though_it_has_no_target():
+    rig = Rig(spec("cmd", startsecs=0.0, target=None, command=("rq", "worker")),
+              spec("py", startsecs=0.0))
+    del rig.sup.targets["cmd"]  # as boot resolves them: a command has no callable
+    rig.sup.start()
+    rig.config = CompanionConfig((spec("py", startsecs=0.0),))
+    ok, message, _ = rig.sup.reread()
+    assert (ok, message) == (True, "removed: cmd")
+    rig.run(1.0)
+    assert list(rig.sup.records) == ["py"] and rig.sup.retiring == set()
+    assert "cmd" not in rig.sup.targets
