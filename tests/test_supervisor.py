@@ -1196,12 +1196,14 @@ def test_one_sigchld_handles_every_exit_an_orphans_included():
     rig.run(0.1)
     rig.world._fork_member(rig.proc("a"), rig.world.behaviour(0))
     orphan = rig.world.procs[max(rig.world.procs)]
+    orphan.stop_delay = None  # it ignores the SIGTERM its group gets
     rig.world.die(rig.proc("a"), 0)  # its pool child is orphaned to the manager
     rig.world.die(rig.proc("b"), 0)
     rig.run(0.5)  # b restarted: its pid is after the orphan's
     told = []
     rig.host.exited = told.append
     b = rig.proc("b")
+    assert orphan.alive and orphan.pid < b.pid  # reaped first
     rig.world.die(orphan, 0)
     rig.world.die(b, 3 << 8)  # both exit before the manager's loop wakes
     loop.handle_signal(rig.sup, signal.SIGCHLD)
