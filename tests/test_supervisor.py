@@ -1351,3 +1351,74 @@ def test_a_removed_command_companion_is_retired_though_it_has_no_target():
     rig.run(1.0)
     assert list(rig.sup.records) == ["py"] and rig.sup.retiring == set()
     assert "cmd" not in rig.sup.targets
+
+
+# The four below are fast twins of tests/test_control.py's end-to-end tests of
+# the same names. The stop test stays there too (it pins how a real process
+# dies of SIGTERM, and SIGHUP forwarded by a real master); the other three
+# moved here: what they pinned needs no kernel (test_status_answers_while_a_
+# stop_is_pending and tests/test_stopping.py still stop real processes).
+
+
+def test_stop_answers_once_stopped_and_the_companion_stays_stopped():
+    rig = Rig(spec("alpha", startsecs=0.0), stop_delay=0.1)
+    rig.sup.start()
+    rig.run(0.5)
+    alpha = rig.proc("alpha")
+    answers = ask(rig, "stop", "alpha")
+    rig.run(0.59)
+    assert answers == [] and alpha.alive  # not before it is gone
+    rig.run(0.6)
+    assert answers == [{"ok": True, "message": "alpha stopped (exit code 0)"}]
+    assert not alpha.alive
+    # neither time nor an unchanged reread nor SIGHUP brings it back
+    rig.run(5.0)
+    assert ask(rig, "reread")[0]["ok"]
+    loop.handle_signal(rig.sup, signal.SIGHUP)
+    assert rig.messages().count("Companion config reread: no changes") == 2
+    rig.run(10.0)
+    assert rig.entry("alpha")["state"] == "STOPPED" and starts(rig, "alpha") == [alpha.pid]
+    assert ask(rig, "stop", "alpha") == [{"ok": True, "message": "alpha is already STOPPED"}]
+    # until it is started by hand
+    answers = ask(rig, "start", "alpha")
+    rig.run(10.5)
+    new = rig.proc("alpha").pid
+    assert answers == [{"ok": True, "message": f"alpha started (pid {new})", "pid": new}]
+    assert rig.entry("alpha")["state"] == "RUNNING" and starts(rig, "alpha") == [alpha.pid, new]
+
+
+def test_start_on_a_running_companion_is_an_ok_no_op():
+    rig = Rig(spec("alpha", startsecs=0.0))
+    rig.sup.start()
+    pid = rig.proc("alpha").pid
+    assert ask(rig, "start", "alpha") == [
+        {"ok": True, "message": f"alpha is already running (pid {pid})", "pid": pid}]
+    rig.run(1.0)
+    assert starts(rig, "alpha") == [pid]
+
+
+def test_restart_replaces_the_process():
+    rig = Rig(spec("alpha", startsecs=0.0), stop_delay=0.1)
+    rig.sup.start()
+    old = rig.proc("alpha")
+    answers = ask(rig, "restart", "alpha")
+    rig.run(1.0)
+    new = rig.proc("alpha")
+    assert answers == [{"ok": True, "message": f"alpha started (pid {new.pid})",
+                        "pid": new.pid}]
+    assert new.pid != old.pid and not old.alive and new.alive
+
+
+def test_restart_kills_a_companion_that_outlives_reload_timeout():
+    rig = Rig(spec("stubborn", startsecs=0.0, reload_timeout=0.3, stop_timeout=60.0),
+              stop_delay=None)  # it ignores SIGTERM
+    rig.sup.start()
+    old = rig.proc("stubborn")
+    answers = ask(rig, "restart", "stubborn")
+    rig.run(0.29)
+    assert old.alive and answers == []
+    rig.run(0.3)
+    new = rig.proc("stubborn")
+    assert not old.alive and new.alive and answers[0]["ok"] and answers[0]["pid"] == new.pid
+    assert any(f"companion 'stubborn' (pid {old.pid}) did not exit in time after SIGTERM" in m
+               for m in rig.messages())
