@@ -142,6 +142,7 @@ TABLE = [
     (UP, TreeGone(), {}, []),
     (STOPPED, TreeGone(), {}, []),
     (DRAINING, Tick(NOW + 1), {}, []),
+    (replace(DRAINING, spawned_at=NOW - HEALTHY_UPTIME), Tick(NOW), {}, []),  # not yet
     (DRAINING_LONG, Tick(NOW), {"warned_waiting": True},
      [Log("warning", "Waiting for the old companion manager's companions to exit")]),
     (replace(DRAINING_LONG, warned_waiting=True), Tick(NOW), {}, []),
@@ -402,6 +403,7 @@ def test_the_first_manager_boots_once_its_ready_line_is_read():
 ])
 def test_a_first_manager_that_cannot_boot_halts_with_why_and_leaves_nothing(script, why, at):
     master = ScriptedMaster(script)
+    master.clock = 5.0  # the master's clock does not start at zero
     driver = ManagerDriver(master)
     with pytest.raises(ManagerBootFailed) as failed:
         driver.start_at_boot()
@@ -412,7 +414,7 @@ def test_a_first_manager_that_cannot_boot_halts_with_why_and_leaves_nothing(scri
     assert set(master.signals()) == {(PID, "SIGKILL")}
     assert PID in master.swept()
     assert (driver.phase, driver.pid) == (Phase.STOPPED, 0)
-    assert master.clock == at
+    assert master.clock == 5.0 + at
 
 
 def test_a_crashed_manager_is_replaced_only_after_its_tree_is_gone_and_its_backoff():
