@@ -906,9 +906,9 @@ def test_companions_and_their_log_files_belong_to_gunicorns_user_unless_they_set
     rig = Rig(spec("a", startsecs=0.0), spec("b", startsecs=0.0, unix_group="root"))
     spawned = {}
 
-    def spawn(spec, target, *, lock_path, identity, real=rig.host.spawn):
+    def spawn(spec, target, *, lock_path, identity, real=rig.host.spawn, **more):
         spawned[spec.name] = identity
-        return real(spec, target, lock_path=lock_path, identity=identity)
+        return real(spec, target, lock_path=lock_path, identity=identity, **more)
 
     rig.host.spawn = spawn
     rig.sup.start()
@@ -963,9 +963,9 @@ def test_a_failed_spawn_says_why_and_backs_off(error, says):
 def lock_paths(rig: Rig) -> dict[str, str | None]:
     paths = {}
 
-    def spawn(spec, target, *, lock_path, identity, real=rig.host.spawn):
+    def spawn(spec, target, *, lock_path, identity, real=rig.host.spawn, **more):
         paths[spec.name] = lock_path
-        return real(spec, target, lock_path=lock_path, identity=identity)
+        return real(spec, target, lock_path=lock_path, identity=identity, **more)
 
     rig.host.spawn = spawn
     return paths
@@ -1330,9 +1330,9 @@ def test_a_companion_runs_the_target_resolved_for_it():
     rig = Rig(spec("a"))
     targets = {}
 
-    def spawn(spec, target, *, lock_path, identity, real=rig.host.spawn):
+    def spawn(spec, target, *, lock_path, identity, real=rig.host.spawn, **more):
         targets[spec.name] = target
-        return real(spec, target, lock_path=lock_path, identity=identity)
+        return real(spec, target, lock_path=lock_path, identity=identity, **more)
 
     rig.host.spawn = spawn
     rig.config = CompanionConfig((spec("a"), spec("b")))
