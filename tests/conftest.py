@@ -11,6 +11,14 @@ os.unsetenv("COLUMNS")
 os.unsetenv("LINES")
 
 
+def pytest_addoption(parser):
+    # mutmut runs the simulation once per mutant: fewer seeds keep a whole
+    # module's run within an hour ([tool.mutmut] in pyproject.toml). CI's
+    # 1,000 seeds run through `make simulate`, not this option.
+    parser.addoption("--simulation-seeds", type=int, default=100,
+                     help="seeds test_simulation.py's unmutated-core test runs (100)")
+
+
 @pytest.fixture
 def server(tmp_path):
     """Factory: ``server(config_text, app=..., args=...)`` -> a started Server.

@@ -91,35 +91,6 @@ def test_stop_answers_once_stopped_and_the_companion_stays_stopped(ctl):
     assert entry(ctl.request({"cmd": "status"}), "alpha")["state"] == "RUNNING"
 
 
-def test_start_on_a_running_companion_is_an_ok_no_op(ctl):
-    alpha, = ctl.server.starts("alpha")
-    reply = ctl.request({"cmd": "start", "name": "alpha"})
-    assert reply == {"ok": True, "message": f"alpha is already running (pid {alpha})",
-                     "pid": alpha}
-    assert ctl.server.starts("alpha") == [alpha]
-
-
-def test_restart_replaces_the_process(ctl):
-    alpha, = ctl.server.starts("alpha")
-    reply = ctl.request({"cmd": "restart", "name": "alpha"})
-    assert reply["ok"], reply
-    old, new = ctl.server.wait_starts("alpha", 2)
-    assert reply["pid"] == new != old and not alive(old) and alive(new)
-
-
-def test_restart_kills_a_companion_that_outlives_reload_timeout(server, sock_path):
-    srv = server(config(sock_path, companions="""[
-        {"name": "stubborn", "target": "compapp:stubborn", "startsecs": 0,
-         "reload_timeout": 0.3, "stop_timeout": 60}]""",
-        extra="companion_manager_stop_timeout = 1"))
-    old, = srv.wait_starts("stubborn")
-    conn = Control(sock_path)
-    reply = conn.request({"cmd": "restart", "name": "stubborn"})
-    assert reply["ok"], reply
-    assert not alive(old) and srv.wait_starts("stubborn", 2)[-1] == reply["pid"]
-    srv.wait_log(f"companion 'stubborn' (pid {old}) did not exit in time after SIGTERM")
-
-
 def test_status_answers_while_a_stop_is_pending(server, sock_path):
     srv = server(config(sock_path, companions="""[
         {"name": "stubborn", "target": "compapp:stubborn", "startsecs": 0, "stop_timeout": 2},

@@ -7,13 +7,14 @@ must return; the invariants are checked on every row.
 from __future__ import annotations
 
 import signal
-from dataclasses import fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import pytest
 
 from gunicorn_companion.handle import (
     BOOT_TIMEOUT,
     HEALTHY_UPTIME,
+    KILL_WAIT,
     LIVE_PHASES,
     Boot,
     Booted,
@@ -24,6 +25,8 @@ from gunicorn_companion.handle import (
     Halt,
     Handle,
     Log,
+    ManagerBootFailed,
+    ManagerDriver,
     Phase,
     Reported,
     Signal,
@@ -35,6 +38,7 @@ from gunicorn_companion.handle import (
     respawn_delay,
     step,
 )
+from gunicorn_companion.handshake import READY
 
 NOW = 100.0
 PID = 42
@@ -138,6 +142,7 @@ TABLE = [
     (UP, TreeGone(), {}, []),
     (STOPPED, TreeGone(), {}, []),
     (DRAINING, Tick(NOW + 1), {}, []),
+    (replace(DRAINING, spawned_at=NOW - HEALTHY_UPTIME), Tick(NOW), {}, []),  # not yet
     (DRAINING_LONG, Tick(NOW), {"warned_waiting": True},
      [Log("warning", "Waiting for the old companion manager's companions to exit")]),
     (replace(DRAINING_LONG, warned_waiting=True), Tick(NOW), {}, []),
@@ -237,3 +242,341 @@ def test_a_manager_that_keeps_crashing_waits_ever_longer_and_a_healthy_run_reset
 ])
 def test_respawn_delay(crashes, delay):
     assert respawn_delay(crashes) == delay
+
+
+# -- the driver: the real ManagerDriver over a scripted master host ------------------------
+
+
+@dataclass
+class Script:
+    """What one forked manager does: what it writes on its lifeline and when
+    (seconds after its fork), when it exits on its own, how long a TERM or
+    QUIT takes to end it (None: it ignores them), how long its tree holds the
+    lifeline after its exit, and after a sweep of its session (SIGKILL lands
+    on a process in disk sleep only when that ends)."""
+    lines: tuple[tuple[float, bytes], ...] = ((0.1, READY),)
+    exits_after: float | None = None
+    status: int = EXIT_3
+    stop_takes: float | None = 0.2
+    tree_lingers: float = 0.0
+    sweep_takes: float = 0.0
+
+
+@dataclass
+class ScriptedManager:
+    pid: int
+    script: Script
+    forked_at: float
+    exit_at: float | None = None
+    status: int = 0
+    reaped: bool = False
+    swept_at: float | None = None
+    unread: list = field(default_factory=list)  # (when written, bytes)
+
+    def tree_gone_at(self) -> float | None:
+        if self.exit_at is None:
+            return None
+        gone = self.exit_at + self.script.tree_lingers
+        if self.swept_at is not None:
+            gone = min(gone, max(self.exit_at, self.swept_at + self.script.sweep_takes))
+        return gone
+
+
+class ListLog:
+    def __init__(self):
+        self.lines: list[tuple[str, str]] = []
+
+    def _at(level):
+        def log(self, fmt, *args):
+            self.lines.append((level, fmt % args))
+        return log
+
+    info, warning, error = _at("info"), _at("warning"), _at("error")
+
+
+class ScriptedMaster:
+    """The master's host (handle.MasterHost) over a virtual clock: each fork
+    runs the next Script. Reading the lifeline with a wait moves the clock
+    on to the next thing the pipe would show, as select would."""
+
+    def __init__(self, *scripts: Script):
+        self.clock = 0.0
+        self.scripts = list(scripts)
+        self.managers: list[ScriptedManager] = []
+        self.calls: list[tuple] = []
+        self.log = ListLog()
+
+    def now(self) -> float:
+        return self.clock
+
+    @property
+    def current(self) -> ScriptedManager:
+        return self.managers[-1]
+
+    def fork_manager(self, at_boot: bool) -> int:
+        self.calls.append(("fork", at_boot, self.clock))
+        script = self.scripts.pop(0)
+        manager = ScriptedManager(PID + len(self.managers), script, self.clock)
+        manager.unread = [(self.clock + after, data) for after, data in script.lines]
+        if script.exits_after is not None:
+            manager.exit_at, manager.status = self.clock + script.exits_after, script.status
+        self.managers.append(manager)
+        return manager.pid
+
+    def _exit(self, manager: ScriptedManager, at: float, status: int) -> None:
+        if manager.exit_at is None or at < manager.exit_at:
+            manager.exit_at, manager.status = at, status
+
+    def signal(self, pid: int, sig: int) -> None:
+        self.calls.append(("signal", pid, signal.Signals(sig).name, self.clock))
+        manager = next(m for m in self.managers if m.pid == pid)
+        if manager.exit_at is not None and manager.exit_at <= self.clock:
+            return  # gone already: no error
+        if sig == KILL:
+            self._exit(manager, self.clock, BY_KILL)
+        elif sig in (TERM, QUIT) and manager.script.stop_takes is not None:
+            self._exit(manager, self.clock + manager.script.stop_takes, EXIT_0)
+
+    def claim(self, pid: int) -> tuple[bool, int | None]:
+        self.calls.append(("claim", pid))
+        manager = next(m for m in self.managers if m.pid == pid)
+        if manager.reaped or manager.exit_at is None or manager.exit_at > self.clock:
+            return False, None
+        manager.reaped = True
+        return True, manager.status
+
+    def read_lifeline(self, wait: float) -> bytes | None:
+        manager, deadline = self.current, self.clock + wait
+        while True:
+            # a manager writes nothing after its exit
+            written = [(t, d) for t, d in manager.unread if t <= self.clock
+                       and (manager.exit_at is None or t <= manager.exit_at)]
+            if written:
+                manager.unread = [u for u in manager.unread if u not in written]
+                return b"".join(d for _, d in written)
+            gone = manager.tree_gone_at()
+            if gone is not None and gone <= self.clock:
+                return b""
+            upcoming = [t for t, _ in manager.unread] + [t for t in (gone,) if t is not None]
+            upcoming = [t for t in upcoming if t > self.clock]
+            if not upcoming or min(upcoming) > deadline:
+                self.clock = max(self.clock, deadline)
+                return None
+            self.clock = min(upcoming)
+
+    def sweep_session(self, leader: int) -> None:
+        self.calls.append(("sweep", leader, self.clock))
+        for manager in self.managers:
+            if manager.pid == leader:
+                manager.swept_at = self.clock
+
+    def signals(self) -> list[tuple]:
+        return [c[1:3] for c in self.calls if c[0] == "signal"]
+
+    def swept(self) -> list[int]:
+        return [c[1] for c in self.calls if c[0] == "sweep"]
+
+    def signalled_at(self, name: str) -> float:
+        return next(c[3] for c in self.calls if c[0] == "signal" and c[2] == name)
+
+
+def booted_driver(*scripts: Script, **first) -> tuple[ManagerDriver, ScriptedMaster]:
+    master = ScriptedMaster(Script(**first), *scripts)
+    driver = ManagerDriver(master)
+    driver.start_at_boot()
+    return driver, master
+
+
+def test_the_first_manager_boots_once_its_ready_line_is_read():
+    driver, master = booted_driver(lines=((0.2, b"rea"), (0.3, b"dy\n")))  # in two pieces
+    assert (driver.phase, driver.pid) == (Phase.UP, PID)
+    assert master.calls == [("fork", True, 0.0)]
+    assert master.clock == 0.3  # it waited for the whole line, and no longer
+    assert master.log.lines == [("info", f"Companion manager booted (pid: {PID})")]
+
+
+@pytest.mark.parametrize(("script", "why", "at"), [
+    (Script(lines=((0.5, b"error cannot import 'app:worker'\n"),)),
+     "cannot import 'app:worker'", 0.5),
+    (Script(lines=(), exits_after=1.0), "it exited before reporting (see the log above)", 1.0),
+    (Script(lines=()), f"no answer within {BOOT_TIMEOUT:g}s", BOOT_TIMEOUT),
+])
+def test_a_first_manager_that_cannot_boot_halts_with_why_and_leaves_nothing(script, why, at):
+    master = ScriptedMaster(script)
+    master.clock = 5.0  # the master's clock does not start at zero
+    driver = ManagerDriver(master)
+    with pytest.raises(ManagerBootFailed) as failed:
+        driver.start_at_boot()
+    assert str(failed.value) == why
+    assert ("error", f"Companion manager failed to boot: {why}") in master.log.lines
+    # it is killed (unreaped, it is still there), waited for and its session
+    # swept: nothing is left
+    assert set(master.signals()) == {(PID, "SIGKILL")}
+    assert PID in master.swept()
+    assert (driver.phase, driver.pid) == (Phase.STOPPED, 0)
+    assert master.clock == 5.0 + at
+
+
+def test_a_crashed_manager_is_replaced_only_after_its_tree_is_gone_and_its_backoff():
+    driver, master = booted_driver(Script(lines=((1.5, READY),)), exits_after=4.0,
+                                   status=BY_KILL, tree_lingers=10.0, sweep_takes=0.3)
+    master.clock = 4.0
+    driver.claim()
+    assert driver.phase is Phase.UP  # claim only records (it may run in a signal handler)
+    driver.maintain(wanted=True)
+    assert (driver.phase, driver.pid) == (Phase.DRAINING, 0)
+    assert PID in master.swept()
+    assert master.log.lines[-1] == ("error", "Companion manager exited by signal SIGKILL; "
+                                             "starting a new one in 0.5s, once its companions "
+                                             "are gone")
+    assert master.clock == 4.0  # the master's loop never blocks on the lifeline
+    master.clock = 4.29
+    driver.maintain(wanted=True)
+    assert driver.phase is Phase.DRAINING
+    master.clock = 4.3
+    driver.maintain(wanted=True)  # the sweep took the tree: the lifeline ends
+    assert driver.phase is Phase.IDLE
+    master.clock = 4.49
+    driver.maintain(wanted=True)
+    assert driver.phase is Phase.IDLE  # the backoff has not passed
+    master.clock = 4.5
+    driver.maintain(wanted=True)
+    assert master.calls[-1] == ("fork", False, 4.5)  # a replacement reads the config anew
+    assert driver.phase is Phase.BOOTING
+    master.clock = 5.0
+    driver.maintain(wanted=True)  # its boot line is not there yet: no waiting for it
+    assert (driver.phase, master.clock) == (Phase.BOOTING, 5.0)
+    master.clock = 6.0
+    driver.maintain(wanted=True)
+    assert (driver.phase, driver.pid) == (Phase.UP, PID + 1)
+    assert master.log.lines[-1] == ("info", f"Companion manager booted (pid: {PID + 1})")
+
+
+def test_no_replacement_while_its_tree_holds_the_lifeline_or_no_companion_is_configured():
+    driver, master = booted_driver(Script(), exits_after=1.0, tree_lingers=30.0,
+                                   sweep_takes=60.0)
+    master.clock = 1.0
+    driver.claim()
+    driver.maintain(wanted=True)
+    master.clock = 20.0
+    driver.maintain(wanted=True)
+    assert driver.phase is Phase.DRAINING
+    assert master.log.lines[-1] == (
+        "warning", "Waiting for the old companion manager's companions to exit")
+    master.clock = 31.0
+    driver.maintain(wanted=False)  # gone; but nothing to run: no fork
+    assert driver.phase is Phase.IDLE
+    assert [c for c in master.calls if c[0] == "fork"] == [("fork", True, 0.0)]
+
+
+def test_a_manager_reaped_twice_counts_once():
+    driver, master = booted_driver(exits_after=1.0)
+    master.clock = 1.0
+    driver.claim()
+    driver.claim()  # Gunicorn 23's SIGCHLD handler and the main loop, say
+    assert [c for c in master.calls if c[0] == "claim"] == [("claim", PID)]
+    driver.maintain(wanted=True)
+    driver.maintain(wanted=True)
+    assert driver.phase is Phase.IDLE
+    assert sum(1 for level, _ in master.log.lines if level == "error") == 1
+    assert master.swept() == [PID]
+
+
+def test_news_after_the_boot_line_is_read_whole_lines_only_and_only_while_up():
+    driver, master = booted_driver(lines=((0.1, READY + b"READY=1\nSTATUS=sta"),
+                                          (1.0, b"rting\nRELOADING=1\n")))
+    assert driver.read_news() == ["READY=1"]  # what came with the boot line
+    master.clock = 1.0
+    assert driver.read_news() == ["STATUS=starting", "RELOADING=1"]
+    assert driver.read_news() == []
+    booting = ManagerDriver(ScriptedMaster(Script(lines=((0.1, READY),))))
+    booting.handle = replace(booting.handle, phase=Phase.BOOTING)
+    assert booting.read_news() == []  # the boot line is the driver's to read
+
+
+def test_signals_are_forwarded_only_to_a_live_manager():
+    driver, master = booted_driver(exits_after=1.0)
+    driver.forward(HUP)
+    assert master.signals() == [(PID, "SIGHUP")]
+    master.clock = 1.0
+    driver.claim()
+    driver.maintain(wanted=True)
+    driver.forward(HUP)
+    assert master.signals() == [(PID, "SIGHUP")]
+
+
+def test_a_graceful_shutdown_waits_for_the_manager_then_sweeps_its_session():
+    driver, master = booted_driver(stop_takes=0.7)
+    master.clock = 10.0
+    order = []
+    driver.shutdown(graceful=True, timeout=5.0, then=lambda: order.append(master.clock))
+    assert master.signals() == [(PID, "SIGTERM")]
+    assert order == [10.0]  # Gunicorn's workers are told right after the manager
+    assert (driver.phase, driver.pid) == (Phase.STOPPED, 0)
+    assert master.calls[-1][:2] == ("sweep", PID)  # the last word, once it is gone
+    assert 10.7 <= master.clock < 10.8  # no longer than the manager took
+
+
+def test_a_manager_that_overruns_the_shutdown_timeout_is_killed():
+    driver, master = booted_driver(stop_takes=None)  # it ignores TERM
+    driver.shutdown(graceful=True, timeout=3.04)
+    assert master.signals() == [(PID, "SIGTERM"), (PID, "SIGKILL")]
+    assert ("error", "Companion manager did not stop in 3.0s; killing it") in master.log.lines
+    assert driver.phase is Phase.STOPPED
+    # killed when the timeout ran out, not a polling interval later
+    assert 3.14 <= master.signalled_at("SIGKILL") < 3.14 + 1e-6  # booted at 0.1
+
+
+def test_a_quick_shutdown_requested_during_a_graceful_one_hurries_the_manager_once():
+    driver, master = booted_driver(stop_takes=None)
+    asked = []
+
+    def quick_requested():
+        asked.append(master.clock)
+        return master.clock >= 1.0
+
+    driver.shutdown(graceful=True, timeout=3.0, quick_requested=quick_requested)
+    assert master.signals() == [(PID, "SIGTERM"), (PID, "SIGQUIT"), (PID, "SIGKILL")]
+    assert master.log.lines.count(("info", "Quick shutdown requested")) == 1
+    assert max(asked) < 1.2  # asked no more once it hurried
+    quick = ManagerDriver(ScriptedMaster(Script(stop_takes=0.2)))
+    quick.start_at_boot()
+    quick.shutdown(graceful=False, timeout=3.0, quick_requested=lambda: 1 / 0)
+    assert quick.host.signals() == [(PID, "SIGQUIT")]
+
+
+def test_a_shutdown_with_no_manager_running_still_sweeps_the_last_tree():
+    driver, master = booted_driver(exits_after=1.0, tree_lingers=10.0, sweep_takes=60.0)
+    master.clock = 1.0
+    driver.claim()
+    driver.maintain(wanted=True)  # DRAINING, its session swept
+    driver.shutdown(graceful=True, timeout=30.0)
+    assert master.signals() == []
+    assert master.swept() == [PID, PID]
+    assert driver.phase is Phase.STOPPED
+    assert master.clock == 1.0 + KILL_WAIT  # waits a little, not forever, for the tree
+
+
+def test_wait_exit_says_whether_the_manager_was_reaped_in_time():
+    driver, master = booted_driver(exits_after=2.0)
+    assert driver.wait_exit(1.0) is False
+    assert master.clock >= 1.0 and driver.phase is Phase.UP
+    assert driver.wait_exit(5.0) is True
+    assert 2.0 <= master.clock < 2.1 and driver.phase is Phase.DRAINING
+
+
+def test_what_a_dead_manager_left_unread_on_its_lifeline_does_not_delay_its_replacement():
+    driver, master = booted_driver(lines=((0.1, READY), (0.5, b"STATUS=busy\n"),
+                                          (0.6, b"STATUS=busier\n")), exits_after=1.0)
+    master.clock = 1.0  # it wrote news the master never read, then died
+    driver.claim()
+    driver.maintain(wanted=True)
+    assert driver.phase is Phase.IDLE  # read to the lifeline's end in one turn
+
+
+def test_the_master_notices_its_managers_exit_while_companions_still_hold_the_lifeline():
+    driver, master = booted_driver(stop_takes=0.7, tree_lingers=30.0)
+    master.clock = 10.0
+    driver.shutdown(graceful=True, timeout=20.0)
+    swept_at = next(c[2] for c in master.calls if c[0] == "sweep")
+    assert 10.7 <= swept_at <= 10.75  # polled, not woken by the lifeline's EOF

@@ -99,8 +99,8 @@ def first_failure(seeds: int) -> tuple[int, str] | None:
     return None
 
 
-def test_the_unmutated_core_passes():
-    assert first_failure(100) is None
+def test_the_unmutated_core_passes(pytestconfig):
+    assert first_failure(pytestconfig.getoption("simulation_seeds")) is None
 
 
 @pytest.mark.parametrize(("mutation", "says"), MUTATIONS, ids=[m.__name__ for m, _ in MUTATIONS])
