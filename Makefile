@@ -29,13 +29,13 @@ MINUTES ?= 2
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test,examples,workloads]'
+	$(VENV)/bin/python -m pip install -q -e '.[test,examples,workloads,postgresql]'
 	touch $@
 
 $(VENV_OLDEST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV_OLDEST)
 	$(VENV_OLDEST)/bin/python -m pip install -q --upgrade pip
-	$(VENV_OLDEST)/bin/python -m pip install -q -e '.[test]' 'gunicorn==$(GUNICORN_OLDEST)'
+	$(VENV_OLDEST)/bin/python -m pip install -q -e '.[test,postgresql]' 'gunicorn==$(GUNICORN_OLDEST)'
 	touch $@
 
 $(VENV_BENCH)/.installed: pyproject.toml
