@@ -55,9 +55,12 @@ def ping(port: int, timeout: float = 1.0) -> bool:
 class RedisServer:
     """One ``redis-server`` process, with its port, directory and log."""
 
-    def __init__(self, executable: str, directory: Path):
+    def __init__(self, executable: str, directory: Path, *, persistent: bool = False):
         self.executable = executable
         self.directory = directory
+        # with an append-only file, a restart keeps the data; without, it
+        # comes back empty (as a Redis without persistence does)
+        self.persistent = persistent
         self.log_path = directory / "redis.log"
         self.port = 0
         self.proc: subprocess.Popen | None = None
@@ -73,14 +76,16 @@ class RedisServer:
             return "(no log)"
 
     def start(self) -> RedisServer:
+        """Start it; a restart keeps the port it had, so clients find it again."""
         for attempt in range(START_ATTEMPTS):
-            self.port = _free_port()
+            self.port = self.port or _free_port()
             argv = [
                 self.executable,
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",
-                "--appendonly", "no",
+                "--appendonly", "yes" if self.persistent else "no",
+                "--appendfsync", "always",
                 "--dir", str(self.directory),
                 "--daemonize", "no",
                 "--logfile", str(self.log_path),
@@ -98,6 +103,7 @@ class RedisServer:
                 if ping(self.port, timeout=0.5):
                     return self
                 if self.proc.poll() is not None:
+                    self.port = 0  # taken by someone else: try another
                     break  # exited: the port was taken, or a real fault (see the log)
                 time.sleep(0.02)
             else:
@@ -112,10 +118,11 @@ class RedisServer:
                 )
         raise AssertionError("unreachable")
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM (or SIGKILL: a crash) and wait; the port stays its own."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)  # nothing to save: it exits at once
+        self.proc.send_signal(sig)
         try:
             self.proc.wait(STOP_DEADLINE_SECONDS)
         except subprocess.TimeoutExpired:

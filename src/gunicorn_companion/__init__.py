@@ -8,10 +8,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .notify import heartbeat, ready
+from .notify import fencing_token, heartbeat, ready
 
-__all__ = ["CompanionApplication", "CompanionWSGIApplication", "__version__", "heartbeat",
-           "ready"]
+__all__ = ["CompanionApplication", "CompanionWSGIApplication", "__version__", "fencing_token",
+           "heartbeat", "ready"]
 
 
 def __getattr__(name: str):

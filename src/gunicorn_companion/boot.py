@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from . import handshake, privileges, safefs, sdnotify
 from .commands import dispatch
+from .fleet import Fleet, KeeperLink
 from .host import OsHost
 from .loading import CompanionConfig, ConfigSources, load_companion_config
 from .loop import ManagerLoop
@@ -150,7 +151,7 @@ def build(values: BootValues) -> ManagerLoop:
     # Without preload nothing was resolved in the master; with it, a
     # companion added by a reload since the boot was not either.
     supervisor.targets = resolve_targets(specs, values.known_targets)
-    if any(s.singleton for s in specs):
+    if any(s.host_singleton for s in specs):
         supervisor.lock_dir = prepare_lock_dir(cfg.companion_lock_dir)
     if cfg.companion_control_socket:
         server = ControlServer(
@@ -165,7 +166,25 @@ def build(values: BootValues) -> ManagerLoop:
         server.bind(take_over=values.take_over_socket)
         loop.attach_control(server)
         log.info("Companion control socket listening at %s", server.path)
+    if values.config.lease_url:
+        start_fleet(supervisor, selector, values.config)
     return loop
+
+
+def start_fleet(supervisor: Supervisor, selector, config: CompanionConfig) -> None:
+    """The keeper of fleet leases, forked last: it must keep none of the
+    manager's fds (the control socket's included)."""
+    host = supervisor.host
+    link = KeeperLink(selector, host, config.lease_url, config.lease_ttl,
+                      on_news=lambda line: None, on_gone=lambda: None)
+    fleet = Fleet(config.lease_ttl, link, apply=supervisor.apply,
+                  records=lambda: supervisor.records, now=host.now, log=supervisor.log)
+    link.on_news, link.on_gone = fleet.news, fleet.keeper_gone
+    try:
+        link.start()
+    except OSError as exc:
+        raise ConfigError(f"cannot start the lease keeper: {exc}") from None
+    supervisor.fleet = fleet
 
 
 def run(values: BootValues, lifeline: int) -> int:

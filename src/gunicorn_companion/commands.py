@@ -46,7 +46,7 @@ def _refuse_while_shutting_down(manager) -> dict | None:
 STATUS_FIELDS = ("name", "state", "pid", "uptime", "restarts", "last_exit", "stdout", "stderr",
                  "stop_timeout", "reload_timeout", "target", "command", "group", "wanted",
                  "singleton", "stop_as_group", "stopping", "waiting", "memory", "last_recycle",
-                 "backoff", "output_dropped")
+                 "backoff", "output_dropped", "lease")
 # Fields read straight off a record: a status asking only for these skips the
 # full snapshot (the brief status of scripts and health checks, 200 companions
 # and more, on a connection kept open).

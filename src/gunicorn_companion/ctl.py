@@ -634,6 +634,12 @@ def format_note(companion: dict) -> str:
     waiting = companion.get("waiting")
     if isinstance(waiting, str) and waiting:
         return f"waiting for {waiting}"
+    lease = companion.get("lease")
+    if isinstance(lease, dict) and lease.get("state") == "held" and isinstance(
+            lease.get("expires_in"), (int, float)):
+        # the holder's lease: how long it lasts without a renewal
+        return (f"fleet lease token {lease.get('token')}, expires in "
+                f"{format_duration(max(0.0, lease['expires_in']))}")
     recycled = companion.get("last_recycle")
     if isinstance(recycled, str) and recycled:
         return f"last restart: {recycled}"

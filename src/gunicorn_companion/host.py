@@ -27,7 +27,7 @@ from typing import Protocol
 from . import procfs
 from .output import Capture, OutputRouter
 from .privileges import Identity
-from .spawn import spawn_companion
+from .spawn import spawn_companion, spawn_keeper
 from .spec import CompanionSpec
 
 
@@ -39,7 +39,7 @@ class Host(Protocol):
     def now(self) -> float: ...
     def random(self) -> float: ...
     def spawn(self, spec: CompanionSpec, target: Callable | None, *, lock_path: str | None,
-              identity: Identity | None) -> int: ...
+              identity: Identity | None, fencing_token: int | None = None) -> int: ...
     def signal_process(self, pid: int, sig: int) -> bool: ...
     def signal_group(self, pgid: int, sig: int) -> bool: ...
     def reap(self) -> Iterator[tuple[int, int]]: ...
@@ -95,7 +95,7 @@ class OsHost:
                 if not capture.closed:
                     os.close(capture.fd)
 
-    def spawn(self, spec, target, *, lock_path, identity) -> int:
+    def spawn(self, spec, target, *, lock_path, identity, fencing_token=None) -> int:
         """Fork one companion with its output captured; raise OSError if it
         (or a pipe for its output) cannot be made, leaving nothing open."""
         if self.gc_freeze:
@@ -119,6 +119,7 @@ class OsHost:
                 stdout_fd=pipes[0][2],
                 stderr_fd=pipes[1][2] if len(pipes) > 1 else None,
                 identity=identity,
+                fencing_token=fencing_token,
             )
         except OSError:
             for capture in self.captures.pop(-1, []):
@@ -199,6 +200,17 @@ class OsHost:
 
     def master_gone(self) -> bool:
         return bool(self.master_pid) and os.getppid() != self.master_pid
+
+    def spawn_keeper(self, run: Callable[[], int], *, close_in_child: Callable[[], None]) -> int:
+        """Fork the lease keeper (fleet.py): it keeps none of the manager's fds
+        but its own end of the socketpair (``close_in_child`` closes ours)."""
+
+        def close_all() -> None:
+            self.close_in_child()
+            close_in_child()
+
+        return spawn_keeper(run, handled_signals=self.handled_signals, close_in_child=close_all,
+                            title=self.title)
 
     def kill_session(self) -> bool:
         """SIGKILL every other process of the manager's session; False if the

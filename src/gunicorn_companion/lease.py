@@ -27,8 +27,11 @@ Any failure to ask the service (refused, timed out, bad credentials) raises
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Protocol
+
+from .spec import LEASE_SCHEMES, ConfigError, lease_scheme_fault
 
 
 class LeaseUnavailable(Exception):
@@ -65,3 +68,23 @@ class Backend(Protocol):
     def renew(self, name: str, token: int, ttl: float) -> bool: ...
     def release(self, name: str, token: int) -> None: ...
     def close(self) -> None: ...
+
+
+def open_backend(url: str, timeout: float) -> Backend:
+    """The backend ``url``'s scheme names, its calls bounded by ``timeout``
+    seconds. ConfigError names the fix for an unknown scheme or a missing
+    client library; LeaseUnavailable, a service that cannot be reached now."""
+    fault = lease_scheme_fault(url, _importable)
+    if fault:
+        raise ConfigError(fault)
+    module_name, _, _ = LEASE_SCHEMES[url.partition("://")[0].lower()]
+    module = importlib.import_module(f"{__package__}.{module_name}")
+    return module.open(url, timeout)
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True

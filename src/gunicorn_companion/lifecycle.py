@@ -127,8 +127,30 @@ class Tick:
     """The record's deadline has passed."""
 
 
+@dataclass(frozen=True)
+class LeaseGranted:
+    """A fleet singleton may run here: its lease is ours and any lock-delay over."""
+
+
+@dataclass(frozen=True)
+class LeaseLost:
+    """A fleet singleton may no longer run here. Its process must be gone
+    before the lease can end by our clock: stopped (``stop_timeout``, then
+    SIGKILL) or, with ``quick``, SIGKILLed at once."""
+
+    quick: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class LeaseNote:
+    """What a fleet singleton waiting for its lease waits on, for status."""
+
+    text: str
+
+
 Event = (Start | Stop | Restart | Reconfigure | Spawned | SpawnFailed | Exited | Tick | Notified
-         | Recycle)
+         | Recycle | LeaseGranted | LeaseLost | LeaseNote)
 
 
 # -- actions -----------------------------------------------------------------
@@ -193,6 +215,8 @@ class Record:
     # BACKOFF/FATAL: since when it has been down on its own (its first exit of
     # this crash loop), for status and health checks
     down_since: float | None = None
+    # a fleet singleton may be spawned (its lease is ours): see LeaseGranted
+    leased: bool = False
 
     @property
     def name(self) -> str:
@@ -206,6 +230,11 @@ def _label(record: Record) -> str:
 
 
 def _spawn(record: Record, now: float) -> tuple[Record, list[Action]]:
+    if record.spec.fleet and not record.leased:
+        # * -> STARTING, with no process until the fleet lease is ours
+        return replace(record, state=State.STARTING, pid=None, started_at=None, deadline=None,
+                       killed=False, lifetime_at=None, watchdog_at=None, stopping=None,
+                       waiting=record.waiting or "fleet lease"), []
     # * -> STARTING (the pid arrives with Spawned)
     return (
         replace(record, state=State.STARTING, pid=None, started_at=now, deadline=None,
@@ -269,8 +298,15 @@ def _start(record: Record, event: Start, now: float):
     return record, []
 
 
+def _waiting_for_lease(record: Record) -> bool:
+    return record.state == State.STARTING and record.pid is None
+
+
 def _stop(record: Record, event: Stop, now: float):
     record = replace(record, wanted=False)
+    if _waiting_for_lease(record):
+        # STARTING (no process yet) -> STOPPED
+        return replace(record, state=State.STOPPED, waiting=None), []
     if record.state in (State.STARTING, State.RUNNING):
         return _ask_to_stop(record, now, record.spec.stop_timeout, event.quick)
     if record.state == State.STOPPING:
@@ -286,6 +322,8 @@ def _stop(record: Record, event: Stop, now: float):
 
 def _restart(record: Record, event: Restart, now: float):
     record = replace(record, wanted=True, failures=0)
+    if _waiting_for_lease(record):
+        return record, []  # it starts when the lease is ours
     if record.state in (State.STARTING, State.RUNNING):
         return _ask_to_stop(record, now, record.spec.reload_timeout, quick=False)
     if record.state == State.STOPPING:
@@ -295,7 +333,7 @@ def _restart(record: Record, event: Restart, now: float):
 
 
 def _recycle(record: Record, event: Recycle, now: float):
-    if record.state not in (State.STARTING, State.RUNNING):
+    if record.state not in (State.STARTING, State.RUNNING) or record.pid is None:
         return record, []
     # RUNNING -> STOPPING, to start again: a graceful restart for a reason
     stopping, actions = _ask_to_stop(record, now, record.spec.stop_timeout, quick=False)
@@ -305,6 +343,10 @@ def _recycle(record: Record, event: Recycle, now: float):
 
 
 def _reconfigure(record: Record, event: Reconfigure, now: float):
+    if _waiting_for_lease(record):
+        # STARTING (no process yet) -> STARTING with the new spec, which may
+        # not need a lease any more
+        return _spawn(replace(record, spec=event.spec, next_spec=None, failures=0), now)
     if record.state in (State.STARTING, State.RUNNING):
         # STARTING/RUNNING -> STOPPING: the old process stops as the old spec
         # says (its stop signal, its reload_timeout); `_exited` starts the new
@@ -341,7 +383,7 @@ def _spawned(record: Record, event: Spawned, now: float):
     if spec.max_lifetime:
         lifetime_at = now + spec.max_lifetime + event.jitter * spec.max_lifetime_jitter
     record = replace(record, pid=event.pid, started_at=now, lifetime_at=lifetime_at)
-    if spec.singleton:
+    if spec.host_singleton:
         # The companion reports when it holds the singleton lock; until then
         # startsecs does not run (it may wait long for an older instance).
         return replace(record, deadline=None, waiting="singleton lock"), []
@@ -466,6 +508,46 @@ def _tick(record: Record, event: Tick, now: float):
     return replace(record, deadline=None), []
 
 
+def _lease_granted(record: Record, event: LeaseGranted, now: float):
+    record = replace(record, leased=True)
+    if _waiting_for_lease(record) and record.wanted:
+        # STARTING (no process) -> STARTING with a process
+        return _spawn(replace(record, waiting=None), now)
+    return record, []
+
+
+def _lease_lost(record: Record, event: LeaseLost, now: float):
+    record = replace(record, leased=False)
+    if record.pid is None:
+        if _waiting_for_lease(record):
+            return replace(record, waiting=event.reason), []
+        return record, []
+    if record.state in (State.STARTING, State.RUNNING):
+        # STARTING/RUNNING -> STOPPING, to start again once the lease is ours
+        stopping, actions = _ask_to_stop(record, now, record.spec.stop_timeout, event.quick)
+        return replace(stopping, wanted=record.wanted, waiting=None), [
+            Log(logging.WARNING, f"{_label(record)} must stop: {event.reason}"
+                                 + ("; killing it now" if event.quick else ""))] + actions
+    # STOPPING already (a stop, a restart): it must still be gone in time
+    if record.killed:
+        return record, []
+    if event.quick:
+        # STOPPING -> STOPPING, escalated
+        return _kill_group(record)
+    deadline = now + record.spec.stop_timeout
+    if record.deadline is not None and record.deadline <= deadline:
+        return record, []
+    stopping = record.stopping and replace(record.stopping,
+                                           timeout=deadline - record.stopping.since)
+    return replace(record, deadline=deadline, stopping=stopping), []
+
+
+def _lease_note(record: Record, event: LeaseNote, now: float):
+    if _waiting_for_lease(record):
+        return replace(record, waiting=event.text), []
+    return record, []
+
+
 _HANDLERS: dict[type, Callable] = {
     Start: _start,
     Stop: _stop,
@@ -477,6 +559,9 @@ _HANDLERS: dict[type, Callable] = {
     Tick: _tick,
     Notified: _notified,
     Recycle: _recycle,
+    LeaseGranted: _lease_granted,
+    LeaseLost: _lease_lost,
+    LeaseNote: _lease_note,
 }
 
 

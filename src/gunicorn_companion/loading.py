@@ -9,6 +9,7 @@ so a config that boots is exactly a config that rereads.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import runpy
 import sys
@@ -16,9 +17,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .spec import DEFAULTABLE_KEYS, CompanionSpec, ConfigError, parse_companions, suggest
+from .spec import (
+    DEFAULT_LEASE_TTL,
+    DEFAULTABLE_KEYS,
+    CompanionSpec,
+    ConfigError,
+    fleet_faults,
+    parse_companions,
+    suggest,
+    validate_lease_ttl,
+)
 
-SPEC_SETTINGS = ("companion_workers",) + tuple(f"companion_{k}" for k in DEFAULTABLE_KEYS)
+LEASE_SETTINGS = ("companion_lease_url", "companion_lease_ttl")
+SPEC_SETTINGS = (("companion_workers",) + tuple(f"companion_{k}" for k in DEFAULTABLE_KEYS)
+                 + LEASE_SETTINGS)
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,9 @@ class ConfigSources:
 class CompanionConfig:
     specs: tuple[CompanionSpec, ...] = ()
     config_file: str | None = None  # the companion_config_file read, if any
+    # where fleet singletons keep their leases (None: no fleet singleton)
+    lease_url: str | None = None
+    lease_ttl: float = DEFAULT_LEASE_TTL
 
     def by_name(self) -> dict[str, CompanionSpec]:
         return {s.name: s for s in self.specs}
@@ -114,10 +129,35 @@ def load_companion_config(sources: ConfigSources) -> CompanionConfig:
         values = {k: v for k, v in values.items() if k not in SPEC_SETTINGS}
         values.update(file_values)
         values.update({k: v for k, v in sources.overrides.items() if k in SPEC_SETTINGS})
+    specs: tuple[CompanionSpec, ...] = ()
     try:
         specs = parse_companions(values.get("companion_workers"), values)
     except ConfigError as exc:
         problems += exc.problems
+    lease_url, lease_ttl = _lease_values(values, problems)
+    if not problems:
+        problems += fleet_faults(specs, lease_url, lease_ttl, _importable)
     if problems:
         raise ConfigError(problems)
-    return CompanionConfig(specs=specs, config_file=config_file or None)
+    return CompanionConfig(specs=specs, config_file=config_file or None,
+                           lease_url=lease_url, lease_ttl=lease_ttl)
+
+
+def _lease_values(values: Mapping[str, Any], problems: list[str]) -> tuple[str | None, float]:
+    url = values.get("companion_lease_url") or None
+    if url is not None and not isinstance(url, str):
+        problems.append(f"companion_lease_url must be a URL string, got {url!r}")
+        url = None
+    ttl = values.get("companion_lease_ttl")
+    try:
+        ttl = DEFAULT_LEASE_TTL if ttl is None else validate_lease_ttl(ttl)
+    except ValueError as exc:
+        problems.append(f"companion_lease_ttl {exc}")
+        ttl = DEFAULT_LEASE_TTL
+    return url, ttl
+
+
+def _importable(module: str) -> bool:
+    """Whether a lease client library is installed (found, not imported: the
+    master does not need it loaded, only the keeper does)."""
+    return importlib.util.find_spec(module) is not None

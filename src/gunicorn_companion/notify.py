@@ -16,6 +16,7 @@ import time
 
 NOTIFY_FD_ENV = "GUNICORN_COMPANION_NOTIFY_FD"
 WATCHDOG_ENV = "GUNICORN_COMPANION_WATCHDOG"
+FENCING_TOKEN_ENV = "GUNICORN_COMPANION_FENCING_TOKEN"
 
 _fd: int | None = None
 _fd_pid: int | None = None
@@ -67,3 +68,20 @@ def heartbeat() -> None:
     if now - _last_heartbeat >= _heartbeat_every:
         if send("heartbeat"):
             _last_heartbeat = now
+
+
+def fencing_token() -> int | None:
+    """This fleet singleton's fencing token (None outside one).
+
+    It grows from one holder of the lease to the next, across restarts of
+    the lease service too: pass it with each write the companion makes to a
+    shared store, and let the store refuse a token lower than the highest it
+    has seen. A holder that was paused past its lease (a VM pause, a long GC)
+    is stopped on waking, but may write once in between: the token is what
+    turns that write away (docs/fleet.md).
+    """
+    value = os.environ.get(FENCING_TOKEN_ENV)
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None

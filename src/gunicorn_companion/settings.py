@@ -228,6 +228,44 @@ class CompanionLockDir(Setting):
         """
 
 
+class CompanionLeaseUrl(Setting):
+    name = "companion_lease_url"
+    section = SECTION
+    cli = ["--companion-lease-url"]
+    meta = "URL"
+    validator = validate_optional_path
+    default = None
+    desc = """\
+        Where fleet singletons (``"singleton": "fleet"``) keep their leases.
+
+        ``redis://host:6379/0`` (also ``rediss://`` and ``unix://``; needs
+        ``pip install 'gunicorn-companion[redis]'``) or
+        ``postgresql://user@host/db`` (needs ``gunicorn-companion[postgresql]``).
+        Every host of the fleet names the same service. Set it only when some
+        companion is a fleet singleton: either without the other stops the
+        boot. See docs/fleet.md.
+        """
+
+
+class CompanionLeaseTtl(Setting):
+    name = "companion_lease_ttl"
+    section = SECTION
+    cli = ["--companion-lease-ttl"]
+    meta = "SECONDS"
+    validator = lambda v: spec.validate_lease_ttl(_from_cli(v))  # noqa: E731
+    default = spec.DEFAULT_LEASE_TTL
+    desc = """\
+        Seconds a fleet singleton's lease lasts without renewal.
+
+        The manager renews it every third of this. A host that stops hearing
+        from the lease service stops its fleet singletons (``stop_timeout``,
+        then SIGKILL) before the lease can expire, so each fleet singleton's
+        ``stop_timeout`` plus 1 second must fit in half of this, or the boot
+        stops. Another host takes over within about this long after the
+        holder is lost; a graceful stop hands over at once.
+        """
+
+
 class CompanionGcFreeze(Setting):
     name = "companion_gc_freeze"
     section = SECTION

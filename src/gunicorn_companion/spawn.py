@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Iterable
 
 from . import notify, privileges, safefs
-from .notify import NOTIFY_FD_ENV, WATCHDOG_ENV
+from .notify import FENCING_TOKEN_ENV, NOTIFY_FD_ENV, WATCHDOG_ENV
 from .privileges import Identity
 from .spec import CompanionSpec
 from .targets import find_program
@@ -153,6 +153,7 @@ def spawn_companion(
     stdout_fd: int | None = None,
     stderr_fd: int | None = None,
     identity: Identity | None = None,
+    fencing_token: int | None = None,
 ) -> int:
     """Fork one companion; return its pid. The child never returns.
 
@@ -184,7 +185,7 @@ def spawn_companion(
             pass  # the child got there first, or already exited
         return pid
     _run_companion(spec, target, manager_pid, handled_signals, close_in_child, title, out, err,
-                   notify_fd, lock_fd, identity)
+                   notify_fd, lock_fd, identity, fencing_token)
 
 
 def hold_singleton_lock(fd: int) -> int:
@@ -229,7 +230,7 @@ def run_own_exit_handlers() -> None:
 
 
 def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, title, out, err,
-                   notify_fd, lock_fd, identity):
+                   notify_fd, lock_fd, identity, fencing_token):
     code = EXIT_SETUP_FAILED
     try:
         try:
@@ -288,6 +289,10 @@ def _run_companion(spec, target, manager_pid, handled_signals, close_in_child, t
             os.environ[NOTIFY_FD_ENV] = str(notify_fd)
         if spec.watchdog_timeout:
             os.environ[WATCHDOG_ENV] = f"{spec.watchdog_timeout:g}"
+        if fencing_token is not None:
+            os.environ[FENCING_TOKEN_ENV] = str(fencing_token)
+        else:
+            os.environ.pop(FENCING_TOKEN_ENV, None)  # a manager's own, inherited
         title(spec.name)
         if lock_fd is not None:
             hold_singleton_lock(lock_fd)
@@ -345,6 +350,36 @@ def _exec(spec: CompanionSpec) -> None:
         print(f"gunicorn-companion: cannot run {spec.command[0]!r} for companion "
               f"{spec.name!r}: {exc.strerror}", file=sys.stderr, flush=True)
         os._exit(EXIT_EXEC_FAILED)
+
+
+def spawn_keeper(run: Callable[[], int], *, handled_signals: Iterable[int],
+                 close_in_child: Callable[[], None], title: Callable[[str], None]) -> int:
+    """Fork the lease keeper (keeper.py); return its pid. The child runs
+    ``run`` and never returns. It stays in the manager's process group and
+    session, so whatever ends the manager's tree ends it too."""
+    manager_pid = os.getpid()
+    pid = fork_blocking_signals()
+    if pid:
+        return pid
+    code = EXIT_SETUP_FAILED
+    try:
+        reset_signals(handled_signals)
+        # The manager's SIGTERM means "stop gracefully", and a graceful stop
+        # releases leases through us: we leave only when it tells us to, or
+        # when it is gone (PDEATHSIG, then EOF on our socket).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        unblock_signals()
+        if set_parent_death_signal(signal.SIGKILL) and os.getppid() != manager_pid:
+            os._exit(EXIT_ORPHANED)
+        close_in_child()
+        forget_inherited_exit_handlers()
+        title("lease keeper")
+        code = run()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code & 0xFF)
 
 
 def become_subreaper() -> bool:

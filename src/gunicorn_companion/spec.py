@@ -174,6 +174,21 @@ def validate_bool(value: Any) -> bool:
     return value
 
 
+FLEET = "fleet"
+
+
+def validate_singleton(value: Any) -> bool | str:
+    """False; True or "host" (one instance per machine: a flock); "fleet"
+    (one instance across every host that shares companion_lease_url)."""
+    if isinstance(value, bool):
+        return value
+    if value == "host":
+        return True
+    if value == FLEET:
+        return FLEET
+    raise ValueError(f'must be True, False, "host" or "fleet", got {value!r}')
+
+
 def validate_processes(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
         raise ValueError(f"must be a whole number from 1 to 1000, got {value!r}")
@@ -307,7 +322,7 @@ OWN_KEYS: dict[str, Callable[[Any], Any]] = {
     "env": validate_env,
     "processes": validate_processes,
     "autostart": validate_bool,
-    "singleton": validate_bool,
+    "singleton": validate_singleton,
     "wait_ready": validate_bool,
     "max_lifetime": validate_optional_positive_seconds,
     "max_lifetime_jitter": validate_seconds,
@@ -358,7 +373,9 @@ class CompanionSpec:
     instance: int = 0
     processes: int = 1
     autostart: bool = True
-    singleton: bool = False
+    # True: one instance per machine (a flock); "fleet": one across the fleet
+    # (a lease in companion_lease_url's service, see fleet.py)
+    singleton: bool | str = False
     wait_ready: bool = False
     max_lifetime: float | None = None
     max_lifetime_jitter: float = 0.0
@@ -370,6 +387,16 @@ class CompanionSpec:
     def __post_init__(self):
         if self.reload_timeout is None:
             object.__setattr__(self, "reload_timeout", self.stop_timeout)
+
+    @property
+    def host_singleton(self) -> bool:
+        """Held single on this machine by a flock (``singleton: True``)."""
+        return self.singleton is True
+
+    @property
+    def fleet(self) -> bool:
+        """Held single across the fleet by a lease (``singleton: "fleet"``)."""
+        return self.singleton == FLEET
 
     @property
     def group_name(self) -> str:
@@ -475,3 +502,92 @@ def _instances(fields: dict[str, Any]) -> list[CompanionSpec]:
     name = fields["name"]
     return [CompanionSpec(**{**fields, "name": f"{name}:{i}", "group": name, "instance": i})
             for i in range(count)]
+
+
+# -- fleet singletons -----------------------------------------------------------
+
+DEFAULT_LEASE_TTL = 15.0
+# Once SIGKILL is sent, how long the kernel may take to end the process
+# group (it frees the memory of a large process first), and a margin for the
+# manager's own scheduling delay: a fleet singleton's stop must end this long
+# before its lease runs out by the holder's clock.
+LEASE_KILL_GRACE = 0.5
+LEASE_MARGIN = 0.5
+
+
+def lease_stop_budget(stop_timeout: float) -> float:
+    """How long before its lease's end a fleet singleton must begin stopping
+    so that it is gone, SIGKILL included, by then."""
+    return stop_timeout + LEASE_KILL_GRACE + LEASE_MARGIN
+
+
+def validate_lease_ttl(value: Any) -> float:
+    seconds = validate_seconds(value)
+    if seconds < 1:
+        raise ValueError(f"must be at least 1 second, got {value!r}")
+    return seconds
+
+
+# the scheme of companion_lease_url -> (backend module, pip extra, module it needs)
+LEASE_SCHEMES = {
+    "redis": ("lease_redis", "redis", "redis"),
+    "rediss": ("lease_redis", "redis", "redis"),
+    "unix": ("lease_redis", "redis", "redis"),
+    "postgresql": ("lease_postgres", "postgresql", "psycopg"),
+    "postgres": ("lease_postgres", "postgresql", "psycopg"),
+}
+
+
+def lease_scheme_fault(url: str, importable: Callable[[str], bool]) -> str | None:
+    """Why ``url`` cannot name a lease service (None: it can). ``importable``
+    says whether a client library is installed."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in LEASE_SCHEMES:
+        known = ", ".join(f"{s}://" for s in LEASE_SCHEMES)
+        return (f"companion_lease_url {_redacted(url)!r} has an unknown scheme; use one "
+                f"of {known}")
+    _, extra, module = LEASE_SCHEMES[scheme.lower()]
+    if not importable(module):
+        return (f"companion_lease_url is a {scheme}:// URL but the {module!r} client is not "
+                f"installed: pip install 'gunicorn-companion[{extra}]'")
+    return None
+
+
+def _redacted(url: str) -> str:
+    """The URL without a password, for messages and logs."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def fleet_faults(specs: tuple[CompanionSpec, ...], url: str | None, ttl: float,
+                 importable: Callable[[str], bool]) -> list[str]:
+    """Every reason the fleet settings cannot work together (pure)."""
+    fleet = [s for s in specs if s.fleet]
+    problems = []
+    if url:
+        fault = lease_scheme_fault(url, importable)
+        if fault:
+            problems.append(fault)
+        if not fleet:
+            problems.append('companion_lease_url is set but no companion has '
+                            '"singleton": "fleet" to use it; remove the setting or make a '
+                            'companion a fleet singleton')
+    elif fleet:
+        names = ", ".join(repr(s.name) for s in fleet)
+        problems.append(f'companion {names} {"is a" if len(fleet) == 1 else "are"} fleet '
+                        'singleton(s) but companion_lease_url is not set; set it to '
+                        '"redis://host:6379/0" or "postgresql://user@host/db"')
+    seen = set()
+    for spec in fleet:
+        if spec.group_name in seen:
+            continue
+        seen.add(spec.group_name)
+        budget = lease_stop_budget(spec.stop_timeout)
+        if budget > ttl / 2:
+            problems.append(
+                f"companion {spec.group_name!r}: stop_timeout {spec.stop_timeout:g}s does not "
+                f"fit in companion_lease_ttl {ttl:g}s: a fleet singleton must be gone "
+                f"(stop_timeout, then SIGKILL) before a renewal missed at half the TTL lets its "
+                f"lease expire; lower stop_timeout to at most "
+                f"{max(0.0, ttl / 2 - LEASE_KILL_GRACE - LEASE_MARGIN):g}s or raise "
+                f"companion_lease_ttl to at least {2 * budget:g}s")
+    return problems

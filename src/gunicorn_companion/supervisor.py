@@ -69,6 +69,8 @@ class Supervisor:
         self.next_memory_check: float | None = None
         self.memory: dict[str, int] = {}  # unshared bytes at the last check, by name
         self.targets = dict(targets)
+        # fixed for the manager's life: the keeper was started with them
+        self.lease_settings = (config.lease_url, config.lease_ttl)
         self.records: dict[str, lc.Record] = {
             spec.name: lc.Record(spec) for spec in config.specs
         }
@@ -86,6 +88,8 @@ class Supervisor:
         self.waiters: dict[str, list[tuple[Callable, Callable[[dict], None]]]] = {}
         # whom Gunicorn's workers run as (None: companions run as the manager)
         self.base_identity: privileges.Identity | None = None
+        # fleet singletons' leases (fleet.py); None without companion_lease_url
+        self.fleet = None
         if base_identity is not None:
             self.use_identity(base_identity)
 
@@ -115,6 +119,10 @@ class Supervisor:
     def next_deadline(self) -> float | None:
         """The earliest time ``fire_due`` has something to do (None: nothing)."""
         nearest = self.next_memory_check
+        if self.fleet is not None:
+            leases = self.fleet.next_deadline()
+            if leases is not None:
+                nearest = leases if nearest is None else min(nearest, leases)
         for _, kill_at in self.leftovers.values():
             nearest = kill_at if nearest is None else min(nearest, kill_at)
         while self.timers:
@@ -130,6 +138,8 @@ class Supervisor:
     def fire_due(self) -> None:
         """Everything whose time has come; then the stray sweep an exit asked for."""
         now = self.host.now()
+        if self.fleet is not None:
+            self.fleet.check(now)
         if self.next_memory_check is not None and now >= self.next_memory_check:
             self._check_memory()
         for pgid, (name, kill_at) in list(self.leftovers.items()):
@@ -174,6 +184,8 @@ class Supervisor:
             self.retiring.discard(name)
             self.targets.pop(name, None)
             self._settle_waiters(name)
+        if self.fleet is not None:
+            self.fleet.sync(name)
 
     def _push_timer(self, deadline: float, name: str) -> None:
         if len(self.timers) > 2 * len(self.records) + _STALE_TIMERS_SLACK:
@@ -223,7 +235,7 @@ class Supervisor:
     def lock_path(self, spec: CompanionSpec) -> str | None:
         """Where a singleton's lock lives: one file per companion and config,
         so the old and the new master of a hot upgrade share it."""
-        if not spec.singleton:
+        if not spec.host_singleton:
             return None
         if self.lock_dir is None:
             # never run a singleton without its lock: no directory, no start
@@ -253,8 +265,11 @@ class Supervisor:
     def _spawn(self, name: str) -> None:
         spec = self.records[name].spec
         try:
+            token = self.fleet.token_of(name) if spec.fleet and self.fleet else None
+            if spec.fleet and token is None:
+                raise OSError(f"no fleet lease for {name!r}")  # cannot happen: leased
             pid = self.host.spawn(spec, self.targets.get(name), lock_path=self.lock_path(spec),
-                                  identity=self.identity_of(spec))
+                                  identity=self.identity_of(spec), fencing_token=token)
         except OSError as exc:
             self.apply(name, lc.SpawnFailed(f"{exc.strerror or exc}"
                                             + (f": {exc.filename!r}" if exc.filename else "")))
@@ -338,8 +353,9 @@ class Supervisor:
     def kill_strays(self) -> None:
         """SIGKILL descendants that left their companion's process group and
         were orphaned to us (a daemonizing grandchild, say)."""
+        keeper = self.fleet.link.pid if self.fleet is not None else None
         for pid, pgid in self.host.children():
-            if pid in self.pids or pgid in self.leftovers:
+            if pid in self.pids or pgid in self.leftovers or pid == keeper:
                 continue  # ours, or left in its companion's group: it has its grace
             self.host.signal_process(pid, signal.SIGKILL)
 
@@ -347,6 +363,8 @@ class Supervisor:
         """On the way out: nothing of our tree may outlive us. The manager
         leads its own session, which every descendant stays in unless it
         starts a session of its own."""
+        if self.fleet is not None:
+            self.fleet.close()  # releases what is still held, before the keeper is killed
         if not self.host.kill_session():
             self.kill_strays()
 
@@ -401,12 +419,15 @@ class Supervisor:
             current = {n: r.next_spec or r.spec for n, r in self.records.items()
                        if n not in self.retiring}
             fresh = config.by_name()
+            if (config.lease_url, config.lease_ttl) != self.lease_settings:
+                raise ConfigError("companion_lease_url and companion_lease_ttl cannot change "
+                                  "on a reread; restart Gunicorn to apply them")
             if self.base_identity is not None and (
                     problems := privileges.faults(config.specs, self.base_identity)):
                 raise ConfigError(problems)
             targets = self.resolve(tuple(s for n, s in fresh.items() if current.get(n) != s))
             if self.lock_dir is None and self.prepare_lock_dir and any(
-                    s.singleton for s in config.specs):
+                    s.host_singleton for s in config.specs):
                 self.lock_dir = self.prepare_lock_dir()
         except ConfigError as exc:
             self.log.error("Companion config not applied, keeping the running one: %s", exc)
@@ -473,9 +494,11 @@ class Supervisor:
             if not record.wanted:
                 entry["wanted"] = False  # stopped by hand, or not autostarted
             if spec.singleton:
-                entry["singleton"] = True
+                entry["singleton"] = spec.singleton
             if spec.stop_as_group:
                 entry["stop_as_group"] = True
+            if spec.fleet and self.fleet is not None:
+                entry["lease"] = self.fleet.status(record.name, now)
             if record.stopping is not None and record.state == State.STOPPING:
                 # a hung stop explains itself before its timeout runs out
                 entry["stopping"] = {

@@ -352,3 +352,19 @@ def forger():
     _note("forger.done", os.getpid())
     while True:
         signal.pause()
+
+
+def fleet_member():
+    """A fleet singleton for tests/test_fleet.py: announces itself in the
+    shared ``$FLEET_DIR`` (its pid, for the sampler that counts live
+    instances across hosts; its fencing token, appended), then sleeps."""
+    import gunicorn_companion
+    fleet_dir = os.environ["FLEET_DIR"]
+    token = gunicorn_companion.fencing_token()
+    with open(os.path.join(fleet_dir, "instances", str(os.getpid())), "w") as f:
+        f.write(f"{token}\n")
+    with open(os.path.join(fleet_dir, "tokens"), "a") as f:
+        f.write(f"{os.getpid()} {token} {os.environ['FLEET_HOST']}\n")
+    _record_start()
+    while True:
+        signal.pause()

@@ -1,0 +1,270 @@
+"""Fleet singletons end to end: three real Gunicorn masters on one machine
+stand in for three hosts, sharing one real lease service.
+
+A sampler thread counts the live instances of the fleet singleton across
+all hosts every 10 ms (each instance writes its pid into a shared
+directory; live means running its own code and not stopped), and every test
+checks that it never saw two. The faults are the issue's: SIGKILL and
+SIGTERM of the holder's master, the holder's whole tree frozen past the TTL,
+the service restarted empty, and the service gone for a while.
+
+The tests take a ``lease_service`` fixture, parametrized by backend, that
+can start, stop and restart (and so wipe) the service: a backend adds
+itself to LEASE_SERVICES.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from redis_server import RedisServer, find_redis_server
+from support import Server, proc_stat, running_code, short_socket_path, status, wait_until
+
+pytest.importorskip("redis", reason="the redis client: pip install 'gunicorn-companion[redis]'")
+
+TTL = 3.0
+STOP_TIMEOUT = 0.5
+NAME = "sched"
+
+
+class RedisLeaseService:
+    """A real redis-server without persistence: a restart loses every key."""
+
+    def __init__(self, directory: Path):
+        executable = find_redis_server()
+        if executable is None:
+            pytest.skip("redis-server is not on PATH: apt-get install redis-server")
+        self.server = RedisServer(executable, directory)
+
+    @property
+    def url(self) -> str:
+        return self.server.url + "/0"
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(signal.SIGKILL)
+
+    def restart_empty(self) -> None:
+        """A crash and a restart that lost the data."""
+        self.stop()
+        self.start()
+
+
+LEASE_SERVICES = {"redis": RedisLeaseService}
+
+
+@pytest.fixture(params=sorted(LEASE_SERVICES))
+def lease_service(request, tmp_path):
+    service = LEASE_SERVICES[request.param](tmp_path / f"{request.param}-data")
+    (tmp_path / f"{request.param}-data").mkdir(exist_ok=True)
+    service.start()
+    yield service
+    service.stop()
+
+
+def live(pid: int) -> bool:
+    """Running its own code: not gone, not exiting, not stopped (a frozen
+    instance does no harm until it thaws; see test_frozen_holder)."""
+    fields = proc_stat(pid)
+    return running_code(pid) and fields is not None and fields[0] not in ("T", "t")
+
+
+class FleetRun:
+    """N hosts, the shared instance directory, and the sampler."""
+
+    def __init__(self, root: Path, url: str, hosts: int = 3):
+        self.dir = root / "fleet"
+        (self.dir / "instances").mkdir(parents=True)
+        self.servers: list[Server] = []
+        self.sockets = []
+        for i in range(hosts):
+            home = root / f"host{i}"
+            home.mkdir()
+            sock = short_socket_path(f"fleet{i}.sock")
+            self.sockets.append(sock)
+            companions = [{"name": NAME, "target": "compapp:fleet_member",
+                           "singleton": "fleet", "stop_timeout": STOP_TIMEOUT,
+                           "startsecs": 0}]
+            config = "\n".join([
+                "preload_app = True", "workers = 1",
+                f"companion_control_socket = {str(sock)!r}",
+                f"companion_lease_url = {url!r}",
+                f"companion_lease_ttl = {TTL}",
+                f"companion_workers = {companions!r}",
+            ]) + "\n"
+            self.servers.append(Server(home, config, env={"FLEET_DIR": str(self.dir),
+                                                          "FLEET_HOST": str(i)}))
+        self.samples: list[tuple[float, tuple[int, ...]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self) -> FleetRun:
+        for server in self.servers:
+            server.start()
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for server in self.servers:
+            server.cleanup()
+
+    def instances(self) -> tuple[int, ...]:
+        pids = []
+        for entry in os.listdir(self.dir / "instances"):
+            if live(int(entry)):
+                pids.append(int(entry))
+        return tuple(sorted(pids))
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), self.instances()))
+            time.sleep(0.01)
+
+    def most_at_once(self, since: float = 0.0) -> int:
+        return max((len(pids) for at, pids in self.samples if at >= since), default=0)
+
+    def tokens(self) -> list[tuple[int, int, int]]:
+        """(pid, token, host) of every instance started, in start order."""
+        path = self.dir / "tokens"
+        if not path.exists():
+            return []
+        return [tuple(int(w) for w in line.split()) for line in path.read_text().splitlines()]
+
+    def one_instance(self, other_than: int | None = None, timeout: float = 30.0) -> int:
+        def found():
+            pids = [p for p in self.instances() if p != other_than]
+            return pids[0] if len(pids) == 1 else None
+        return wait_until(found, timeout, message="one instance of the fleet singleton")
+
+    def host_of(self, pid: int) -> int:
+        return next(host for p, _, host in self.tokens() if p == pid)
+
+    def token_of(self, pid: int) -> int:
+        return next(token for p, token, _ in self.tokens() if p == pid)
+
+
+@pytest.fixture
+def fleet(tmp_path, lease_service):
+    run = FleetRun(tmp_path, lease_service.url).start()
+    try:
+        yield run
+    finally:
+        run.close()
+    assert run.most_at_once() <= 1 or getattr(run, "overlap_allowed", False), \
+        "two instances ran at once"
+
+
+def test_one_instance_across_the_fleet_and_status_names_the_holder(fleet):
+    pid = fleet.one_instance()
+    holder = fleet.host_of(pid)
+    token = fleet.token_of(pid)
+    assert token > 0
+    entries = {i: status(sock)[NAME] for i, sock in enumerate(fleet.sockets)}
+    assert entries[holder]["state"] == "RUNNING"
+    assert entries[holder]["lease"]["state"] == "held"
+    assert entries[holder]["lease"]["token"] == token
+    assert 0 < entries[holder]["lease"]["expires_in"] <= TTL
+    for i, entry in entries.items():
+        if i == holder:
+            continue
+        # waiting hosts may need one poll to have seen the holder
+        wait_until(lambda i=i: "fleet lease held by" in (status(fleet.sockets[i])[NAME]
+                                                         .get("waiting") or ""),
+                   10, message=f"host {i} naming the holder")
+        entry = status(fleet.sockets[i])[NAME]
+        assert entry["state"] == "STARTING" and entry["pid"] is None
+        assert f"(token {token})" in entry["waiting"]
+        assert entry["lease"]["state"] == "waiting"
+        assert entry["lease"]["token"] == token
+    # a few renewals later it is still the same single instance
+    deadline = time.monotonic() + TTL * 1.5
+    while time.monotonic() < deadline:
+        assert fleet.instances() in ((pid,), ())
+        time.sleep(0.05)
+    assert fleet.instances() == (pid,)
+
+
+def test_sigkill_of_the_holders_master_fails_over(fleet):
+    pid = fleet.one_instance()
+    server = fleet.servers[fleet.host_of(pid)]
+    killed_at = time.monotonic()
+    server.signal(signal.SIGKILL)
+    new = fleet.one_instance(other_than=pid, timeout=TTL + 5)
+    took = time.monotonic() - killed_at
+    assert took < TTL + 3, took
+    assert fleet.token_of(new) > fleet.token_of(pid)
+
+
+def test_sigterm_of_the_holder_hands_over_within_3s(fleet):
+    pid = fleet.one_instance()
+    server = fleet.servers[fleet.host_of(pid)]
+    termed_at = time.monotonic()
+    server.signal(signal.SIGTERM)
+    new = fleet.one_instance(other_than=pid, timeout=10)
+    took = time.monotonic() - termed_at
+    assert took < 3.0, took
+    assert fleet.token_of(new) > fleet.token_of(pid)
+    server.wait_exit()
+
+
+def test_frozen_holder_is_replaced_and_stops_on_waking(fleet):
+    pid = fleet.one_instance()
+    server = fleet.servers[fleet.host_of(pid)]
+    tree = server.tree()
+    for p in tree:
+        os.kill(p, signal.SIGSTOP)
+    new = fleet.one_instance(other_than=pid, timeout=TTL + 10)
+    assert fleet.token_of(new) > fleet.token_of(pid)
+    # frozen past its lease by its own clock as well
+    time.sleep(0.5)  # noqa: the point is that time passes while it is frozen
+    fleet.overlap_allowed = True  # the thawed instance runs until its manager wakes
+    thawed_at = time.monotonic()
+    for p in tree:
+        os.kill(p, signal.SIGCONT)
+    wait_until(lambda: not running_code(pid), TTL / 3, interval=0.005,
+               message="the thawed holder's instance gone within one renewal")
+    gone_after = time.monotonic() - thawed_at
+    assert gone_after < TTL / 3, gone_after
+    assert fleet.most_at_once(since=thawed_at + TTL / 3) <= 1
+    assert fleet.most_at_once(since=0) <= 2
+    assert server.log().count("expired") >= 1, server.log()
+
+
+def test_service_restarted_empty_tokens_still_grow(fleet, lease_service):
+    pid = fleet.one_instance()
+    old = fleet.token_of(pid)
+    lease_service.restart_empty()
+    # the holder's next renewal finds nothing: it stops, and whoever takes
+    # the lease next waits out a lock-delay of one TTL before starting
+    wait_until(lambda: not running_code(pid), TTL + 2, message="the old holder stopped")
+    new = fleet.one_instance(other_than=pid, timeout=3 * TTL + 10)
+    assert fleet.token_of(new) > old
+
+
+def test_service_unreachable_holder_stops_in_time_and_nobody_starts(fleet, lease_service):
+    pid = fleet.one_instance()
+    lease_service.stop()
+    stopped_at = time.monotonic()
+    wait_until(lambda: not running_code(pid), TTL + 1, interval=0.005,
+               message="the holder's instance gone before its lease can expire")
+    assert time.monotonic() - stopped_at < TTL
+    # no one starts while the service is away
+    quiet_until = time.monotonic() + TTL
+    while time.monotonic() < quiet_until:
+        assert fleet.instances() == ()
+        time.sleep(0.05)
+    entries = [status(sock)[NAME] for sock in fleet.sockets]
+    assert all(e["state"] == "STARTING" and e["pid"] is None for e in entries), entries
+    assert all("unavailable" in (e.get("waiting") or "") for e in entries), entries
+    lease_service.start()
+    new = fleet.one_instance(timeout=3 * TTL + 10)
+    assert fleet.token_of(new) > fleet.token_of(pid)
