@@ -57,19 +57,19 @@ EPOCH_TABLE = "gunicorn_companion_lease_epoch"
 # with a unique violation in the catalogs when two sessions race).
 _SCHEMA_LOCK_KEY = 0x6775_6E69_636F_6D70 >> 1  # "gunicomp", as a positive bigint
 
-_CREATE_SCHEMA = (
-    "SELECT pg_advisory_xact_lock(%(key)s)",
-    f"CREATE TABLE IF NOT EXISTS {TABLE} ("
-    " name text PRIMARY KEY, owner text NOT NULL, token bigint NOT NULL,"
-    " expires_at timestamptz NOT NULL)",
-    f"CREATE TABLE IF NOT EXISTS {EPOCH_TABLE} (created_at timestamptz NOT NULL)",
-    f"INSERT INTO {EPOCH_TABLE} SELECT clock_timestamp()"
-    f" WHERE NOT EXISTS (SELECT 1 FROM {EPOCH_TABLE})",
-)
-
-# The sequence's start is computed, so it cannot be a bound parameter of a
-# CREATE SEQUENCE (a utility statement): a DO block builds it on the server.
-_CREATE_SEQUENCE = f"""
+# One round trip (no parameters: the simple query protocol takes several
+# statements) when a connection is opened. The sequence's start is computed,
+# which CREATE SEQUENCE (a utility statement) cannot take as an expression,
+# hence the DO block.
+_CREATE_SCHEMA = f"""
+BEGIN;
+SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY});
+CREATE TABLE IF NOT EXISTS {TABLE} (
+  name text PRIMARY KEY, owner text NOT NULL, token bigint NOT NULL,
+  expires_at timestamptz NOT NULL);
+CREATE TABLE IF NOT EXISTS {EPOCH_TABLE} (created_at timestamptz NOT NULL);
+INSERT INTO {EPOCH_TABLE} SELECT clock_timestamp()
+ WHERE NOT EXISTS (SELECT 1 FROM {EPOCH_TABLE});
 DO $$
 BEGIN
   IF to_regclass('{SEQUENCE}') IS NULL THEN
@@ -77,7 +77,8 @@ BEGIN
                    floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint);
   END IF;
 END
-$$
+$$;
+COMMIT;
 """
 
 # Takes the row when it is absent or expired (a fresh token), or adopts it
@@ -162,10 +163,7 @@ class PostgresBackend:
             conn = await psycopg.AsyncConnection.connect(
                 self.url, autocommit=True, **connection_parameters(self.timeout))
             self._conn = conn  # set first, so that a timeout can close it
-            async with conn.transaction():
-                for statement in _CREATE_SCHEMA:
-                    await conn.execute(statement, {"key": _SCHEMA_LOCK_KEY})
-                await conn.execute(_CREATE_SEQUENCE)
+            await conn.execute(_CREATE_SCHEMA)
         return self._conn
 
     async def _ask(self, statement: str, params: dict) -> tuple | None:
