@@ -79,7 +79,7 @@ class PostgresServer:
     """One PostgreSQL cluster in its own directory, with its port and log."""
 
     def __init__(self, bindir: str, host: str = "127.0.0.1", port: int = 0,
-                 prefix: tuple[str, ...] = ()):
+                 prefix: tuple[str, ...] = (), enter=None):
         self.bindir = bindir
         self.host = host
         # 0: pick a free one at the first start (and keep it); a namespace's
@@ -87,6 +87,9 @@ class PostgresServer:
         self.fixed_port = port
         self.port = port
         self.prefix = tuple(prefix)
+        # runs the readiness probe where the server's address is reachable
+        # (netns.Netns.call for a server inside a namespace)
+        self.enter = enter or (lambda fn: fn())
         self.proc: subprocess.Popen | None = None
         # Not under pytest's tmp_path: its parents are 0700 root, and the
         # server runs as the postgres user.
@@ -121,17 +124,24 @@ class PostgresServer:
                               cwd=self.directory, timeout=START_DEADLINE_SECONDS)
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        # initdb trusts loopback only; a server inside a test's own network
+        # namespace is reached on the namespace's private subnet
+        with open(self.data / "pg_hba.conf", "a") as hba:
+            hba.write("host all all all trust\n")
 
     def ready(self, timeout: float = 2.0) -> bool:
         """True when a connection to the server succeeds and answers a query."""
         import psycopg
 
-        try:
-            with psycopg.connect(self.url, connect_timeout=max(2, int(timeout))) as conn:
-                conn.execute("SELECT 1")
-        except psycopg.Error:
-            return False
-        return True
+        def probe() -> bool:
+            try:
+                with psycopg.connect(self.url, connect_timeout=max(2, int(timeout))) as conn:
+                    conn.execute("SELECT 1")
+            except psycopg.Error:
+                return False
+            return True
+
+        return self.enter(probe)
 
     def start(self) -> PostgresServer:
         for attempt in range(START_ATTEMPTS):
