@@ -226,6 +226,14 @@ class PostgresServer:
         self.stop()
         self.start()
 
+    def wipe(self) -> None:
+        """A crash, and a server that comes back on the same port with no data:
+        a cluster created anew (a lost disk, a restore of the wrong backup)."""
+        self.kill()
+        shutil.rmtree(self.data)
+        self._initdb()
+        self.start()
+
     def pause(self) -> None:
         """SIGSTOP the whole server: connections stay open and nothing answers."""
         self._signal_tree(signal.SIGSTOP)
