@@ -1,5 +1,7 @@
 """Real network partitions between three hosts and the lease service.
 
+Part 1, at the lease level:
+
 The service (PostgreSQL or redis-server) runs in its own network namespace;
 each host is a namespace of its own, joined to the service's by a veth pair
 (tests/netns.py). Here each host runs the lease loop in miniature
@@ -14,6 +16,11 @@ must show that:
 - nobody was granted the lease before that deadline, and two instances never
   ran at once,
 - the tokens grew, and the fleet settled on one instance after the heal.
+
+Part 2, end to end: the same faults with a real Gunicorn master (and its
+companion manager and keeper) inside each host's namespace, the fleet
+singleton's live instances sampled every 10 ms across all hosts
+(test_fleet.FleetRun): never two at once.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from lease_holder import read_log, running, tenures, violations
 from netns import SERVICE_ADDRESS, network
 from postgres_server import PostgresServer, find_bindir, missing_reason
 from redis_server import RedisServer, find_redis_server
-from support import wait_until
+from support import status, wait_until
 
 from gunicorn_companion.keeper import call_timeout
 
@@ -169,6 +176,61 @@ def test_the_fleet_without_faults_keeps_one_instance_and_hands_over_on_sigterm(f
     assert new.start - began < TTL
     fleet.close()
     assert violations(fleet.events()) == []
+
+
+# -- Part 2: real Gunicorn masters in the namespaces ------------------------------
+
+
+@pytest.fixture(params=["postgresql", "redis"])
+def masters(request, tmp_path):
+    from test_fleet import FleetRun
+
+    net = network(request)
+    url = start_service(request.param, net, tmp_path, request)
+    run = FleetRun(tmp_path, url)
+    for host, server in zip(net.hosts, run.servers, strict=True):
+        # ip netns exec execs the master in place: its pid is the master's
+        server.argv = [*host.prefix, *server.argv]
+    run.net = net
+    run.start()
+    request.addfinalizer(run.close)
+    return run
+
+
+def masters_partition_and_heal(run, fault) -> None:
+    # test_fleet needs the redis client (it skips without it): imported here,
+    # so that Part 1 runs on PostgreSQL without it
+    from test_fleet import STOP_TIMEOUT, TTL, live
+
+    pid = run.one_instance()
+    old = run.host_of(pid)
+    faulted_at = time.monotonic()
+    fault(old)
+    # The old holder's manager stops its instance before its lease can expire
+    # by its own clock: at most TTL after its last renewal, before the fault.
+    wait_until(lambda: not live(pid), TTL + 2, interval=0.005,
+               message="the cut-off holder's instance gone")
+    assert time.monotonic() - faulted_at < TTL + STOP_TIMEOUT + 1
+    new = run.one_instance(other_than=pid, timeout=TTL + 15)
+    assert run.host_of(new) != old
+    assert run.token_of(new) > run.token_of(pid)
+    run.net.heal(old)
+    # The healed host asks the service again and waits behind the new holder.
+    token = run.token_of(new)
+    wait_until(lambda: f"(token {token})" in (status(run.sockets[old])[NAME].get("waiting")
+                                              or ""),
+               30, message="the healed host to name the new holder")
+    assert run.instances() == (new,)
+    assert run.most_at_once() <= 1, "two instances ran at once"
+
+
+def test_masters_a_holder_whose_link_goes_down_is_replaced_and_the_fleet_settles(masters):
+    masters_partition_and_heal(masters, masters.net.cut)
+
+
+def test_masters_a_holder_whose_packets_are_dropped_is_replaced_and_the_fleet_settles(
+        masters):
+    masters_partition_and_heal(masters, masters.net.drop)
 
 
 if os.geteuid() != 0:  # say why once, not per test
