@@ -24,7 +24,7 @@ SEED ?=
 KEEP ?=
 MINUTES ?= 2
 
-.PHONY: demo test test-newest test-oldest test-workloads test-matrix lint simulate chaos bench bench-quick clean
+.PHONY: demo test test-newest test-oldest test-workloads test-matrix lint simulate chaos bench bench-quick bench-fleet clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,12 @@ bench: $(VENV_BENCH)/.installed
 
 bench-quick: $(VENV_BENCH)/.installed
 	$(VENV_BENCH)/bin/python benchmarks/run.py --quick
+
+# Fleet singletons: failover p50/p99 per fault, overlap and renewal traffic on
+# real PostgreSQL and Redis (benchmarks/fleet.py; about 25 minutes). It reuses
+# the tests' helpers, so it runs in the test venv.
+bench-fleet: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/fleet.py
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_BENCH) .venv-matrix .pytest_cache .hypothesis
