@@ -121,7 +121,10 @@ def trial(run, fault: str, timeout: float) -> float:
     tree = server.tree() if fault == "sigkill-tree" else [server.pid]
     sent_at = time.monotonic()
     for member in tree:
-        os.kill(member, signal.SIGTERM if fault == "sigterm" else signal.SIGKILL)
+        try:
+            os.kill(member, signal.SIGTERM if fault == "sigterm" else signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # a member that exited since the tree was read
     new = run.one_instance(other_than=pid, timeout=timeout)
     took = first_seen(run, new, sent_at) - sent_at
     restore_host(run, host)
