@@ -193,6 +193,11 @@ def test_a_stale_release_does_not_free_the_next_holders_lease(hosts):
 
 
 def test_tokens_keep_growing_across_a_restart_of_the_service(service, hosts):
+    if not service.restart_loses_data:
+        # New tables carry a lock-delay for their first TTL (lease_postgres):
+        # start past it, so that a delay after the restart would be its doing.
+        wait_until(lambda: hosts[2].try_acquire("probe", "host2:12", TTL).delay == 0, 30,
+                   interval=0.05, message="an acquisition without a lock-delay")
     first = acquire(hosts[0], "host0:10")
     hosts[0].release(NAME, first.token)
     service.restart()
@@ -324,7 +329,7 @@ def test_postgresql_that_lost_its_tables_still_hands_out_larger_tokens_after_a_d
     assert isinstance(first, Acquired)
     backend.close()
     with psycopg.connect(postgres.url, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE {lease_postgres.TABLE}, {lease_postgres.EPOCH_TABLE}; "
+        conn.execute(f"DROP TABLE {lease_postgres.TABLE}; "
                      f"DROP SEQUENCE {lease_postgres.SEQUENCE}")
     backend = lease_postgres.open(postgres.url, 5.0)
     try:
@@ -353,3 +358,30 @@ def test_postgresql_without_the_right_to_create_the_tables_says_what_to_do(postg
         backend.close()
     message = str(caught.value)
     assert "permission denied" in message and "grant" in message, message
+
+
+def test_postgresql_leases_wiped_under_connected_hosts_mean_a_lock_delay(postgres):
+    """Every lease row deleted (a TRUNCATE, a restore of the table) while the
+    hosts stay connected: the holder may still run until its own deadline, so
+    whoever takes the lease next must wait a TTL first."""
+    import psycopg
+
+    from gunicorn_companion import lease_postgres
+
+    holder, waiter = (lease_postgres.open(postgres.url, 5.0) for _ in range(2))
+    try:
+        ttl = 0.3
+        # past the first TTL of the new tables: no lock-delay any more
+        wait_until(lambda: holder.try_acquire("probe", "host0:10", ttl).delay == 0, 30,
+                   interval=0.05, message="an acquisition without a lock-delay")
+        first = holder.try_acquire(NAME, "host0:10", ttl)
+        assert isinstance(first, Acquired) and first.delay == 0
+        with psycopg.connect(postgres.url, autocommit=True) as conn:
+            conn.execute(f"TRUNCATE {lease_postgres.TABLE}")
+        second = waiter.try_acquire(NAME, "host1:11", ttl)
+    finally:
+        holder.close()
+        waiter.close()
+    assert isinstance(second, Acquired)
+    assert second.token > first.token
+    assert second.delay == pytest.approx(ttl, abs=0.1)

@@ -1,6 +1,6 @@
 """The PostgreSQL lease backend (``postgresql://``, ``postgres://``), over psycopg 3.
 
-Three objects in the database (and schema) the URL names, created on first
+Two objects in the database (and schema) the URL names, created on first
 use (docs/fleet.md, "PostgreSQL"):
 
 - ``gunicorn_companion_lease(name, owner, token, expires_at)``: one row per
@@ -11,11 +11,13 @@ use (docs/fleet.md, "PostgreSQL"):
   server's clock in microseconds when it is created, so that a database that
   lost everything and is created again still hands out larger tokens than
   before, as long as the server's clock did not go back.
-- ``gunicorn_companion_lease_epoch(created_at)``: when these objects were
-  created. An acquisition within one TTL of that moment carries a lock-delay
-  of the rest of that TTL: the objects are new either because the fleet is new
-  or because the database lost its data, and in the second case a previous
-  holder may still be running until its own clock tells it the lease is gone.
+- The row named ``''`` (no companion has an empty name) records when the
+  table was created or last found without it, in its ``expires_at``. An
+  acquisition within one TTL of that moment, or when the row is missing,
+  carries a lock-delay of the rest of that TTL: the leases are new either
+  because the fleet is new or because the database lost them (a new cluster,
+  a restored backup, a TRUNCATE), and in the second case a previous holder
+  may still be running until its own clock tells it the lease is gone.
 
 Every expiry is the server's ``clock_timestamp() + ttl``, computed in the
 statement that checks or extends the lease, so the server holds a lease at
@@ -50,7 +52,7 @@ from .lease import Acquired, Busy, Holder, LeaseUnavailable
 
 TABLE = "gunicorn_companion_lease"
 SEQUENCE = "gunicorn_companion_lease_token"
-EPOCH_TABLE = "gunicorn_companion_lease_epoch"
+EPOCH = ""  # the name of the row that dates the table (see the docstring)
 
 # Any 64-bit constant of our own: it serializes the creation of the objects
 # when several hosts start at once (CREATE ... IF NOT EXISTS alone can fail
@@ -67,9 +69,8 @@ SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY});
 CREATE TABLE IF NOT EXISTS {TABLE} (
   name text PRIMARY KEY, owner text NOT NULL, token bigint NOT NULL,
   expires_at timestamptz NOT NULL);
-CREATE TABLE IF NOT EXISTS {EPOCH_TABLE} (created_at timestamptz NOT NULL);
-INSERT INTO {EPOCH_TABLE} SELECT clock_timestamp()
- WHERE NOT EXISTS (SELECT 1 FROM {EPOCH_TABLE});
+INSERT INTO {TABLE} VALUES ('{EPOCH}', '', 0, clock_timestamp())
+ ON CONFLICT (name) DO NOTHING;
 DO $$
 BEGIN
   IF to_regclass('{SEQUENCE}') IS NULL THEN
@@ -96,9 +97,10 @@ ON CONFLICT (name) DO UPDATE
        expires_at = clock_timestamp() + make_interval(secs => %(ttl)s)
  WHERE lease.expires_at <= clock_timestamp() OR lease.owner = excluded.owner
 RETURNING token,
-  greatest(0, extract(epoch FROM
-    (SELECT max(created_at) FROM {EPOCH_TABLE}) + make_interval(secs => %(ttl)s)
-    - clock_timestamp()))::float8
+  -- the lock-delay: the rest of one TTL from the epoch, a whole TTL without one
+  greatest(0, coalesce(extract(epoch FROM
+    (SELECT e.expires_at FROM {TABLE} e WHERE e.name = '{EPOCH}')
+    + make_interval(secs => %(ttl)s) - clock_timestamp()), %(ttl)s))::float8
 """
 
 _HOLDER = f"SELECT owner, token FROM {TABLE} WHERE name = %(name)s"
@@ -202,8 +204,8 @@ class PostgresBackend:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = ""
         if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-            hint = (f"; grant the user CREATE on the schema, or create {TABLE}, {EPOCH_TABLE}"
-                    f" and {SEQUENCE} as docs/fleet.md shows")
+            hint = (f"; grant the user CREATE on the schema, or create {TABLE} and {SEQUENCE}"
+                    " as docs/fleet.md shows")
         elif isinstance(exc, psycopg.errors.QueryCanceled):
             hint = f"; the server did not answer within {self.timeout:g}s"
         elif isinstance(exc, psycopg.OperationalError):
