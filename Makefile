@@ -10,6 +10,8 @@
 #               as companions against Debian's redis-server; about 6 to 10 minutes.
 #   make simulate SEEDS=N   N seeds of the simulation; SEED=s replays one
 #                           (KEEP=i,j,... only those events of its schedule)
+#   make bench-fleet   fleet singletons' failover, overlap and lease traffic on real
+#               PostgreSQL and Redis (benchmarks/fleet.py, docs/fleet-postgresql.md)
 #   make chaos  a chaos soak: random faults against a real server for
 #               MINUTES (2; fractions allowed), SEED=S repeats a run's faults
 #               (docs/development.md, "Chaos soak")
@@ -83,7 +85,7 @@ bench-quick: $(VENV_BENCH)/.installed
 	$(VENV_BENCH)/bin/python benchmarks/run.py --quick
 
 # Fleet singletons: failover p50/p99 per fault, overlap and renewal traffic on
-# real PostgreSQL and Redis (benchmarks/fleet.py; about 25 minutes). It reuses
+# real PostgreSQL and Redis (benchmarks/fleet.py; about 5 minutes). It reuses
 # the tests' helpers, so it runs in the test venv.
 bench-fleet: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/fleet.py
