@@ -85,7 +85,7 @@ bench-quick: $(VENV_BENCH)/.installed
 	$(VENV_BENCH)/bin/python benchmarks/run.py --quick
 
 # Fleet singletons: failover p50/p99 per fault, overlap and renewal traffic on
-# real PostgreSQL and Redis (benchmarks/fleet.py; about 5 minutes). It reuses
+# real PostgreSQL and Redis (benchmarks/fleet.py; about 10 minutes). It reuses
 # the tests' helpers, so it runs in the test venv.
 bench-fleet: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/fleet.py
