@@ -385,3 +385,34 @@ def test_postgresql_leases_wiped_under_connected_hosts_mean_a_lock_delay(postgre
     assert isinstance(second, Acquired)
     assert second.token > first.token
     assert second.delay == pytest.approx(ttl, abs=0.1)
+
+
+@pytest.mark.parametrize(("timeout", "connect", "user_timeout", "probes"), [
+    (0.2, "2", "200", "1"),     # libpq takes whole seconds, 2 at least, for connect_timeout
+    (0.5, "2", "500", "1"),
+    (2.0, "2", "2000", "2"),
+    (2.5, "3", "2500", "3"),
+])
+def test_postgresql_connection_parameters_bound_a_call_by_its_timeout(
+        timeout, connect, user_timeout, probes):
+    lease_postgres = pytest.importorskip("gunicorn_companion.lease_postgres",
+                                         reason="pip install -e '.[postgresql]'")
+    params = lease_postgres.connection_parameters(timeout)
+    assert params["connect_timeout"] == connect
+    assert params["tcp_user_timeout"] == user_timeout
+    assert params["keepalives"] == "1" and params["keepalives_idle"] == "1"
+    assert params["keepalives_count"] == probes
+    assert f"statement_timeout={user_timeout}" in params["options"]
+    assert f"lock_timeout={user_timeout}" in params["options"]
+    assert "synchronous_commit=on" in params["options"]
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://scheduler:secret@db.internal:6432/app", "scheduler@db.internal:6432/app"),
+    ("postgres://db.internal/app?sslmode=require", "db.internal/app"),
+    ("postgresql:///app", "localhost/app"),
+])
+def test_postgresql_messages_name_the_server_without_the_password(url, shown):
+    lease_postgres = pytest.importorskip("gunicorn_companion.lease_postgres",
+                                         reason="pip install -e '.[postgresql]'")
+    assert lease_postgres.describe(url) == shown
