@@ -76,6 +76,7 @@ chaos: $(VENV)/.installed
 
 simulate: $(VENV)/.installed
 	$(VENV)/bin/python tests/simulation.py $(if $(SEED),--seed $(SEED) $(if $(KEEP),--keep $(KEEP)),--seeds $(SEEDS))
+	$(VENV)/bin/python tests/fleet_simulation.py $(if $(SEED),--seed $(SEED),--seeds $(SEEDS))
 
 # Companions against supervisord and circus (benchmarks/README.md).
 bench: $(VENV_BENCH)/.installed

@@ -268,7 +268,7 @@ class SimHost:
     def random(self):
         return self.world.rng.random()
 
-    def spawn(self, spec, target, *, lock_path, identity):
+    def spawn(self, spec, target, *, lock_path, identity, fencing_token=None):
         return self.world.spawn(spec, lock_path)
 
     def _ours(self, pid):

@@ -8,7 +8,27 @@ from support import Server
 
 GOOD = '{"name": "ok", "target": "compapp:sleeper"}'
 
+FLEET = '{"name": "f", "target": "compapp:sleeper", "singleton": "fleet", "stop_timeout": 1}'
+
 CASES = [
+    ("fleet singleton without a lease url",
+     f"companion_workers = [{FLEET}]",
+     "companion 'f' is a fleet singleton(s) but companion_lease_url is not set"),
+    ("lease url without a fleet singleton",
+     'companion_lease_url = "redis://127.0.0.1:1/0"\n'
+     f'companion_workers = [{GOOD}]',
+     'companion_lease_url is set but no companion has "singleton": "fleet"'),
+    ("lease url of an unknown scheme",
+     'companion_lease_url = "mysql://h/db"\n'
+     f"companion_workers = [{FLEET}]",
+     "companion_lease_url 'mysql://h/db' has an unknown scheme"),
+    ("stop_timeout that does not fit in the lease ttl",
+     'companion_lease_url = "redis://127.0.0.1:1/0"\ncompanion_lease_ttl = 3\n'
+     f"companion_workers = [{FLEET}]",
+     "companion 'f': stop_timeout 1s does not fit in companion_lease_ttl 3s"),
+    ("singleton of an unknown kind",
+     'companion_workers = [{"name": "a", "target": "compapp:sleeper", "singleton": "site"}]',
+     """companion 'a': singleton must be True, False, "host" or "fleet", got 'site'"""),
     ("unknown key",
      'companion_workers = [{"name": "a", "target": "compapp:sleeper", "stop_timout": 5}]',
      "companion 'a': unknown key 'stop_timout' (did you mean 'stop_timeout'?)"),

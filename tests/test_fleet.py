@@ -8,15 +8,19 @@ checks that it never saw two. The faults are the issue's: SIGKILL and
 SIGTERM of the holder's master, the holder's whole tree frozen past the TTL,
 the service restarted empty, and the service gone for a while.
 
-The tests take a ``lease_service`` fixture, parametrized by backend, that
-can start, stop and restart (and so wipe) the service: a backend adds
-itself to LEASE_SERVICES.
+The tests take a ``lease_service`` fixture, parametrized by backend: a
+backend adds a class to LEASE_SERVICES, made from a data directory, with
+``url`` (what companion_lease_url is set to), ``start()`` (and start again
+on the same address after a stop), ``stop()`` (a crash: SIGKILL),
+``restart_empty()`` (a crash and a restart that lost the data) and
+``hang(True/False)`` (the server stops answering, connections stay open).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,7 +28,18 @@ from pathlib import Path
 import pytest
 from postgres_server import PostgresServer, find_bindir, missing_reason
 from redis_server import RedisServer, find_redis_server
-from support import Server, proc_stat, running_code, short_socket_path, status, wait_until
+from support import (
+    Control,
+    Server,
+    alive,
+    cmdline,
+    control_command,
+    proc_stat,
+    running_code,
+    short_socket_path,
+    status,
+    wait_until,
+)
 
 pytest.importorskip("redis", reason="the redis client: pip install 'gunicorn-companion[redis]'")
 
@@ -56,6 +71,11 @@ class RedisLeaseService:
         """A crash and a restart that lost the data."""
         self.stop()
         self.start()
+
+    def hang(self, hung: bool) -> None:
+        """SIGSTOP (or SIGCONT): connections are accepted by the kernel but
+        never answered, so calls time out instead of failing fast."""
+        self.server.proc.send_signal(signal.SIGSTOP if hung else signal.SIGCONT)
 
 
 class PostgresLeaseService:
@@ -225,6 +245,11 @@ def test_one_instance_across_the_fleet_and_status_names_the_holder(fleet):
         assert fleet.instances() in ((pid,), ())
         time.sleep(0.05)
     assert fleet.instances() == (pid,)
+    # a health probe passes on every host: the standbys are not failing
+    for sock in fleet.sockets:
+        probe = subprocess.run([*control_command(), "--socket", str(sock), "check"],
+                               capture_output=True, text=True, timeout=30)
+        assert probe.returncode == 0, probe.stdout + probe.stderr
 
 
 def test_sigkill_of_the_holders_master_fails_over(fleet):
@@ -258,8 +283,8 @@ def test_frozen_holder_is_replaced_and_stops_on_waking(fleet):
         os.kill(p, signal.SIGSTOP)
     new = fleet.one_instance(other_than=pid, timeout=TTL + 10)
     assert fleet.token_of(new) > fleet.token_of(pid)
-    # frozen past its lease by its own clock as well
-    time.sleep(0.5)  # noqa: the point is that time passes while it is frozen
+    # the service let the lease expire, which it does no earlier than the
+    # holder's own clock says: woken now, the holder finds its lease past
     fleet.overlap_allowed = True  # the thawed instance runs until its manager wakes
     thawed_at = time.monotonic()
     for p in tree:
@@ -298,7 +323,59 @@ def test_service_unreachable_holder_stops_in_time_and_nobody_starts(fleet, lease
         time.sleep(0.05)
     entries = [status(sock)[NAME] for sock in fleet.sockets]
     assert all(e["state"] == "STARTING" and e["pid"] is None for e in entries), entries
-    assert all("unavailable" in (e.get("waiting") or "") for e in entries), entries
+    assert all("cannot be asked" in (e.get("waiting") or "") for e in entries), entries
     lease_service.start()
     new = fleet.one_instance(timeout=3 * TTL + 10)
     assert fleet.token_of(new) > fleet.token_of(pid)
+
+
+def test_stop_on_the_holder_hands_over_at_once(fleet):
+    pid = fleet.one_instance()
+    holder = fleet.host_of(pid)
+    asked_at = time.monotonic()
+    reply = Control(fleet.sockets[holder]).request({"cmd": "stop", "name": NAME})
+    assert reply["ok"], reply
+    new = fleet.one_instance(other_than=pid, timeout=10)
+    assert time.monotonic() - asked_at < 3.0
+    assert fleet.host_of(new) != holder
+    entry = status(fleet.sockets[holder])[NAME]
+    assert entry["state"] == "STOPPED"
+    assert entry["lease"]["state"] == "waiting"
+
+
+def test_a_killed_keeper_is_replaced_and_the_holder_keeps_running(fleet):
+    pid = fleet.one_instance()
+    server = fleet.servers[fleet.host_of(pid)]
+    keepers = [p for p in server.tree() if "lease keeper" in cmdline(p)]
+    assert len(keepers) == 1, [cmdline(p) for p in server.tree()]
+    os.kill(keepers[0], signal.SIGKILL)
+    server.until(lambda: [p for p in server.tree() if "lease keeper" in cmdline(p)
+                          and p != keepers[0] and alive(p)], 10, message="a new keeper")
+    # renewed by the new keeper: the same instance, the same token, past a TTL
+    until = time.monotonic() + 1.5 * TTL
+    while time.monotonic() < until:
+        assert fleet.instances() == (pid,)
+        time.sleep(0.05)
+    lease = status(fleet.sockets[fleet.host_of(pid)])[NAME]["lease"]
+    assert (lease["state"], lease["token"]) == ("held", fleet.token_of(pid))
+
+
+def test_service_hung_holder_stops_in_time_and_nobody_starts(fleet, lease_service):
+    pid = fleet.one_instance()
+    lease_service.hang(True)
+    hung_at = time.monotonic()
+    try:
+        wait_until(lambda: not running_code(pid), TTL + 1, interval=0.005,
+                   message="the holder's instance gone before its lease can expire")
+        assert time.monotonic() - hung_at < TTL
+        quiet_until = time.monotonic() + TTL
+        while time.monotonic() < quiet_until:
+            assert fleet.instances() == ()
+            time.sleep(0.05)
+        entries = [status(sock)[NAME] for sock in fleet.sockets]
+        assert all("cannot be asked" in (e.get("waiting") or "") for e in entries), entries
+        assert all("Timeout" in e["lease"]["why"] for e in entries), entries
+    finally:
+        lease_service.hang(False)
+    new = fleet.one_instance(timeout=3 * TTL + 10)
+    assert fleet.token_of(new) >= fleet.token_of(pid)

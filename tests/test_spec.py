@@ -1022,8 +1022,9 @@ def test_bool_keys_accepted(key, value):
 @pytest.mark.parametrize("key", BOOL_KEYS)
 @pytest.mark.parametrize("value", [1, 0, "yes", "true", "False", None, 1.0, []])
 def test_bool_keys_rejected(key, value):
+    allowed = 'True, False, "host" or "fleet"' if key == "singleton" else "True or False"
     assert only_problem([entry(**{key: value})]) == (
-        f"companion 'w': {key} must be True or False, got {value!r}")
+        f"companion 'w': {key} must be {allowed}, got {value!r}")
 
 
 # -- max_lifetime and watchdog_timeout: positive seconds or None ---------------------------
@@ -1238,7 +1239,7 @@ def test_every_newer_key_fault_is_reported_in_key_order():
         "companion 'w': command \"prog 'x\" cannot be split into arguments: No closing quotation",
         "companion 'w': processes must be a whole number from 1 to 1000, got 0",
         "companion 'w': autostart must be True or False, got 'yes'",
-        "companion 'w': singleton must be True or False, got 1",
+        'companion \'w\': singleton must be True, False, "host" or "fleet", got 1',
         "companion 'w': wait_ready must be True or False, got None",
         "companion 'w': max_lifetime must be a positive number of seconds, got 0",
         "companion 'w': max_lifetime_jitter must be a non-negative number of seconds, got -1",

@@ -240,7 +240,7 @@ def _check(path: str, args) -> int:
 def assess_health(companions: list[dict], names: list[str]) -> dict:
     """Which companions count (those that should run, of those named) and
     why each that is not RUNNING fails (pure)."""
-    counted, problems, ignored = [], [], []
+    counted, problems, ignored, standby = [], [], [], []
     for companion in companions:
         name = str(companion.get("name", "?"))
         if names and not (name in names or companion.get("group") in names):
@@ -248,12 +248,28 @@ def assess_health(companions: list[dict], names: list[str]) -> dict:
         if companion.get("wanted") is False:
             ignored.append(name)  # stopped by hand, or not autostarted: not a fault
             continue
+        if _standing_by(companion):
+            # a fleet singleton another host runs: waiting is this host's job,
+            # and a probe that failed here would restart every standby
+            standby.append(name)
+            continue
         counted.append(name)
         if companion.get("state") != "RUNNING":
             problems.append({"name": name, "state": str(companion.get("state", "?")),
                              "reason": why_not_running(companion)})
-    return {"healthy": not problems, "reachable": True, "checked": counted,
-            "not_running": problems, "stopped_by_hand": ignored}
+    verdict = {"healthy": not problems, "reachable": True, "checked": counted,
+               "not_running": problems, "stopped_by_hand": ignored}
+    if standby:
+        verdict["standing_by"] = standby
+    return verdict
+
+
+def _standing_by(companion: dict) -> bool:
+    """A fleet singleton whose lease another host holds (or that waits out
+    its lock-delay): not running here, and rightly so."""
+    lease = companion.get("lease")
+    return (companion.get("state") == "STARTING" and isinstance(lease, dict)
+            and lease.get("state") in ("waiting", "delay"))
 
 
 def why_not_running(companion: dict) -> str:
@@ -291,6 +307,9 @@ def format_check(verdict: dict) -> str:
                      + (f" ({problem['reason']})" if problem["reason"] else ""))
     if verdict["stopped_by_hand"]:
         lines.append(f"not counted (stopped): {', '.join(verdict['stopped_by_hand'])}")
+    if verdict.get("standing_by"):
+        lines.append("not counted, standing by (another host runs it): "
+                     + ", ".join(verdict["standing_by"]))
     return "\n".join(lines)
 
 

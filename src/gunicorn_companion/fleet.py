@@ -33,11 +33,11 @@ from dataclasses import dataclass
 
 from . import lifecycle as lc
 from .keeper import keeper_main, owner_name
-from .spec import lease_stop_budget
+from .spec import LEASE_KILL_GRACE, lease_stop_budget
 from .states import State
 
 # A keeper that died is replaced after this long (its leases' deadlines run on).
-KEEPER_RESTART_DELAY = 1.0
+KEEPER_RESTART_DELAY = 0.25
 # How long a manager on its way out waits for the keeper to release its leases.
 KEEPER_EXIT_WAIT = 5.0
 
@@ -81,6 +81,9 @@ class Fleet:
         """After each step of a record: want, keep or give up its lease."""
         record = self.records().get(name)
         lease = self.leases.get(name)
+        if lease is not None and lease.token is not None and record is not None and (
+                record.wanted and not lease.granted):
+            self._grant_if_due(lease, record)
         if record is None or not record.spec.fleet:
             if lease is not None:
                 self._give_up(lease)
@@ -102,6 +105,10 @@ class Fleet:
                           lease.name, lease.token)
             self.link.send("release", lease.name, lease.token)
             self._forget(lease)
+            record = self.records().get(lease.name)
+            if record is not None and record.leased:
+                # a later start must wait for a new grant, not spawn on this one
+                self.apply(lease.name, lc.LeaseLost(quick=False, reason="fleet lease released"))
         elif lease.asked:
             self.link.send("unwant", lease.name)
         lease.asked = False
@@ -137,6 +144,7 @@ class Fleet:
                 self._unavailable(lease, " ".join(args[1:]))
         except (IndexError, ValueError):
             self.log.error("Lease keeper said something unreadable: %r", line)
+        self.check(self.now())  # a renewal may let a delayed lease be granted now
 
     def _granted(self, lease: Lease, token: int, delay: float, t0: float) -> None:
         record = self.records().get(lease.name)
@@ -156,8 +164,11 @@ class Fleet:
             return
         if delay > 0:
             self.log.warning("Companion %r: fleet lease taken (token %s); the lease service "
-                             "may have lost its data, so it starts after a lock-delay of %gs",
-                             lease.name, token, delay)
+                             "had no record of it (first use, or it lost its data), so it "
+                             "starts after a lock-delay of %gs", lease.name, token, delay)
+            self.apply(lease.name, lc.LeaseNote(
+                f"fleet lease lock-delay of {delay:g}s (token {token}): the lease service had "
+                "no record of it"))
         else:
             self.log.info("Companion %r: fleet lease taken (token %s)", lease.name, token)
         self.check(self.now())
@@ -173,7 +184,8 @@ class Fleet:
         lease.why = why
         if lease.token is None:
             lease.holder = lease.holder_token = None
-            self.apply(lease.name, lc.LeaseNote(f"lease service unavailable: {why}"))
+            self.apply(lease.name, lc.LeaseNote(
+                f"fleet lease; the lease service cannot be asked: {why}"))
 
     def _lose(self, lease: Lease, reason: str) -> None:
         """The lease is not ours any more (or soon will not be): the companion
@@ -183,7 +195,8 @@ class Fleet:
         now = self.now()
         record = self.records().get(lease.name)
         remaining = (lease.valid_until or now) - now
-        quick = record is not None and remaining < record.spec.stop_timeout + lease_budget_slack()
+        # graceful while stop_timeout and the kill still fit before the end
+        quick = record is not None and remaining < record.spec.stop_timeout + LEASE_KILL_GRACE
         if lease.token is not None:
             self.link.send("forget", lease.name, lease.token)
         self._forget(lease)
@@ -200,12 +213,15 @@ class Fleet:
         return lease.valid_until - lease_stop_budget(record.spec.stop_timeout)
 
     def next_deadline(self) -> float | None:
+        now = self.now()
         times = [self.restart_at] if self.restart_at is not None else []
         for lease in self.leases.values():
             if lease.token is None:
                 continue
             times.append(lease.valid_until)
-            if not lease.granted and lease.start_at is not None:
+            if not lease.granted and lease.start_at is not None and lease.start_at > now:
+                # once past, the grant waits for news (a renewal, a start),
+                # which checks again: a past time here would spin the loop
                 times.append(lease.start_at)
             stop_at = self._stop_at(lease)
             if stop_at is not None and lease.granted and not lease.stopping:
@@ -229,10 +245,8 @@ class Fleet:
                                now - lease.valid_until)
                 self._lose(lease, "its fleet lease expired")
                 continue
-            if not lease.granted and now >= (lease.start_at or now):
-                if record is not None and record.wanted and now < self._stop_at(lease):
-                    lease.granted = True
-                    self.apply(lease.name, lc.LeaseGranted())
+            if not lease.granted:
+                self._grant_if_due(lease, record)
             elif lease.granted and not lease.stopping and now >= self._stop_at(lease):
                 # rule 2: no renewal came in time
                 lease.stopping = True
@@ -241,6 +255,15 @@ class Fleet:
                                lease.name, lease.token, lease.valid_until - now)
                 self._lose(lease, "its fleet lease could not be renewed in time"
                            + (f" ({lease.why})" if lease.why else ""))
+
+    def _grant_if_due(self, lease: Lease, record) -> None:
+        """The companion may start: the lease is ours, its lock-delay over, and
+        enough of it left to stop in time."""
+        now = self.now()
+        if (record is not None and record.wanted and now >= (lease.start_at or now)
+                and now < self._stop_at(lease)):
+            lease.granted = True
+            self.apply(lease.name, lc.LeaseGranted())
 
     # -- the keeper process ------------------------------------------------------------
 
@@ -279,8 +302,9 @@ class Fleet:
                 "expires_in": None, "why": None}
 
     def token_of(self, name: str) -> int | None:
+        """The token a companion may start with: None unless granted."""
         lease = self.leases.get(name)
-        return lease.token if lease is not None else None
+        return lease.token if lease is not None and lease.granted else None
 
     def close(self) -> None:
         """On the manager's way out, every companion gone: let the keeper
@@ -288,11 +312,6 @@ class Fleet:
         for lease in self.leases.values():
             self._give_up(lease)
         self.link.close(KEEPER_EXIT_WAIT)
-
-
-def lease_budget_slack() -> float:
-    """What a graceful stop needs beyond stop_timeout to be gone in time."""
-    return lease_stop_budget(0.0)
 
 
 class KeeperLink:

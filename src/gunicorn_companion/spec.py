@@ -585,9 +585,9 @@ def fleet_faults(specs: tuple[CompanionSpec, ...], url: str | None, ttl: float,
         if budget > ttl / 2:
             problems.append(
                 f"companion {spec.group_name!r}: stop_timeout {spec.stop_timeout:g}s does not "
-                f"fit in companion_lease_ttl {ttl:g}s: a fleet singleton must be gone "
-                f"(stop_timeout, then SIGKILL) before a renewal missed at half the TTL lets its "
-                f"lease expire; lower stop_timeout to at most "
+                f"fit in companion_lease_ttl {ttl:g}s; lower stop_timeout to at most "
                 f"{max(0.0, ttl / 2 - LEASE_KILL_GRACE - LEASE_MARGIN):g}s or raise "
-                f"companion_lease_ttl to at least {2 * budget:g}s")
+                f"companion_lease_ttl to at least {2 * budget:g}s (a fleet singleton must be "
+                f"gone, stop_timeout then SIGKILL, before its lease can expire, starting no "
+                f"earlier than half the TTL)")
     return problems

@@ -361,10 +361,11 @@ def fleet_member():
     import gunicorn_companion
     fleet_dir = os.environ["FLEET_DIR"]
     token = gunicorn_companion.fencing_token()
-    with open(os.path.join(fleet_dir, "instances", str(os.getpid())), "w") as f:
-        f.write(f"{token}\n")
+    # the token first: whoever sees the instance can look its token up
     with open(os.path.join(fleet_dir, "tokens"), "a") as f:
         f.write(f"{os.getpid()} {token} {os.environ['FLEET_HOST']}\n")
+    with open(os.path.join(fleet_dir, "instances", str(os.getpid())), "w") as f:
+        f.write(f"{token}\n")
     _record_start()
     while True:
         signal.pause()
