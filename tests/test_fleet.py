@@ -103,6 +103,13 @@ class PostgresLeaseService:
     def restart_empty(self) -> None:
         self.server.wipe()
 
+    def hang(self, hung: bool) -> None:
+        """SIGSTOP (or SIGCONT) the postmaster and every backend."""
+        if hung:
+            self.server.pause()
+        else:
+            self.server.resume()
+
     def close(self) -> None:
         self.server.remove()
 

@@ -191,7 +191,8 @@ class PostgresBackend:
             self._drop_connection()
             task.cancel()
             self._loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
-            raise LeaseUnavailable(f"PostgreSQL {self.where}: no answer within "
+            # named as the Redis backend names its timeouts (status shows it)
+            raise LeaseUnavailable(f"PostgreSQL {self.where}: TimeoutError: no answer within "
                                    f"{self.timeout:g}s; is the server up and reachable?")
         try:
             return task.result()
