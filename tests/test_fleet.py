@@ -141,6 +141,7 @@ class FleetRun:
         (self.dir / "instances").mkdir(parents=True)
         self.servers: list[Server] = []
         self.sockets = []
+        self.configs: list[str] = []
         for i in range(hosts):
             home = root / f"host{i}"
             home.mkdir()
@@ -156,6 +157,7 @@ class FleetRun:
                 f"companion_lease_ttl = {TTL}",
                 f"companion_workers = {companions!r}",
             ]) + "\n"
+            self.configs.append(config)
             self.servers.append(Server(home, config, env={"FLEET_DIR": str(self.dir),
                                                           "FLEET_HOST": str(i)}))
         self.samples: list[tuple[float, tuple[int, ...]]] = []
@@ -302,7 +304,9 @@ def test_frozen_holder_is_replaced_and_stops_on_waking(fleet):
     assert gone_after < TTL / 3, gone_after
     assert fleet.most_at_once(since=thawed_at + TTL / 3) <= 1
     assert fleet.most_at_once(since=0) <= 2
-    assert server.log().count("expired") >= 1, server.log()
+    # it found its lease expired on waking; or, on a machine so loaded that
+    # its renewals lagged, it had begun stopping just before the freeze
+    assert "expired" in server.log() or "was not renewed" in server.log(), server.log()
 
 
 def test_service_restarted_empty_tokens_still_grow(fleet, lease_service):
@@ -386,3 +390,19 @@ def test_service_hung_holder_stops_in_time_and_nobody_starts(fleet, lease_servic
         lease_service.hang(False)
     new = fleet.one_instance(timeout=3 * TTL + 10)
     assert fleet.token_of(new) >= fleet.token_of(pid)
+
+
+def test_a_reread_that_removes_it_on_the_holder_hands_over_at_once(fleet):
+    pid = fleet.one_instance()
+    holder = fleet.host_of(pid)
+    server = fleet.servers[holder]
+    # the same settings without the fleet singleton: the URL must go too
+    server.write_config("preload_app = True\nworkers = 1\n"
+                        f"companion_control_socket = {str(fleet.sockets[holder])!r}\n"
+                        "companion_workers = []\n")
+    asked_at = time.monotonic()
+    reply = Control(fleet.sockets[holder]).request({"cmd": "reread"})
+    assert reply["ok"], reply
+    new = fleet.one_instance(other_than=pid, timeout=10)
+    assert time.monotonic() - asked_at < 3.0
+    assert fleet.host_of(new) != holder

@@ -254,3 +254,19 @@ def test_a_released_lease_leaves_no_leave_to_start():
     assert not records["s"].leased
     after, actions = lc.step(records["s"], lc.Start(), clock())
     assert not any(isinstance(a, lc.Spawn) for a in actions)
+
+
+# -- systemd readiness ------------------------------------------------------------------------
+
+
+def test_a_standby_host_settles_for_systemd():
+    # Type=notify: READY=1 waits for every companion to settle. A fleet
+    # singleton that waits for its lease (another host runs it, or the
+    # service is down) must not hold the whole unit's start back.
+    from gunicorn_companion.loop import readiness
+    from gunicorn_companion.sdnotify import settled, summary
+    companions = readiness({"s": WAITING, "r": replace(RUNNING, spec=replace(FLEET, name="r"))})
+    assert settled(companions)
+    assert summary(companions) == "1/2 companions RUNNING; s STANDBY"
+    forking = lc.Record(replace(FLEET, singleton=False), state=State.STARTING, wanted=True)
+    assert not settled(readiness({"x": forking}))

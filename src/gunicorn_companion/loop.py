@@ -22,6 +22,7 @@ import signal
 import socket
 import struct
 
+from .states import State
 from .supervisor import Supervisor
 
 HANDLED_SIGNALS = (
@@ -101,6 +102,15 @@ def _sender_pid(ancillary) -> int | None:
     return None
 
 
+def readiness(records) -> list[tuple[str, str, bool]]:
+    """(name, state, wanted) of each companion, for systemd's READY=1 and
+    STATUS=. A fleet singleton waiting for its lease is STANDBY, which counts
+    as settled: another host runs it (or the lease service is down, which
+    must not keep this host's HTTP service from starting)."""
+    return [(r.name, "STANDBY" if r.spec.fleet and r.state == State.STARTING and r.pid is None
+             else str(r.state), r.wanted) for r in records.values()]
+
+
 def _record_only(signum, frame):
     """The C handler already wrote ``signum`` to the wakeup socket: nothing to do."""
 
@@ -172,8 +182,7 @@ class ManagerLoop:
                 key.data(key, mask)
             supervisor.fire_due()
             if self.news is not None:
-                self.news.after_loop_turn([(r.name, str(r.state), r.wanted)
-                                           for r in supervisor.records.values()])
+                self.news.after_loop_turn(readiness(supervisor.records))
         if self.control is not None:
             self.control.close()
         supervisor.finish()

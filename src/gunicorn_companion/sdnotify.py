@@ -29,7 +29,8 @@ WATCHDOG_USEC_ENV = "WATCHDOG_USEC"
 WATCHDOG_PID_ENV = "WATCHDOG_PID"
 
 # States in which a companion that should run has settled for READY=1.
-SETTLED_STATES = frozenset({"RUNNING", "FATAL"})
+# STANDBY: a fleet singleton another host runs (loop.readiness).
+SETTLED_STATES = frozenset({"RUNNING", "FATAL", "STANDBY"})
 
 
 # -- pure ------------------------------------------------------------------------

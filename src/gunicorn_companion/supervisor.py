@@ -419,7 +419,10 @@ class Supervisor:
             current = {n: r.next_spec or r.spec for n, r in self.records.items()
                        if n not in self.retiring}
             fresh = config.by_name()
-            if (config.lease_url, config.lease_ttl) != self.lease_settings:
+            # fixed for the keeper's life; but dropping the URL with the last
+            # fleet singleton is a removal like any other
+            dropped = config.lease_url is None and not any(s.fleet for s in config.specs)
+            if (config.lease_url, config.lease_ttl) != self.lease_settings and not dropped:
                 raise ConfigError("companion_lease_url and companion_lease_ttl cannot change "
                                   "on a reread; restart Gunicorn to apply them")
             if self.base_identity is not None and (
