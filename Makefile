@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 $(VENV_OLDEST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV_OLDEST)
 	$(VENV_OLDEST)/bin/python -m pip install -q --upgrade pip
-	$(VENV_OLDEST)/bin/python -m pip install -q -e '.[test,postgresql]' 'gunicorn==$(GUNICORN_OLDEST)'
+	$(VENV_OLDEST)/bin/python -m pip install -q -e '.[test,redis,postgresql]' 'gunicorn==$(GUNICORN_OLDEST)'
 	touch $@
 
 $(VENV_BENCH)/.installed: pyproject.toml
