@@ -10,6 +10,8 @@
 #               as companions against Debian's redis-server; about 6 to 10 minutes.
 #   make simulate SEEDS=N   N seeds of the simulation; SEED=s replays one
 #                           (KEEP=i,j,... only those events of its schedule)
+#   make bench-fleet   fleet singletons' failover, overlap and lease traffic on real
+#               PostgreSQL and Redis (benchmarks/fleet.py, docs/fleet-postgresql.md)
 #   make chaos  a chaos soak: random faults against a real server for
 #               MINUTES (2; fractions allowed), SEED=S repeats a run's faults
 #               (docs/development.md, "Chaos soak")
@@ -24,18 +26,18 @@ SEED ?=
 KEEP ?=
 MINUTES ?= 2
 
-.PHONY: demo test test-newest test-oldest test-workloads test-matrix lint simulate chaos bench bench-quick clean
+.PHONY: demo test test-newest test-oldest test-workloads test-matrix lint simulate chaos bench bench-quick bench-fleet clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test,examples,workloads]'
+	$(VENV)/bin/python -m pip install -q -e '.[test,examples,workloads,postgresql]'
 	touch $@
 
 $(VENV_OLDEST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV_OLDEST)
 	$(VENV_OLDEST)/bin/python -m pip install -q --upgrade pip
-	$(VENV_OLDEST)/bin/python -m pip install -q -e '.[test]' 'gunicorn==$(GUNICORN_OLDEST)'
+	$(VENV_OLDEST)/bin/python -m pip install -q -e '.[test,redis,postgresql]' 'gunicorn==$(GUNICORN_OLDEST)'
 	touch $@
 
 $(VENV_BENCH)/.installed: pyproject.toml
@@ -82,6 +84,12 @@ bench: $(VENV_BENCH)/.installed
 
 bench-quick: $(VENV_BENCH)/.installed
 	$(VENV_BENCH)/bin/python benchmarks/run.py --quick
+
+# Fleet singletons: failover p50/p99 per fault, overlap and renewal traffic on
+# real PostgreSQL and Redis (benchmarks/fleet.py; about 10 minutes). It reuses
+# the tests' helpers, so it runs in the test venv.
+bench-fleet: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/fleet.py
 
 clean:
 	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_BENCH) .venv-matrix .pytest_cache .hypothesis

@@ -36,10 +36,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ping(port: int, timeout: float = 1.0) -> bool:
-    """True when a Redis server on 127.0.0.1:``port`` answers PING with PONG."""
+def ping(port: int, timeout: float = 1.0, host: str = "127.0.0.1") -> bool:
+    """True when a Redis server on ``host``:``port`` answers PING with PONG."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
             reply = b""
             while not reply.endswith(b"\r\n"):
@@ -55,9 +55,15 @@ def ping(port: int, timeout: float = 1.0) -> bool:
 class RedisServer:
     """One ``redis-server`` process, with its port, directory and log."""
 
-    def __init__(self, executable: str, directory: Path, *, persistent: bool = False):
+    def __init__(self, executable: str, directory: Path, *, persistent: bool = False,
+                 host: str = "127.0.0.1", prefix: tuple[str, ...] = (), enter=None):
         self.executable = executable
         self.directory = directory
+        # another address and a command prefix run it inside a network
+        # namespace (tests/netns.py); enter runs the PING where it is reachable
+        self.host = host
+        self.prefix = tuple(prefix)
+        self.enter = enter or (lambda fn: fn())
         # with an append-only file, a restart keeps the data; without, it
         # comes back empty (as a Redis without persistence does)
         self.persistent = persistent
@@ -67,7 +73,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
+        return f"redis://{self.host}:{self.port}"
 
     def log(self) -> str:
         try:
@@ -80,9 +86,13 @@ class RedisServer:
         for attempt in range(START_ATTEMPTS):
             self.port = self.port or _free_port()
             argv = [
+                *self.prefix,
                 self.executable,
                 "--port", str(self.port),
-                "--bind", "127.0.0.1",
+                "--bind", self.host,
+                # no password: Redis answers only loopback clients unless told
+                # otherwise, and a namespace's clients are on its subnet
+                "--protected-mode", "yes" if self.host == "127.0.0.1" else "no",
                 "--save", "",
                 "--appendonly", "yes" if self.persistent else "no",
                 "--appendfsync", "always",
@@ -100,7 +110,7 @@ class RedisServer:
             )
             deadline = time.monotonic() + START_DEADLINE_SECONDS
             while time.monotonic() < deadline:
-                if ping(self.port, timeout=0.5):
+                if self.enter(lambda: ping(self.port, timeout=0.5, host=self.host)):
                     return self
                 if self.proc.poll() is not None:
                     self.port = 0  # taken by someone else: try another

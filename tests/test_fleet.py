@@ -27,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from postgres_server import PostgresServer, find_bindir, missing_reason
 from redis_server import RedisServer, find_redis_server
 from support import (
     Control,
@@ -79,7 +80,43 @@ class RedisLeaseService:
         self.server.proc.send_signal(signal.SIGSTOP if hung else signal.SIGCONT)
 
 
-LEASE_SERVICES = {"redis": RedisLeaseService}
+class PostgresLeaseService:
+    """A real PostgreSQL. Stopping it is a crash (its data is kept); a restart
+    that loses the data is a cluster created anew on the same port."""
+
+    def __init__(self, directory: Path):
+        reason = missing_reason()
+        if reason:
+            pytest.skip(reason)
+        # its own directory: the server runs as the postgres user, who cannot
+        # enter pytest's (0700 root) temporary directories
+        self.server = PostgresServer(find_bindir())
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.kill()
+
+    def restart_empty(self) -> None:
+        self.server.wipe()
+
+    def hang(self, hung: bool) -> None:
+        """SIGSTOP (or SIGCONT) the postmaster and every backend."""
+        if hung:
+            self.server.pause()
+        else:
+            self.server.resume()
+
+    def close(self) -> None:
+        self.server.remove()
+
+
+LEASE_SERVICES = {"redis": RedisLeaseService, "postgresql": PostgresLeaseService}
 
 
 @pytest.fixture(params=sorted(LEASE_SERVICES))
@@ -88,7 +125,7 @@ def lease_service(request, tmp_path):
     (tmp_path / f"{request.param}-data").mkdir(exist_ok=True)
     service.start()
     yield service
-    service.stop()
+    getattr(service, "close", service.stop)()
 
 
 def live(pid: int) -> bool:
@@ -168,7 +205,11 @@ class FleetRun:
     def one_instance(self, other_than: int | None = None, timeout: float = 30.0) -> int:
         def found():
             pids = [p for p in self.instances() if p != other_than]
-            return pids[0] if len(pids) == 1 else None
+            # an instance writes its pid file, then appends its token: wait
+            # for both, or token_of/host_of can race it
+            if len(pids) == 1 and any(p == pids[0] for p, _, _ in self.tokens()):
+                return pids[0]
+            return None
         return wait_until(found, timeout, message="one instance of the fleet singleton")
 
     def host_of(self, pid: int) -> int:
