@@ -22,6 +22,21 @@ CASES = [
      'companion_lease_url = "mysql://h/db"\n'
      f"companion_workers = [{FLEET}]",
      "companion_lease_url 'mysql://h/db' has an unknown scheme"),
+    ("postgresql lease url that does not parse",
+     'companion_lease_url = "postgresql://gc:secret@db.example:notaport/site"\n'
+     f"companion_workers = [{FLEET}]",
+     "companion_lease_url 'postgresql://gc:***@db.example:notaport/site' is not a URL the "
+     "PostgreSQL client can use: port 'notaport' is not a number"),
+    ("postgresql lease url with an unknown parameter",
+     'companion_lease_url = "postgresql://gc@db.example/site?sslmod=require"\n'
+     f"companion_workers = [{FLEET}]",
+     "companion_lease_url 'postgresql://gc@db.example/site?sslmod=require' is not a URL the "
+     'PostgreSQL client can use: invalid URI query parameter: "sslmod"'),
+    ("redis lease url that does not parse",
+     'companion_lease_url = "redis://cache.example:notaport/0"\n'
+     f"companion_workers = [{FLEET}]",
+     "companion_lease_url 'redis://cache.example:notaport/0' is not a URL the Redis client "
+     "can use: Port could not be cast to integer value as 'notaport'"),
     ("stop_timeout that does not fit in the lease ttl",
      'companion_lease_url = "redis://127.0.0.1:1/0"\ncompanion_lease_ttl = 3\n'
      f"companion_workers = [{FLEET}]",

@@ -31,7 +31,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Protocol
 
-from .spec import LEASE_SCHEMES, ConfigError, lease_scheme_fault
+from .spec import LEASE_SCHEMES, ConfigError, lease_scheme_fault, redacted
 
 
 class LeaseUnavailable(Exception):
@@ -80,6 +80,18 @@ def open_backend(url: str, timeout: float) -> Backend:
     module_name, _, _ = LEASE_SCHEMES[url.partition("://")[0].lower()]
     module = importlib.import_module(f"{__package__}.{module_name}")
     return module.open(url, timeout)
+
+
+def url_fault(url: str) -> str | None:
+    """Why the backend of ``url``'s scheme cannot use it, found without
+    connecting (None: it can); the scheme and the client must be known good."""
+    module_name, _, _ = LEASE_SCHEMES[url.partition("://")[0].lower()]
+    module = importlib.import_module(f"{__package__}.{module_name}")
+    fault = module.url_fault(url)
+    if fault is None:
+        return None
+    return (f"companion_lease_url {redacted(url)!r} is not a URL the {module.CLIENT} client "
+            f"can use: {fault}")
 
 
 def _importable(module: str) -> bool:

@@ -243,6 +243,23 @@ class PostgresBackend:
             loop.close()
 
 
+CLIENT = "PostgreSQL"  # for messages
+
+
+def url_fault(url: str) -> str | None:
+    """Why libpq cannot use ``url`` (None: it can), found without connecting."""
+    try:
+        params = pg_conninfo.conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        return str(exc).strip()
+    # libpq parses a port only when it connects: a typo there would show
+    # only as a service that cannot be reached
+    for port in str(params.get("port") or "").split(","):
+        if port and not port.isdigit():
+            return f"port {port!r} is not a number"
+    return None
+
+
 def open(url: str, timeout: float) -> PostgresBackend:  # shadows open(): the contract names it
     """A backend on ``url``; nothing is sent until the first call."""
     try:

@@ -128,6 +128,18 @@ class RedisBackend:
             pass
 
 
+CLIENT = "Redis"  # for messages
+
+
+def url_fault(url: str) -> str | None:
+    """Why redis-py cannot use ``url`` (None: it can), found without connecting."""
+    try:
+        redis.Redis.from_url(url).close()
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def open(url: str, timeout: float) -> RedisBackend:  # the name the backend contract asks for
     """A backend on ``url``; nothing is sent until the first call."""
     try:

@@ -137,6 +137,13 @@ def load_companion_config(sources: ConfigSources) -> CompanionConfig:
     lease_url, lease_ttl = _lease_values(values, problems)
     if not problems:
         problems += fleet_faults(specs, lease_url, lease_ttl, _importable)
+    if not problems and lease_url:
+        # a URL the client cannot parse would otherwise show only as a
+        # service that cannot be reached, on every host, forever
+        from .lease import url_fault
+        fault = url_fault(lease_url)
+        if fault:
+            problems.append(fault)
     if problems:
         raise ConfigError(problems)
     return CompanionConfig(specs=specs, config_file=config_file or None,

@@ -617,7 +617,7 @@ def lease_scheme_fault(url: str, importable: Callable[[str], bool]) -> str | Non
     scheme, sep, _ = url.partition("://")
     if not sep or scheme.lower() not in LEASE_SCHEMES:
         known = ", ".join(f"{s}://" for s in LEASE_SCHEMES)
-        return (f"companion_lease_url {_redacted(url)!r} has an unknown scheme; use one "
+        return (f"companion_lease_url {redacted(url)!r} has an unknown scheme; use one "
                 f"of {known}")
     _, extra, module = LEASE_SCHEMES[scheme.lower()]
     if not importable(module):
@@ -626,7 +626,7 @@ def lease_scheme_fault(url: str, importable: Callable[[str], bool]) -> str | Non
     return None
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     """The URL without a password, for messages and logs."""
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
