@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -16,11 +17,34 @@ import time
 import urllib.request
 from urllib.parse import urlsplit
 
+from support import live_tree, wait_until
+
 # The network is closed here: without the background-networking flags
 # Chromium's own connections are refused many at a time, and slowly.
 QUIET_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                "--no-first-run", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def end_browser(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """End a Chromium started with ``start_new_session=True``, and every
+    process it started: its renderer, GPU and utility processes outlive a
+    terminated browser process for a moment, still writing to the profile
+    (removing the profile then fails with "Directory not empty")."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    session = {proc.pid}
+    for pid in live_tree(session):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    wait_until(lambda: not live_tree(session), 30, message="chromium's processes to end")
 
 
 class WebSocket:
@@ -99,7 +123,7 @@ class Browser:
             self.proc = subprocess.Popen(
                 [chromium, *QUIET_FLAGS, "--remote-debugging-port=0",
                  f"--user-data-dir={self.profile.name}", url],
-                stdout=subprocess.DEVNULL, stderr=log)
+                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         self.ws: WebSocket | None = None
         self._ids = 0
         try:
@@ -145,10 +169,5 @@ class Browser:
     def close(self) -> None:
         if self.ws is not None:
             self.ws.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        end_browser(self.proc)
         self.profile.cleanup()

@@ -22,21 +22,6 @@ CASES = [
      'companion_lease_url = "mysql://h/db"\n'
      f"companion_workers = [{FLEET}]",
      "companion_lease_url 'mysql://h/db' has an unknown scheme"),
-    ("postgresql lease url that does not parse",
-     'companion_lease_url = "postgresql://gc:secret@db.example:notaport/site"\n'
-     f"companion_workers = [{FLEET}]",
-     "companion_lease_url 'postgresql://gc:***@db.example:notaport/site' is not a URL the "
-     "PostgreSQL client can use: port 'notaport' is not a number"),
-    ("postgresql lease url with an unknown parameter",
-     'companion_lease_url = "postgresql://gc@db.example/site?sslmod=require"\n'
-     f"companion_workers = [{FLEET}]",
-     "companion_lease_url 'postgresql://gc@db.example/site?sslmod=require' is not a URL the "
-     'PostgreSQL client can use: invalid URI query parameter: "sslmod"'),
-    ("redis lease url that does not parse",
-     'companion_lease_url = "redis://cache.example:notaport/0"\n'
-     f"companion_workers = [{FLEET}]",
-     "companion_lease_url 'redis://cache.example:notaport/0' is not a URL the Redis client "
-     "can use: Port could not be cast to integer value as 'notaport'"),
     ("stop_timeout that does not fit in the lease ttl",
      'companion_lease_url = "redis://127.0.0.1:1/0"\ncompanion_lease_ttl = 3\n'
      f"companion_workers = [{FLEET}]",
@@ -120,6 +105,27 @@ def run_to_exit(tmp_path, config: str, preload: bool = True):
     return code, srv.log(), leftovers
 
 
+# Lease URLs the client cannot parse: each needs its client library (an
+# extra the test matrix does not install), which parses it.
+URL_CASES = [
+    ("postgresql lease url that does not parse", "psycopg",
+     'companion_lease_url = "postgresql://gc:secret@db.example:notaport/site"\n'
+     f"companion_workers = [{FLEET}]",
+     "companion_lease_url 'postgresql://gc:***@db.example:notaport/site' is not a URL the "
+     "PostgreSQL client can use: port 'notaport' is not a number"),
+    ("postgresql lease url with an unknown parameter", "psycopg",
+     'companion_lease_url = "postgresql://gc@db.example/site?sslmod=require"\n'
+     f"companion_workers = [{FLEET}]",
+     "companion_lease_url 'postgresql://gc@db.example/site?sslmod=require' is not a URL the "
+     'PostgreSQL client can use: invalid URI query parameter: "sslmod"'),
+    ("redis lease url that does not parse", "redis",
+     'companion_lease_url = "redis://cache.example:notaport/0"\n'
+     f"companion_workers = [{FLEET}]",
+     "companion_lease_url 'redis://cache.example:notaport/0' is not a URL the Redis client "
+     "can use: Port could not be cast to integer value as 'notaport'"),
+]
+
+
 @pytest.mark.parametrize("config,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_config_stops_the_boot_with_a_clear_message(tmp_path, config, message):
     code, log, leftovers = run_to_exit(tmp_path, config)
@@ -128,6 +134,13 @@ def test_bad_config_stops_the_boot_with_a_clear_message(tmp_path, config, messag
     assert "Traceback" not in log
     assert "Booting worker" not in log and "Companion manager" not in log  # nothing forked
     assert leftovers == []
+
+
+@pytest.mark.parametrize("client,config,message", [c[1:] for c in URL_CASES],
+                         ids=[c[0] for c in URL_CASES])
+def test_a_lease_url_its_client_cannot_parse_stops_the_boot(tmp_path, client, config, message):
+    pytest.importorskip(client, reason=f"the {client} client is not installed")
+    test_bad_config_stops_the_boot_with_a_clear_message(tmp_path, config, message)
 
 
 def test_every_problem_is_reported_at_once(tmp_path):

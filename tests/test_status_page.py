@@ -9,7 +9,7 @@ import shutil
 import subprocess
 
 import pytest
-from cdp import Browser
+from cdp import Browser, end_browser
 from support import Control, control_config, free_port, wait_until
 
 from gunicorn_companion import metrics
@@ -33,9 +33,14 @@ def render(url: str, profile) -> str:
             "--no-first-run", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
             "--virtual-time-budget=4000", "--dump-dom", url]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    browser = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        out, err = browser.communicate(timeout=120)
+    finally:
+        end_browser(browser)  # its helper processes too, before the profile goes
+    assert browser.returncode == 0, err[-2000:]
+    return out
 
 
 def rows(dom: str) -> dict[str, list[str]]:
