@@ -418,8 +418,11 @@ class Soak:
             return "usr2: not now (the config file is broken)"
         old = self.master
         self.send(old, signal.SIGUSR2)
-        new = wait_until(lambda: next((p for p in children(old) if "master" in cmdline(p)), None),
-                         timeout=60, message="the new master")
+        try:
+            new = wait_until(lambda: next((p for p in children(old) if "master" in cmdline(p)),
+                                          None), timeout=60, message="the new master")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.describe_process(old)}") from None
         previous_master, self.master = old, new
         wait_until(lambda: self.manager() and self.http_workers(), timeout=60,
                    message="the new master's manager and workers")
@@ -469,6 +472,32 @@ class Soak:
                        message="every companion RUNNING on the base config")
         except AssertionError as exc:
             self.violated("settles", f"{exc}: {self.describe_status()}")
+
+    def describe_process(self, pid: int) -> str:
+        """What a process is doing and what it has forked: for a wait that timed out."""
+        def read(name: str) -> str:
+            try:
+                return Path(f"/proc/{pid}/{name}").read_text(errors="replace").strip()
+            except OSError as exc:
+                return f"({exc.strerror})"
+        status = {k: v.strip() for k, _, v in (line.partition(":") for line in
+                                                 read("status").splitlines())}
+        lines = [f"process {pid}: {cmdline(pid)!r}, state {status.get('State')}, "
+                 f"threads {status.get('Threads')}, SigPnd {status.get('SigPnd')}, "
+                 f"ShdPnd {status.get('ShdPnd')}, SigBlk {status.get('SigBlk')}, "
+                 f"wchan {read('wchan')!r}"]
+        tasks = os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else []
+        for task in sorted(tasks):
+            lines.append(f"  thread {task}: wchan {read(f'task/{task}/wchan')!r} "
+                         f"stack {read(f'task/{task}/stack').splitlines()[:3]}")
+        for child in children(pid):
+            lines.append(f"  child {child}: {cmdline(child)!r} ({(proc_stat(child) or ['?'])[0]})")
+        spy = shutil.which("py-spy") or shutil.which("py-spy", path=Path(sys.executable).parent)
+        if spy:  # its Python stack, where the tool is installed
+            dump = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True,
+                                  text=True, timeout=30)
+            lines.append(dump.stdout + dump.stderr)
+        return "\n".join(lines)
 
     def describe_status(self) -> str:
         try:
@@ -619,6 +648,9 @@ def main(argv=None) -> int:
         print(f"chaos: PASS seed {seed}, {args.minutes:g} minutes", flush=True)
         return 0
     print(f"--- server log tail ({root / 'server.log'}, kept) ---\n{soak.log_tail()}", flush=True)
+    # The evidence again, last: a CI log shows only its end
+    for check, evidence in sorted(soak.violations.items()):
+        print(f"chaos: VIOLATED {check}: {evidence}", flush=True)
     checks = sorted(soak.violations)
     print(f"chaos: FAIL seed {seed}: {', '.join(checks)} "
           f"(repeat: make chaos SEED={seed} MINUTES={args.minutes:g})", flush=True)
