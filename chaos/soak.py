@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -36,6 +37,7 @@ from support import (  # noqa: E402  (tests/ is not a package)
     Control,
     Server,
     alive,
+    all_pids,
     children,
     cmdline,
     live_tree,
@@ -47,6 +49,9 @@ from support import (  # noqa: E402  (tests/ is not a package)
 )
 
 SINGLETON = "beat"
+# What a master prints when it refuses its config at boot (app.py)
+BOOT_REFUSED = "\nError: invalid companion configuration"
+STARTED = re.compile(r"\[(\d+)\] \[INFO\] Starting gunicorn ")  # Gunicorn's first line
 # The faults that replace the manager stop for the last part of the run, so one
 # manager lives through every other fault and its RSS and fds can be compared.
 KEEP_MANAGER_SHARE = 0.4
@@ -413,17 +418,37 @@ class Soak:
 
     def fault_usr2(self, phase_a: bool) -> str:
         """A hot upgrade as an operator does it: USR2, wait until the new master
-        serves, TERM the old one."""
-        if not self.config_valid:
-            return "usr2: not now (the config file is broken)"
+        serves, TERM the old one.
+
+        The new master reads the config files anew, and refuses to boot when
+        they are invalid just then: an operator's typo (``change_config``), or a
+        companion's log directory removed by the log-directory fault (a missing
+        directory is a config error at boot, as in supervisord; only a running
+        manager rides it out). The old master must then go on as it was."""
         old = self.master
+        log_offset = self.srv.log_path.stat().st_size
         self.send(old, signal.SIGUSR2)
+
+        def new_master_or_refusal():
+            new = self.new_master(old, log_offset)
+            if new:
+                return new
+            return BOOT_REFUSED in self.log_since(log_offset) and "refused"
+
         try:
-            new = wait_until(lambda: next((p for p in children(old) if "master" in cmdline(p)),
-                                          None), timeout=60, message="the new master")
+            outcome = wait_until(new_master_or_refusal, timeout=60, interval=0.02,
+                                 message="the new master, or its refusal in the log")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.describe_process(old)}") from None
-        previous_master, self.master = old, new
+        if outcome == "refused":
+            # Gunicorn ignores a USR2 while its last re-executed child is unreaped
+            wait_until(lambda: not self.upgrade_children(old), timeout=30,
+                       message=f"master {old} to reap the refused new master")
+            message = self.log_since(log_offset).split(BOOT_REFUSED, 1)[1].split("\n\n")[0]
+            reason = " ".join(message.split())[:300]
+            return f"hot upgrade refused by the new master ({reason}); {old} stays"
+        new, previous_master = outcome, old
+        self.master = new
         wait_until(lambda: self.manager() and self.http_workers(), timeout=60,
                    message="the new master's manager and workers")
         self.send(previous_master, signal.SIGTERM)
@@ -432,6 +457,33 @@ class Soak:
         # Gunicorn ignores USR2 until the new master has noticed its promotion
         self.srv.wait_log("Master has been promoted.", timeout=30, count=self.promotions)
         return f"hot upgrade: master {previous_master} -> {new}"
+
+    @staticmethod
+    def upgrade_children(master: int) -> list[int]:
+        """``master``'s children that a USR2 made and it has not reaped yet:
+        those no longer titled by Gunicorn (a re-executed program), or exited.
+        (A freshly forked HTTP worker or manager shows its parent's title for
+        a moment.) Gunicorn ignores the next USR2 while one is left."""
+        found = []
+        for pid in all_pids():
+            fields = proc_stat(pid)
+            if fields and int(fields[1]) == master and (
+                    fields[0] in ("Z", "X") or not cmdline(pid).startswith("gunicorn:")):
+                found.append(pid)
+        return found
+
+    def new_master(self, old: int, log_offset: int) -> int | None:
+        """The master a USR2 to ``old`` started (it logs its start with its
+        pid), once it has titled itself: it is serving then."""
+        for pid in map(int, STARTED.findall(self.log_since(log_offset))):
+            if "master" in cmdline(pid) and (proc_stat(pid) or [0, 0])[1] == str(old):
+                return pid
+        return None
+
+    def log_since(self, offset: int) -> str:
+        with open(self.srv.log_path, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
 
     # -- the run -----------------------------------------------------------------------
 
