@@ -29,9 +29,18 @@ def dropped(sock, name) -> int:
 
 
 def line_numbers(path, word="talk") -> list[int]:
-    """The numbers of a talker's (or counter's) lines; every line must be whole."""
+    """The numbers of a talker's (or counter's) lines; every line must be whole.
+
+    Read as a log shipper reads a file that is being written: up to its last
+    newline. What follows it is a write in progress. On a full disk it is the
+    start of a line the disk cut short, there until the manager truncates it
+    away in the same loop turn: a reader polling the file sees it in about 2%
+    of reads (measured: 11,199 of 570,985), and it failed this test once in
+    the matrix. A cut line that stayed would be followed by the next line, so
+    it is caught in the middle of the file all the same."""
     numbers = []
-    for line in path.read_text().splitlines():
+    text = path.read_text()
+    for line in text[:text.rfind("\n") + 1].splitlines():
         first, number = line.split()
         assert first == word, line
         numbers.append(int(number))
