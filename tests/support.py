@@ -235,13 +235,14 @@ class Server:
         return None
 
     def wait_manager(self, timeout=DEFAULT_TIMEOUT, other_than: int | None = None,
-                     booted: bool = True) -> int:
-        """The manager's pid, once the master has logged that it booted (with
-        ``booted=False``, as soon as it is forked). A test that signals the
-        manager must not catch it mid-boot: the first manager dying before it
-        reports is a boot failure, and Gunicorn exits (test_control's
-        test_socket_is_replaced_after_the_manager_is_killed did, once, on
-        Gunicorn 23: its SIGKILL landed before the manager's boot line)."""
+                     booted: bool = False) -> int:
+        """The manager's pid, as soon as it is forked and titled; with
+        ``booted``, once the master has logged that it booted. A test that
+        signals a manager nothing else showed running must ask for a booted
+        one: the first manager dying before it reports is a boot failure, and
+        Gunicorn exits (test_socket_is_replaced_after_the_manager_is_killed
+        did, once, on Gunicorn 23). Not the default: where the app configures
+        logging (Django's dictConfig), Gunicorn's own log lines are silenced."""
         def found():
             pid = self.manager_pid()
             if not pid or pid == other_than:

@@ -273,7 +273,7 @@ def test_stale_socket_is_replaced(server, sock_path):
 
 def test_socket_is_replaced_after_the_manager_is_killed(server, sock_path):
     srv = server(config(sock_path))
-    manager = srv.wait_manager()
+    manager = srv.wait_manager(booted=True)  # not mid-boot: that would be a boot failure
     os.kill(manager, signal.SIGKILL)
     srv.wait_manager(other_than=manager)
     wait_until(lambda: _status_ok(sock_path), message=srv.log())

@@ -446,7 +446,7 @@ def test_a_slow_replacement_manager_does_not_hold_up_the_http_workers(server):
     manager = srv.wait_manager()
     (srv.root / "slow").touch()
     os.kill(manager, signal.SIGKILL)
-    srv.wait_manager(other_than=manager, booted=False)  # forked, still importing
+    srv.wait_manager(other_than=manager)  # forked, still importing
     worker = next(p for p in children(srv.pid) if "worker" in cmdline(p))
     os.kill(worker, signal.SIGKILL)
     # the master replaces its HTTP worker while the new manager is still booting
