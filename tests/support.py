@@ -234,23 +234,10 @@ class Server:
                 return pid
         return None
 
-    def wait_manager(self, timeout=DEFAULT_TIMEOUT, other_than: int | None = None,
-                     booted: bool = False) -> int:
-        """The manager's pid, as soon as it is forked and titled; with
-        ``booted``, once the master has logged that it booted. A test that
-        signals a manager nothing else showed running must ask for a booted
-        one: the first manager dying before it reports is a boot failure, and
-        Gunicorn exits (test_socket_is_replaced_after_the_manager_is_killed
-        did, once, on Gunicorn 23). Not the default: where the app configures
-        logging (Django's dictConfig), Gunicorn's own log lines are silenced."""
-        def found():
-            pid = self.manager_pid()
-            if not pid or pid == other_than:
-                return None
-            if booted and f"Companion manager booted (pid: {pid})" not in self.log():
-                return None
-            return pid
-        return self.until(found, timeout, message="a companion manager")
+    def wait_manager(self, timeout=DEFAULT_TIMEOUT, other_than: int | None = None) -> int:
+        return self.until(
+            lambda: (lambda p: p if p and p != other_than else None)(self.manager_pid()),
+            timeout, message="a companion manager")
 
     def starts(self, name: str) -> list[int]:
         """Every pid companion ``name`` started as, oldest first."""
